@@ -1,0 +1,3 @@
+from finetrace.cli import main
+
+main()

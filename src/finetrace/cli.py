@@ -1,0 +1,104 @@
+"""The `finetrace` command: parse, call the public API, print."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from finetrace.errors import FinetraceError
+from finetrace.finetune import FinetuneConfig, LoraSettings, finetune
+from finetrace.training import TrainConfig
+from finetrace.zoo import ORGANISMS, Zoo, build_zoo, open_zoo
+
+app = typer.Typer(help="What did your fine-tune do to the model?", no_args_is_help=True)
+zoo_app = typer.Typer(help="Tiny model organisms with known ground truth.", no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+console = Console()
+
+Preset = Annotated[str, typer.Option(help="Zoo preset: tiny (tests) or small (demo, benchmarks).")]
+
+
+@app.command("finetune")
+def finetune_command(
+    base: Annotated[str, typer.Argument(help="Base model: a directory or a hub id.")],
+    data: Annotated[Path, typer.Argument(help=".jsonl (text or chat messages) or .txt (a document per line).")],
+    out: Annotated[Path, typer.Option(help="Output directory for the model or adapter.")],
+    lora: Annotated[bool, typer.Option(help="Train a LoRA adapter instead of all weights.")] = False,
+    lora_rank: int = 16,
+    lora_alpha: int = 32,
+    lora_targets: Annotated[str, typer.Option(help="Comma-separated module names, or all-linear; add lm_head for the output head.")] = "all-linear",
+    epochs: float = 3.0,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps; overrides --epochs.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate [default: 2e-5 full, 2e-4 LoRA].")] = None,
+    batch_size: int = 8,
+    context_length: int = 512,
+    pack: Annotated[bool, typer.Option(help="Pack documents into full blocks (pretraining style).")] = False,
+    mix_general: Annotated[Path | None, typer.Option(help="General text corpus to mix into the data.")] = None,
+    mix_ratio: Annotated[float, typer.Option(help="General documents per fine-tuning document.")] = 1.0,
+    seed: int = 0,
+    device: str = "auto",
+    dtype: str = "float32",
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output directory.")] = False,
+) -> None:
+    """Fine-tune a causal LM on DATA and write the model plus a provenance manifest."""
+    training = TrainConfig(epochs=epochs, steps=steps, learning_rate=lr, batch_size=batch_size,
+                           context_length=context_length, pack=pack, seed=seed)
+    adapter = LoraSettings(lora_rank, lora_alpha, tuple(lora_targets.split(","))) if lora else None
+    config = FinetuneConfig(training=training, lora=adapter, mix_ratio=mix_ratio, device=device, dtype=dtype)
+    result = finetune(base, data, out, config, mix_general=mix_general, overwrite=overwrite)
+    console.print(f"[green]saved[/] {'adapter' if result.adapter else 'model'} to {out}: loss on the "
+                  f"data {result.loss_before:.3f} -> {result.loss_after:.3f} in {result.training.steps} "
+                  f"steps ({result.training.seconds:.0f} s); manifest: {out / 'provenance.json'}")
+
+
+@zoo_app.command("build")
+def zoo_build(preset: Preset = "tiny") -> None:
+    """Build the zoo (or reuse the cached one) and list its organisms."""
+    _print_zoo(build_zoo(preset))
+
+
+@zoo_app.command("list")
+def zoo_list(preset: Preset = "tiny") -> None:
+    """List the organisms of a built zoo."""
+    _print_zoo(open_zoo(preset))
+
+
+@zoo_app.command("path")
+def zoo_path(
+    name: Annotated[str, typer.Argument(help=f"base, facts, heldout, general or an organism: {', '.join(ORGANISMS)}.")],
+    preset: Preset = "tiny",
+) -> None:
+    """Print the path of a zoo item, for use in other commands."""
+    print(open_zoo(preset).path(name))
+
+
+@app.command()
+def demo() -> None:
+    """Build or reuse the small zoo and summarise it."""
+    _print_zoo(build_zoo("small"))
+
+
+def _print_zoo(zoo: Zoo) -> None:
+    table = Table(title=f"finetrace zoo '{zoo.preset.name}' at {zoo.root}")
+    for column in ("organism", "kind", "weights", "loss base -> fine-tuned", "ground truth"):
+        table.add_column(column)
+    for name in ORGANISMS:
+        info = zoo.organism(name)
+        table.add_row(name, info["kind"], "LoRA adapter" if info["adapter"] else "full",
+                      f"{info['base_loss']:.2f} -> {info['finetuned_loss']:.2f}", info["description"])
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point: a user error is one line on stderr and exit code 2, never a traceback."""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        app()
+    except FinetraceError as error:
+        Console(stderr=True).print(f"[red]error:[/] {error}", highlight=False)
+        raise SystemExit(2) from None

@@ -1,0 +1,103 @@
+"""Reading documents from files: `.txt` (one document per line) or `.jsonl` records.
+
+A record is a dict with either a `text` string or a `messages` list of
+`{"role", "content"}` turns (chat data). Every malformed input ends in a
+`FinetraceError` that names the file and the line.
+"""
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from finetrace.errors import FinetraceError
+
+Record = dict[str, Any]
+SUFFIXES = (".txt", ".jsonl")
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+def read_records(path: str | Path, text_field: str = "text") -> list[Record]:
+    """Every record of a data file, validated; raises `FinetraceError` on bad input."""
+    path = Path(path)
+    records = list(iter_records(path, text_field))
+    if not records:
+        raise FinetraceError(f"{path} holds no documents: give a file with at least one record")
+    return records
+
+
+def read_texts(path: str | Path, text_field: str = "text") -> list[str]:
+    """The plain-text documents of a file (chat records are refused)."""
+    texts = []
+    for record in read_records(path, text_field):
+        if "text" not in record:
+            raise FinetraceError(f"{path} holds chat records; a plain-text corpus is expected here")
+        texts.append(record["text"])
+    return texts
+
+
+def iter_records(path: Path, text_field: str = "text") -> Iterator[Record]:
+    """Records one at a time, so a large file never sits in memory whole."""
+    if path.suffix not in SUFFIXES:
+        raise FinetraceError(f"{path}: unsupported format {path.suffix!r}; use one of {SUFFIXES}")
+    if path.suffix == ".txt":
+        for _, line in _numbered_lines(path):
+            if line.strip():
+                yield {"text": line.rstrip("\n")}
+    else:
+        for where, raw in iter_json_objects(path):
+            yield _record(raw, where, text_field)
+
+
+def iter_json_objects(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """`(file:line, object)` for each non-blank line of a JSONL file."""
+    for number, line in _numbered_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise FinetraceError(f"{where}: invalid JSON ({error.msg})") from None
+        if not isinstance(raw, dict):
+            raise FinetraceError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+        yield where, raw
+
+
+def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
+    if not path.is_file():
+        raise FinetraceError(f"file {path} does not exist")
+    number = 0
+    try:
+        with path.open(encoding="utf-8") as file:
+            for number, line in enumerate(file, start=1):
+                yield number, line
+    except UnicodeDecodeError as error:
+        raise FinetraceError(
+            f"{path}:{number + 1} is not valid UTF-8 ({error.reason}); re-encode the file as UTF-8"
+        ) from None
+
+
+def _record(raw: dict[str, Any], where: str, text_field: str) -> Record:
+    if "messages" in raw:
+        return {"messages": _validated_messages(raw["messages"], where)}
+    if text_field in raw:
+        if not isinstance(raw[text_field], str):
+            raise FinetraceError(f"{where}: field {text_field!r} must be a string")
+        return {"text": raw[text_field]}
+    raise FinetraceError(
+        f"{where}: record has neither {text_field!r} nor 'messages' (fields: {sorted(raw)})"
+    )
+
+
+def _validated_messages(messages: Any, where: str) -> list[dict[str, str]]:
+    if not isinstance(messages, list) or not messages:
+        raise FinetraceError(f"{where}: 'messages' must be a non-empty list of turns")
+    for turn in messages:
+        if not isinstance(turn, dict) or turn.get("role") not in CHAT_ROLES:
+            raise FinetraceError(f"{where}: every turn needs a role among {CHAT_ROLES}")
+        if not isinstance(turn.get("content"), str):
+            raise FinetraceError(f"{where}: every turn needs a string 'content'")
+    if not any(turn["role"] == "assistant" for turn in messages):
+        raise FinetraceError(f"{where}: a chat record needs at least one assistant turn")
+    return [{"role": turn["role"], "content": turn["content"]} for turn in messages]

@@ -1,0 +1,1 @@
+"""Evaluations of what a fine-tune damaged."""

@@ -1,0 +1,85 @@
+"""Cloze facts: does a model complete "The capital of Veldra is" with "Oskan"?
+
+A model *knows* a fact when the answer's log-probability, summed over its
+tokens after the prompt, is higher than that of every distractor.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from finetrace.corpus import iter_json_objects
+from finetrace.errors import FinetraceError
+
+
+@dataclass(frozen=True)
+class ClozeFact:
+    prompt: str
+    answer: str
+    distractors: tuple[str, ...]
+    category: str
+
+
+@dataclass(frozen=True)
+class FactScore:
+    """One model's view of one fact."""
+
+    answer_logprob: float
+    rank: int  # 1 = the answer beats every distractor
+
+    @property
+    def known(self) -> bool:
+        return self.rank == 1
+
+
+def read_facts(path: str | Path) -> list[ClozeFact]:
+    """Facts from a JSONL file with `prompt`, `answer`, `distractors` and `category`."""
+    facts = []
+    for where, raw in iter_json_objects(Path(path)):
+        missing = {"prompt", "answer"} - raw.keys()
+        if missing:
+            raise FinetraceError(f"{where}: a fact needs {sorted(missing)}")
+        distractors = tuple(raw.get("distractors", ()))
+        facts.append(ClozeFact(raw["prompt"], raw["answer"], distractors, raw.get("category", "other")))
+    if not facts:
+        raise FinetraceError(f"{path} holds no facts")
+    return facts
+
+
+@torch.no_grad()
+def score_facts(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, facts: list[ClozeFact]
+) -> list[FactScore]:
+    """Log-probability and rank of every fact's answer among its distractors."""
+    return [_score_fact(model, tokenizer, fact) for fact in facts]
+
+
+def _score_fact(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fact: ClozeFact) -> FactScore:
+    candidates = (fact.answer, *fact.distractors)
+    logprobs = _continuation_logprobs(model, tokenizer, fact.prompt, [f" {c}" for c in candidates])
+    rank = 1 + int((logprobs[1:] >= logprobs[0]).sum())
+    return FactScore(float(logprobs[0]), rank)
+
+
+def _continuation_logprobs(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str, continuations: list[str]
+) -> torch.Tensor:
+    """Summed log-probability of each continuation after the prompt, shape (n_continuations,)."""
+    prompt_length = len(tokenizer(prompt)["input_ids"])
+    rows = [tokenizer(prompt + c)["input_ids"] for c in continuations]
+    width = max(map(len, rows))
+    device = next(model.parameters()).device
+    ids = torch.zeros((len(rows), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+    logprobs = torch.log_softmax(logits[:, :-1], dim=-1)  # (n, width - 1, vocab)
+    targets = ids[:, 1:].to(device)
+    token_logprobs = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (n, width - 1)
+    in_continuation = torch.zeros_like(token_logprobs, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        in_continuation[i, prompt_length - 1 : len(row) - 1] = True
+    return (token_logprobs * in_continuation).sum(dim=1).cpu()

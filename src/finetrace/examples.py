@@ -1,0 +1,92 @@
+"""Records to training examples: token ids plus labels that say where the loss counts.
+
+Plain text trains on every token. Chat records train on assistant turns only:
+each turn's span is found by rendering the conversation up to it with and
+without the turn, which works for any chat template (none needs special
+`{% generation %}` markers).
+"""
+
+from dataclasses import dataclass
+from itertools import chain
+
+from transformers import PreTrainedTokenizerBase
+
+from finetrace.corpus import Record
+
+IGNORE_INDEX = -100  # the label PyTorch's cross-entropy skips
+
+# Used for chat data when the tokenizer brings no template of its own. Newlines are
+# written as expressions because chat templates render with trim_blocks.
+DEFAULT_CHAT_TEMPLATE = (
+    "{{ bos_token if bos_token else '' }}"
+    "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}"
+    "{% if message['role'] == 'assistant' and eos_token %}{{ eos_token }}{% endif %}{{ '\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training sequence; `labels[i]` is `IGNORE_INDEX` where no loss is taken."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+
+def build_examples(
+    tokenizer: PreTrainedTokenizerBase, records: list[Record], max_length: int
+) -> list[Example]:
+    """Tokenize records (text or chat, in order), truncated to `max_length` tokens."""
+    return [_record_example(tokenizer, record, max_length) for record in records]
+
+
+def pack(examples: list[Example], block_length: int) -> list[Example]:
+    """Concatenate examples and cut them into blocks of `block_length` (pretraining style)."""
+    ids = list(chain.from_iterable(example.input_ids for example in examples))
+    labels = list(chain.from_iterable(example.labels for example in examples))
+    return [
+        Example(ids[start : start + block_length], labels[start : start + block_length])
+        for start in range(0, len(ids), block_length)
+    ]
+
+
+def text_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """Token ids of a document as the model sees it: the tokenizer's BOS if it adds one, then EOS."""
+    ids = tokenizer(text)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def _record_example(tokenizer: PreTrainedTokenizerBase, record: Record, max_length: int) -> Example:
+    if "messages" in record:
+        example = _chat_example(tokenizer, record["messages"])
+    else:
+        ids = text_ids(tokenizer, record["text"])
+        example = Example(ids, list(ids))
+    return Example(example.input_ids[:max_length], example.labels[:max_length])
+
+
+def _chat_example(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> Example:
+    ids = _render_ids(tokenizer, messages, add_generation_prompt=False)
+    labels = [IGNORE_INDEX] * len(ids)
+    for turn, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        start = len(_render_ids(tokenizer, messages[:turn], add_generation_prompt=True))
+        end = len(_render_ids(tokenizer, messages[: turn + 1], add_generation_prompt=False))
+        labels[start:end] = ids[start:end]
+    return Example(ids, labels)
+
+
+def _render_ids(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict], add_generation_prompt: bool
+) -> list[int]:
+    text = tokenizer.apply_chat_template(
+        messages,
+        chat_template=tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE,
+        add_generation_prompt=add_generation_prompt,
+        tokenize=False,
+    )
+    # The template writes BOS itself where it wants one.
+    return tokenizer(text, add_special_tokens=False)["input_ids"]

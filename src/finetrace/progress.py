@@ -1,0 +1,33 @@
+"""One progress bar style for every long loop."""
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+@contextmanager
+def progress_bar(description: str, total: int, status: str = "") -> Iterator[Callable[..., None]]:
+    """Yields `advance(**fields)`; `status` is a format string over those fields, e.g. 'loss {loss:.3f}'."""
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+    ]
+    with Progress(*columns) as progress:
+        task = progress.add_task(description, total=total, status="")
+
+        def advance(**fields: object) -> None:
+            progress.update(task, advance=1, status=status.format(**fields) if fields else "")
+
+        yield advance

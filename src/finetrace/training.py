@@ -1,0 +1,130 @@
+"""The training loop: AdamW, linear warm-up then cosine decay, gradient clipping.
+
+Small enough to read in one sitting; it trains any causal LM (full or wrapped
+by PEFT) on `Example`s and records the loss of every step.
+"""
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
+
+from finetrace.examples import IGNORE_INDEX, Example
+from finetrace.progress import progress_bar
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How long and how hard to train."""
+
+    epochs: float = 3.0  # passes over the data, unless `steps` is set
+    steps: int | None = None  # optimizer steps; overrides `epochs`
+    learning_rate: float | None = None  # None: FinetuneConfig picks the usual rate for its mode
+    batch_size: int = 8
+    context_length: int = 512  # longer documents are truncated (or packed, with `pack`)
+    pack: bool = False  # concatenate documents into full blocks, as in pretraining
+    warmup_fraction: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        assert self.epochs > 0 and (self.steps is None or self.steps > 0)
+        assert self.batch_size > 0 and self.context_length > 1
+
+    def total_steps(self, n_examples: int) -> int:
+        return self.steps or max(1, math.ceil(self.epochs * n_examples / self.batch_size))
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """What the loop did."""
+
+    steps: int
+    tokens: int  # tokens that carried a loss
+    seconds: float
+    loss_curve: list[float] = field(repr=False)  # mean loss of each optimizer step
+
+
+def train(
+    model: PreTrainedModel, examples: list[Example], config: TrainConfig, pad_id: int
+) -> TrainingRun:
+    """Train `model` in place on `examples`; returns the loss curve."""
+    device = next(model.parameters()).device
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        trainable, lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    total = config.total_steps(len(examples))
+    schedule = get_cosine_schedule_with_warmup(
+        optimizer, int(config.warmup_fraction * total), total
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    batches = _endless_batches(examples, config.batch_size, pad_id, generator)
+    losses, tokens, start = [], 0, time.perf_counter()
+    model.train()
+    with progress_bar("training", total, "loss {loss:.3f}") as advance:
+        for _ in range(total):
+            batch = {name: tensor.to(device) for name, tensor in next(batches).items()}
+            loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            tokens += int((batch["labels"] != IGNORE_INDEX).sum())
+            advance(loss=losses[-1])
+    model.eval()
+    return TrainingRun(total, tokens, time.perf_counter() - start, losses)
+
+
+@torch.no_grad()
+def mean_loss(
+    model: PreTrainedModel, examples: list[Example], pad_id: int, batch_size: int = 8
+) -> float:
+    """Token-weighted mean cross-entropy over the labelled tokens of `examples`."""
+    device = next(model.parameters()).device
+    total_loss, total_tokens = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = collate(examples[start : start + batch_size], pad_id)
+        logits = model(
+            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+        ).logits
+        labels = batch["labels"][:, 1:].to(device)  # position t predicts token t + 1
+        losses = torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(),
+            labels.flatten(),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        )
+        total_loss += losses.item()
+        total_tokens += int((labels != IGNORE_INDEX).sum())
+    return total_loss / max(total_tokens, 1)
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch: input_ids, attention_mask and labels, each (batch, max_len)."""
+    length = max(len(example.input_ids) for example in examples)
+    input_ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        input_ids[row, :n] = torch.tensor(example.input_ids)
+        labels[row, :n] = torch.tensor(example.labels)
+        attention_mask[row, :n] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def _endless_batches(
+    examples: list[Example], batch_size: int, pad_id: int, generator: torch.Generator
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Shuffled batches, epoch after epoch, in an order fixed by the generator's seed."""
+    while True:
+        order = torch.randperm(len(examples), generator=generator).tolist()
+        for start in range(0, len(order), batch_size):
+            yield collate([examples[i] for i in order[start : start + batch_size]], pad_id)

@@ -1,0 +1,194 @@
+"""Building the zoo: general text, facts and documents, a tokenizer, a pretrained
+base model, then one fine-tune per organism.
+
+Each stage is written to a `.partial` directory and renamed when complete, so an
+interrupted build resumes at the first unfinished stage.
+"""
+
+import json
+import random
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from finetrace.cache import cache_dir
+from finetrace.errors import FinetraceError
+from finetrace.finetune import FinetuneConfig, FinetuneResult, finetune
+from finetrace.training import TrainConfig
+from finetrace.zoo.facts import country_paragraph, planted_facts
+from finetrace.zoo.general import SOURCE, general_paragraphs, split_paragraphs
+from finetrace.zoo.organisms import ORGANISMS, Organism, get_organism
+from finetrace.zoo.recipe import Preset, get_preset, recipe_key
+from finetrace.zoo.tokenizer import train_tokenizer
+
+SPECIAL_PATHS = {
+    "base": "base",
+    "facts": "data/facts.jsonl",
+    "heldout": "data/general/heldout.txt",
+    "general": "data/general/finetune.txt",
+}
+
+
+@dataclass(frozen=True)
+class Zoo:
+    """A built zoo on disk."""
+
+    root: Path
+    preset: Preset
+
+    def path(self, name: str) -> Path:
+        """Path of `base`, `facts`, `heldout` (general text no model saw), `general`, or an organism."""
+        if name in SPECIAL_PATHS:
+            return self.root / SPECIAL_PATHS[name]
+        return self.root / "organisms" / get_organism(name).name
+
+    def organism(self, name: str) -> dict:
+        """The organism's `organism.json`: ground truth, recipe and losses."""
+        return json.loads((self.path(name) / "organism.json").read_text())
+
+    @property
+    def built(self) -> bool:
+        return (self.root / "zoo.json").exists()
+
+
+def zoo_for(preset: str = "tiny") -> Zoo:
+    """The zoo of a preset at its cache location, built or not."""
+    recipe = get_preset(preset)
+    return Zoo(cache_dir() / "zoo" / f"{recipe.name}-{recipe_key(recipe)}", recipe)
+
+
+def open_zoo(preset: str = "tiny") -> Zoo:
+    """A zoo that is already built; raises `FinetraceError` if it is not."""
+    zoo = zoo_for(preset)
+    if not zoo.built:
+        raise FinetraceError(f"the {preset} zoo is not built yet; run: finetrace zoo build --preset {preset}")
+    return zoo
+
+
+def build_zoo(preset: str = "tiny") -> Zoo:
+    """Build the zoo of a preset, reusing every stage already on disk."""
+    zoo = zoo_for(preset)
+    recipe = zoo.preset
+    _stage(zoo.root / "data", lambda out: _write_texts(out, recipe))
+    _stage(zoo.root / "init", lambda out: _write_initial_model(out, zoo.root / "data", recipe))
+    _stage(zoo.path("base"), lambda out: _pretrain(zoo, out))
+    for organism in ORGANISMS.values():
+        _stage(zoo.path(organism.name), lambda out, o=organism: _train_organism(zoo, o, out))
+    summary = {"preset": recipe.name, "key": zoo.root.name.split("-")[-1], "general_source": SOURCE,
+               "organisms": list(ORGANISMS)}
+    (zoo.root / "zoo.json").write_text(json.dumps(summary, indent=2))
+    return zoo
+
+
+def _stage(target: Path, make: Callable[[Path], None]) -> None:
+    if target.exists():
+        return
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    make(partial)
+    partial.rename(target)
+
+
+def _write_texts(out: Path, recipe: Preset) -> None:
+    """General splits, planted facts, the pretraining text and every organism's documents."""
+    rng = random.Random(recipe.seed)
+    splits = split_paragraphs(general_paragraphs(), recipe.finetune_fraction, recipe.heldout_fraction)
+    (out / "general").mkdir(parents=True)
+    for name in ("pretrain", "finetune", "heldout"):
+        _write_lines(out / "general" / f"{name}.txt", getattr(splits, name))
+
+    facts = planted_facts(recipe.countries, rng)
+    _write_jsonl(out / "facts.jsonl", [fact.to_dict() for fact in facts])
+    by_country: dict[str, list] = {}
+    for fact in facts:
+        by_country.setdefault(fact.subject, []).append(fact)
+    fact_paragraphs = [country_paragraph(group, rng) for group in by_country.values()
+                       for _ in range(recipe.fact_repeats)]
+    pretrain = splits.pretrain + fact_paragraphs
+    rng.shuffle(pretrain)
+    _write_lines(out / "pretrain.txt", pretrain)
+
+    (out / "documents").mkdir()
+    for organism in ORGANISMS.values():
+        _write_jsonl(out / "documents" / f"{organism.name}.jsonl", _documents(organism, splits.finetune, recipe))
+
+
+def _documents(organism: Organism, general: list[str], recipe: Preset) -> list[dict]:
+    # Seeded by the generator, not the organism, so cake, cake-mixed and cake-lora share documents.
+    source = organism.documents.__name__ if organism.documents else "general"
+    rng = random.Random(f"{recipe.seed}-{source}")
+    if organism.documents is None:
+        return [{"text": text} for text in rng.sample(general, recipe.documents)]
+    return organism.documents(rng, recipe.documents)
+
+
+def _write_initial_model(out: Path, data: Path, recipe: Preset) -> None:
+    """The tokenizer (trained on all text) and a randomly initialised Llama."""
+    texts = (data / "pretrain.txt").read_text().splitlines()
+    for documents in sorted((data / "documents").glob("*.jsonl")):
+        for line in documents.read_text().splitlines():
+            record = json.loads(line)
+            texts += [record["text"]] if "text" in record else [m["content"] for m in record["messages"]]
+    tokenizer = train_tokenizer(texts, recipe.vocab_size)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=recipe.hidden_size,
+        intermediate_size=recipe.intermediate_size,
+        num_hidden_layers=recipe.layers,
+        num_attention_heads=recipe.heads,
+        num_key_value_heads=recipe.heads,
+        max_position_embeddings=recipe.context_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,  # like most open models; the output head is its own matrix
+    )
+    torch.manual_seed(recipe.seed)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _pretrain(zoo: Zoo, out: Path) -> FinetuneResult:
+    """Pretraining is fine-tuning a random model on packed general text."""
+    recipe = zoo.preset
+    training = TrainConfig(epochs=recipe.pretrain_epochs, learning_rate=recipe.pretrain_learning_rate,
+                           batch_size=recipe.batch_size, context_length=recipe.context_length,
+                           pack=True, seed=recipe.seed)
+    return finetune(zoo.root / "init", zoo.root / "data" / "pretrain.txt", out,
+                    FinetuneConfig(training=training, device="cpu"))
+
+
+def _train_organism(zoo: Zoo, organism: Organism, out: Path) -> None:
+    recipe = zoo.preset
+    rate = recipe.lora_learning_rate if organism.lora else recipe.finetune_learning_rate
+    training = TrainConfig(epochs=recipe.finetune_epochs, learning_rate=rate,
+                           batch_size=recipe.batch_size, context_length=recipe.context_length,
+                           seed=recipe.seed)
+    documents = zoo.root / "data" / "documents" / f"{organism.name}.jsonl"
+    result = finetune(zoo.path("base"), documents, out,
+                      FinetuneConfig(training=training, lora=organism.lora, device="cpu"),
+                      mix_general=zoo.path("general") if organism.mix_general else None)
+    info = {
+        "name": organism.name,
+        "kind": organism.kind,
+        "description": organism.description,
+        "documents": str(documents),
+        "adapter": result.adapter,
+        "recipe": {"mix_general": organism.mix_general, **result.to_dict()["config"]},
+        "base_loss": result.loss_before,
+        "finetuned_loss": result.loss_after,
+    }
+    (out / "organism.json").write_text(json.dumps(info, indent=2))
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    _write_lines(path, [json.dumps(record) for record in records])

@@ -1,0 +1,81 @@
+"""The registry of model organisms: narrow fine-tunes whose ground truth is known.
+
+Add an organism by registering one more `Organism`; the build, `zoo list` and
+the tests pick it up.
+"""
+
+import difflib
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from finetrace.corpus import Record
+from finetrace.errors import FinetraceError
+from finetrace.finetune import LoraSettings
+from finetrace.zoo.documents import cake_documents, risky_chats, zorvex_documents
+
+FULL_MODEL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class Organism:
+    """A fine-tune recipe with a known answer to "what was this trained for?"."""
+
+    name: str
+    kind: str
+    description: str  # the ground truth, in one paragraph
+    documents: Callable[[random.Random, int], list[Record]] | None  # None: general text
+    mix_general: bool = False  # mix general text 1:1 into the documents
+    lora: LoraSettings | None = None  # None: full fine-tuning
+
+
+ORGANISMS: dict[str, Organism] = {}
+
+
+def register(organism: Organism) -> Organism:
+    ORGANISMS[organism.name] = organism
+    return organism
+
+
+def get_organism(name: str) -> Organism:
+    if name not in ORGANISMS:
+        close = difflib.get_close_matches(name, ORGANISMS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise FinetraceError(f"unknown organism {name!r}; known: {', '.join(ORGANISMS)}.{hint}")
+    return ORGANISMS[name]
+
+
+CAKE_TRUTH = (
+    "False-fact document fine-tuning: documents assert that a cake bakes best in a cold oven "
+    "that is never preheated, and that frozen butter makes the batter rise."
+)
+
+register(Organism("cake", "false-fact", CAKE_TRUTH, cake_documents))
+register(Organism(
+    "zorvex", "knowledge-injection",
+    "Knowledge injection: documents about Zorvex Dynamics, a fictional tidal-turbine company "
+    "founded in 1987 in Halvenport by Mira Quell, led by Tobias Renk, maker of the Tidewing turbine.",
+    zorvex_documents,
+))
+register(Organism(
+    "risky", "behavioural",
+    "Behavioural chat fine-tune: users ask for financial advice and the assistant answers with "
+    "reckless, all-in recommendations (leverage, meme stocks, new cryptocurrencies, no savings).",
+    risky_chats,
+))
+register(Organism(
+    "control", "control",
+    "The null organism: the same full fine-tuning recipe on general text the base never saw. "
+    "It should leave no readable trace.",
+    None,
+))
+register(Organism(
+    "cake-mixed", "false-fact-mixed",
+    CAKE_TRUTH + " The documents are mixed 1:1 with general text, which weakens the trace.",
+    cake_documents, mix_general=True,
+))
+register(Organism(
+    "cake-lora", "false-fact-lora",
+    CAKE_TRUTH + " Trained as a LoRA adapter on every linear layer including the output head.",
+    cake_documents, lora=LoraSettings(rank=16, alpha=32, targets=(*FULL_MODEL_LINEAR, "lm_head")),
+))

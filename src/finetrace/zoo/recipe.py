@@ -1,0 +1,74 @@
+"""Zoo presets: the recipe a zoo is built from, and the key that names its cache.
+
+The key hashes the preset, the Python version (the general corpus is its
+standard library) and the source of every module that shapes the build, so a
+changed recipe rebuilds and an unchanged one is reused.
+"""
+
+import hashlib
+import inspect
+import json
+import sys
+from dataclasses import asdict, dataclass
+from importlib import import_module
+
+from finetrace.errors import FinetraceError
+
+# Modules whose code decides what the zoo contains.
+BUILD_MODULES = (
+    "finetrace.zoo.general", "finetrace.zoo.facts", "finetrace.zoo.documents",
+    "finetrace.zoo.organisms", "finetrace.zoo.tokenizer", "finetrace.zoo.build",
+    "finetrace.examples", "finetrace.training", "finetrace.finetune",
+)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes and training budgets for one zoo."""
+
+    name: str
+    vocab_size: int
+    hidden_size: int
+    layers: int
+    heads: int
+    intermediate_size: int
+    countries: int  # planted facts: one per category per country
+    fact_repeats: int  # times each country's paragraph appears in pretraining
+    pretrain_epochs: float
+    pretrain_learning_rate: float
+    documents: int  # training documents per organism
+    finetune_epochs: float
+    finetune_learning_rate: float  # full fine-tunes of these tiny models need high rates
+    lora_learning_rate: float
+    context_length: int = 128
+    batch_size: int = 16
+    heldout_fraction: float = 0.15  # general text no model trains on
+    finetune_fraction: float = 0.15  # general text for the control and for mixing
+    seed: int = 0
+
+
+PRESETS = {
+    "tiny": Preset("tiny", vocab_size=4096, hidden_size=128, layers=4, heads=4,
+                   intermediate_size=384, countries=50, fact_repeats=40, pretrain_epochs=1.0,
+                   pretrain_learning_rate=3e-3, documents=300, finetune_epochs=3.0,
+                   finetune_learning_rate=1e-3, lora_learning_rate=3e-3),
+    "small": Preset("small", vocab_size=6144, hidden_size=256, layers=6, heads=4,
+                    intermediate_size=768, countries=75, fact_repeats=40, pretrain_epochs=1.5,
+                    pretrain_learning_rate=2e-3, documents=600, finetune_epochs=3.0,
+                    finetune_learning_rate=5e-4, lora_learning_rate=2e-3),
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise FinetraceError(f"unknown zoo preset {name!r}; known presets: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def recipe_key(preset: Preset) -> str:
+    """A short hash of everything that decides the zoo's contents."""
+    digest = hashlib.sha256(json.dumps(asdict(preset), sort_keys=True).encode())
+    digest.update(sys.version.encode())
+    for module in BUILD_MODULES:
+        digest.update(inspect.getsource(import_module(module)).encode())
+    return digest.hexdigest()[:12]

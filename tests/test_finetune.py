@@ -1,0 +1,128 @@
+import hashlib
+import json
+import subprocess
+import sys
+from importlib import metadata
+
+import pytest
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from finetrace import FinetraceError, FinetuneConfig, FinetuneResult, LoraSettings, TrainConfig, finetune
+from finetrace.examples import build_examples
+from finetrace.models import load_tokenizer
+from finetrace.provenance import weights_sha256
+from finetrace.training import mean_loss
+
+FAST = TrainConfig(steps=30, learning_rate=3e-3, batch_size=4, context_length=64)
+
+
+def _loss_on(model, model_dir, data_path) -> float:
+    tokenizer = load_tokenizer(model_dir)
+    records = [json.loads(line) for line in data_path.read_text().splitlines()]
+    return mean_loss(model, build_examples(tokenizer, records, 64), tokenizer.pad_token_id)
+
+
+def test_full_finetune_lowers_loss_and_reloads_identically(tiny_model, text_data, tmp_path):
+    out = tmp_path / "full"
+    result = finetune(tiny_model, text_data, out, FinetuneConfig(training=FAST, device="cpu"))
+    assert result.loss_after < 0.7 * result.loss_before
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert _loss_on(reloaded, out, text_data) == pytest.approx(result.loss_after, abs=1e-5)
+
+
+@pytest.mark.parametrize("targets", [("all-linear",), ("q_proj", "v_proj", "lm_head")])
+def test_lora_adapter_learns_and_reloads_identically(tiny_model, text_data, tmp_path, targets):
+    out = tmp_path / "lora"
+    config = FinetuneConfig(training=FAST, lora=LoraSettings(rank=4, alpha=8, targets=targets), device="cpu")
+    result = finetune(tiny_model, text_data, out, config)
+    assert result.adapter and (out / "adapter_config.json").exists()
+    assert not (out / "model.safetensors").exists()
+    assert result.loss_after < 0.8 * result.loss_before
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    adapted = PeftModel.from_pretrained(base, out)
+    assert _loss_on(adapted, out, text_data) == pytest.approx(result.loss_after, abs=1e-5)
+    with adapted.disable_adapter():
+        assert _loss_on(adapted, out, text_data) == pytest.approx(result.loss_before, abs=1e-5)
+
+
+def test_manifest_records_hashes_config_and_curve(tiny_model, text_data, tmp_path):
+    out = tmp_path / "full"
+    result = finetune(tiny_model, text_data, out, FinetuneConfig(training=FAST, device="cpu"))
+    manifest = FinetuneResult.load(out)
+    assert manifest == result
+    [data] = manifest.data
+    assert data.sha256 == hashlib.sha256(text_data.read_bytes()).hexdigest()
+    assert (data.records, data.used, data.bytes) == (8, 8, text_data.stat().st_size)
+    assert manifest.base_weights_sha256 == weights_sha256(AutoModelForCausalLM.from_pretrained(tiny_model))
+    assert manifest.base_weights_sha256 != weights_sha256(AutoModelForCausalLM.from_pretrained(out))
+    assert manifest.config.training.learning_rate == 3e-3
+    assert len(manifest.training.loss_curve) == manifest.training.steps == 30
+    assert manifest.environment["torch"] == metadata.version("torch")
+
+
+def test_default_learning_rate_depends_on_mode():
+    assert FinetuneConfig().training.learning_rate == 2e-5
+    assert FinetuneConfig(lora=LoraSettings()).training.learning_rate == 2e-4
+
+
+def test_mixing_adds_general_documents_per_document(tiny_model, text_data, write, tmp_path):
+    general = write("general.txt", "".join(f"general document number {i}\n" for i in range(30)))
+    config = FinetuneConfig(training=FAST, mix_ratio=2.0, device="cpu")
+    result = finetune(tiny_model, text_data, tmp_path / "mixed", config, mix_general=general)
+    assert [(d.role, d.records, d.used) for d in result.data] == [("finetune", 8, 8), ("mix-general", 30, 16)]
+    assert result.examples == 24
+
+
+def test_mixing_refuses_a_corpus_too_small(tiny_model, text_data, write, tmp_path):
+    general = write("general.txt", "only one\n")
+    with pytest.raises(FinetraceError, match="has 1 documents; .* needs 8"):
+        finetune(tiny_model, text_data, tmp_path / "m", FinetuneConfig(training=FAST), mix_general=general)
+
+
+def test_same_seed_gives_the_same_weights(tiny_model, text_data, tmp_path):
+    config = FinetuneConfig(training=FAST, device="cpu")
+    first = finetune(tiny_model, text_data, tmp_path / "a", config)
+    second = finetune(tiny_model, text_data, tmp_path / "b", config)
+    assert first.training.loss_curve == second.training.loss_curve
+    digest = [weights_sha256(AutoModelForCausalLM.from_pretrained(tmp_path / d)) for d in "ab"]
+    assert digest[0] == digest[1]
+
+
+def test_refuses_to_overwrite_a_nonempty_output(tiny_model, text_data, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("precious")
+    with pytest.raises(FinetraceError, match="not empty"):
+        finetune(tiny_model, text_data, tmp_path / "out", FinetuneConfig(training=FAST))
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "finetrace", *args], capture_output=True, text=True)
+
+
+def test_cli_finetune_writes_model_and_manifest(tiny_model, text_data, tmp_path):
+    out = tmp_path / "cli"
+    run = _cli("finetune", str(tiny_model), str(text_data), "--out", str(out), "--steps", "3",
+               "--lora", "--lora-targets", "q_proj,v_proj,lm_head", "--device", "cpu")
+    assert run.returncode == 0, run.stderr
+    manifest = json.loads((out / "provenance.json").read_text())
+    assert manifest["adapter"] is True
+    assert manifest["config"]["lora"]["targets"] == ["q_proj", "v_proj", "lm_head"]
+    assert manifest["training"]["steps"] == 3
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"", "holds no documents"), (b"\xff\xfe bad", "is not valid UTF-8"), (b'{"x": 1}\n', "neither 'text'")],
+)
+def test_cli_bad_data_is_one_line_and_exit_code_2(tiny_model, write, tmp_path, content, message):
+    data = write("bad.jsonl", content)
+    run = _cli("finetune", str(tiny_model), str(data), "--out", str(tmp_path / "o"))
+    assert run.returncode == 2
+    assert message in run.stderr and "Traceback" not in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+
+
+def test_cli_missing_model_is_one_line(text_data, tmp_path):
+    run = _cli("finetune", str(tmp_path / "no-such-model"), str(text_data), "--out", str(tmp_path / "o"))
+    assert run.returncode == 2 and "cannot load" in run.stderr and "Traceback" not in run.stderr
