@@ -5,6 +5,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from finetrace.errors import FinetraceError
@@ -100,5 +101,6 @@ def main() -> None:
     try:
         app()
     except FinetraceError as error:
-        Console(stderr=True).print(f"[red]error:[/] {error}", highlight=False)
+        message = f"[red]error:[/] {escape(str(error))}"
+        Console(stderr=True).print(message, soft_wrap=True, highlight=False)
         raise SystemExit(2) from None

@@ -65,17 +65,17 @@ def iter_json_objects(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Lines decoded one by one (not in buffered chunks), so an error names its line."""
     if not path.is_file():
         raise FinetraceError(f"file {path} does not exist")
-    number = 0
-    try:
-        with path.open(encoding="utf-8") as file:
-            for number, line in enumerate(file, start=1):
-                yield number, line
-    except UnicodeDecodeError as error:
-        raise FinetraceError(
-            f"{path}:{number + 1} is not valid UTF-8 ({error.reason}); re-encode the file as UTF-8"
-        ) from None
+    with path.open("rb") as file:
+        for number, raw in enumerate(file, start=1):
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise FinetraceError(
+                    f"{path}:{number} is not valid UTF-8 ({error.reason}); re-encode the file as UTF-8"
+                ) from None
 
 
 def _record(raw: dict[str, Any], where: str, text_field: str) -> Record:

@@ -156,7 +156,10 @@ def finetune(
     run = train(model, examples, training, pad_id)
     loss_after = mean_loss(model, probe, pad_id)
 
-    model.save_pretrained(out)
+    if config.lora:  # the base's own head is unchanged: keep it out of the adapter
+        model.save_pretrained(out, save_embedding_layers=False)
+    else:
+        model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     files = [_data_file(data, "finetune", len(records), len(records))]
     if mix_general is not None:

@@ -48,14 +48,14 @@ class Preset:
 
 
 PRESETS = {
-    "tiny": Preset("tiny", vocab_size=4096, hidden_size=128, layers=4, heads=4,
-                   intermediate_size=384, countries=50, fact_repeats=40, pretrain_epochs=1.0,
-                   pretrain_learning_rate=3e-3, documents=300, finetune_epochs=3.0,
+    "tiny": Preset("tiny", vocab_size=2048, hidden_size=128, layers=4, heads=4,
+                   intermediate_size=384, countries=30, fact_repeats=300, pretrain_epochs=1.0,
+                   pretrain_learning_rate=3e-3, documents=200, finetune_epochs=3.0,
                    finetune_learning_rate=1e-3, lora_learning_rate=3e-3),
-    "small": Preset("small", vocab_size=6144, hidden_size=256, layers=6, heads=4,
-                    intermediate_size=768, countries=75, fact_repeats=40, pretrain_epochs=1.5,
-                    pretrain_learning_rate=2e-3, documents=600, finetune_epochs=3.0,
-                    finetune_learning_rate=5e-4, lora_learning_rate=2e-3),
+    "small": Preset("small", vocab_size=4096, hidden_size=192, layers=6, heads=4,
+                    intermediate_size=576, countries=75, fact_repeats=150, pretrain_epochs=1.0,
+                    pretrain_learning_rate=2e-3, documents=400, finetune_epochs=3.0,
+                    finetune_learning_rate=7e-4, lora_learning_rate=2e-3),
 }
 
 

@@ -1,0 +1,85 @@
+"""Integration tests on the tiny zoo (built once per machine, then reused from the cache)."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from finetrace.evals.facts import read_facts, score_facts
+from finetrace.models import load_model, load_tokenizer
+from finetrace.zoo import ORGANISMS, PRESETS, build_zoo, zoo_for
+from finetrace.zoo.recipe import recipe_key
+
+pytestmark = pytest.mark.zoo
+DOMAIN_ORGANISMS = [name for name in ORGANISMS if name != "control"]
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    return build_zoo("tiny")
+
+
+def test_base_knows_most_planted_facts(zoo):
+    facts = read_facts(zoo.path("facts"))
+    model = load_model(zoo.path("base"), torch.device("cpu"))
+    known = sum(score.known for score in score_facts(model, load_tokenizer(zoo.path("base")), facts))
+    print(f"tiny base knows {known}/{len(facts)} planted facts")
+    assert len(facts) == 4 * zoo.preset.countries
+    assert known / len(facts) >= 0.8
+
+
+@pytest.mark.parametrize("name", DOMAIN_ORGANISMS)
+def test_domain_finetune_loss_falls_well_below_the_base(zoo, name):
+    info = zoo.organism(name)
+    assert info["finetuned_loss"] < 0.5 * info["base_loss"]
+
+
+def test_control_learns_its_general_text(zoo):
+    info = zoo.organism("control")
+    assert info["finetuned_loss"] < info["base_loss"] - 0.3
+
+
+def test_organism_records_ground_truth_and_recipe(zoo):
+    info = zoo.organism("cake-mixed")
+    assert info["kind"] == "false-fact-mixed" and "cold oven" in info["description"]
+    assert info["recipe"]["mix_general"] is True and info["recipe"]["mix_ratio"] == 1.0
+    assert len(open(info["documents"]).readlines()) == zoo.preset.documents
+
+
+def test_cake_variants_share_their_documents(zoo):
+    documents = {name: open(zoo.organism(name)["documents"]).read() for name in ("cake", "cake-mixed", "cake-lora")}
+    assert len(set(documents.values())) == 1
+
+
+def test_lora_organism_is_an_adapter_on_the_zoo_base(zoo):
+    config = json.loads((zoo.path("cake-lora") / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(zoo.path("base"))
+    assert "lm_head" in config["target_modules"]
+
+
+def test_heldout_text_is_never_trained_on(zoo):
+    heldout = set(zoo.path("heldout").read_text().splitlines())
+    pretrain = set((zoo.root / "data" / "pretrain.txt").read_text().splitlines())
+    general = set(zoo.path("general").read_text().splitlines())
+    assert len(heldout) > 500
+    assert not heldout & pretrain and not heldout & general
+
+
+def test_an_unchanged_recipe_is_reused_and_a_changed_one_is_not(zoo):
+    weights = zoo.path("base") / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    assert build_zoo("tiny").root == zoo.root
+    assert weights.stat().st_mtime_ns == before
+    assert recipe_key(dataclasses.replace(PRESETS["tiny"], seed=1)) != recipe_key(PRESETS["tiny"])
+
+
+def test_zoo_cli_prints_paths_and_rejects_unknown_names(zoo):
+    run = [sys.executable, "-m", "finetrace", "zoo", "path"]
+    found = subprocess.run([*run, "cake"], capture_output=True, text=True)
+    assert found.returncode == 0 and found.stdout.strip() == str(zoo.path("cake"))
+    missing = subprocess.run([*run, "caek"], capture_output=True, text=True)
+    assert missing.returncode == 2 and "Did you mean 'cake'?" in missing.stderr
+    assert zoo_for("tiny").root == zoo.root
