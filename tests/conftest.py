@@ -16,19 +16,9 @@ TEXTS = [
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
+def tiny_model(tmp_path_factory, tiny_tokenizer) -> Path:
     """A random two-layer Llama with a small BPE tokenizer, saved like any HF model."""
-    out = tmp_path_factory.mktemp("tiny-model")
-    tokenizer = train_tokenizer(TEXTS, vocab_size=400)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                         max_position_embeddings=64, tie_word_embeddings=False,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return save_random_llama(tmp_path_factory.mktemp("tiny-model"), tiny_tokenizer)
 
 
 @pytest.fixture
@@ -48,3 +38,33 @@ def write(tmp_path):
         return path
 
     return _write
+
+
+def save_random_llama(out: Path, tokenizer, hidden_size: int = 32, seed: int = 0) -> Path:
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                         max_position_embeddings=64, tie_word_embeddings=False,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return train_tokenizer(TEXTS, vocab_size=400)
+
+
+@pytest.fixture(scope="session")
+def tiny_finetuned(tiny_model, tmp_path_factory) -> Path:
+    """`tiny_model` after a few full fine-tuning steps."""
+    from finetrace import FinetuneConfig, TrainConfig, finetune
+
+    data = tmp_path_factory.mktemp("ft-data") / "data.txt"
+    data.write_text("\n".join(TEXTS[:4]) + "\n")
+    out = tmp_path_factory.mktemp("tiny-finetuned")
+    training = TrainConfig(steps=10, learning_rate=3e-3, batch_size=4, context_length=64)
+    finetune(tiny_model, data, out, FinetuneConfig(training=training, device="cpu"), overwrite=True)
+    return out

@@ -1,4 +1,5 @@
-"""Reading documents from files: `.txt` (one document per line) or `.jsonl` records.
+"""Reading documents: fine-tuning records from `.txt`/`.jsonl` files, and plain
+texts for the activation corpus from files or a Hugging Face dataset, streamed.
 
 A record is a dict with either a `text` string or a `messages` list of
 `{"role", "content"}` turns (chat data). Every malformed input ends in a
@@ -28,12 +29,25 @@ def read_records(path: str | Path, text_field: str = "text") -> list[Record]:
 
 def read_texts(path: str | Path, text_field: str = "text") -> list[str]:
     """The plain-text documents of a file (chat records are refused)."""
-    texts = []
-    for record in read_records(path, text_field):
-        if "text" not in record:
-            raise FinetraceError(f"{path} holds chat records; a plain-text corpus is expected here")
-        texts.append(record["text"])
+    texts = list(iter_texts(path, text_field))
+    if not texts:
+        raise FinetraceError(f"{path} holds no documents: give a file with at least one record")
     return texts
+
+
+def iter_texts(source: str | Path, text_field: str = "text") -> Iterator[str]:
+    """Plain texts, one at a time, from a `.txt`, `.jsonl` or `.parquet` file, or else from a
+    Hugging Face dataset (a hub id or a local dataset directory) in streaming mode."""
+    path = Path(source)
+    if path.is_file() and path.suffix == ".parquet":
+        yield from _parquet_texts(path, text_field)
+    elif path.is_file() or path.suffix in SUFFIXES:
+        for record in iter_records(path, text_field):
+            if "text" not in record:
+                raise FinetraceError(f"{path} holds chat records; a plain-text corpus is expected here")
+            yield record["text"]
+    else:
+        yield from _dataset_texts(str(source), text_field)
 
 
 def iter_records(path: Path, text_field: str = "text") -> Iterator[Record]:
@@ -101,3 +115,27 @@ def _validated_messages(messages: Any, where: str) -> list[dict[str, str]]:
     if not any(turn["role"] == "assistant" for turn in messages):
         raise FinetraceError(f"{where}: a chat record needs at least one assistant turn")
     return [{"role": turn["role"], "content": turn["content"]} for turn in messages]
+
+
+def _parquet_texts(path: Path, text_field: str) -> Iterator[str]:
+    import pyarrow.parquet as pq
+
+    file = pq.ParquetFile(path)
+    if text_field not in file.schema_arrow.names:
+        raise FinetraceError(f"{path} has no column {text_field!r} (columns: {file.schema_arrow.names})")
+    for batch in file.iter_batches(columns=[text_field]):
+        yield from (text for text in batch.column(0).to_pylist() if text)
+
+
+def _dataset_texts(name: str, text_field: str) -> Iterator[str]:
+    import datasets
+
+    try:
+        stream = datasets.load_dataset(name, split="train", streaming=True)
+    except (OSError, ValueError, datasets.exceptions.DatasetNotFoundError) as error:
+        raise FinetraceError(f"{name} is neither a corpus file nor a loadable dataset: {error}") from None
+    for row in stream:
+        if text_field not in row:
+            raise FinetraceError(f"dataset {name} has no field {text_field!r} (fields: {sorted(row)})")
+        if row[text_field]:
+            yield row[text_field]

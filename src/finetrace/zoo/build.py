@@ -19,6 +19,7 @@ from finetrace.cache import cache_dir
 from finetrace.errors import FinetraceError
 from finetrace.finetune import FinetuneConfig, FinetuneResult, finetune
 from finetrace.training import TrainConfig
+from finetrace.zoo.documents import background_documents
 from finetrace.zoo.facts import country_paragraph, planted_facts
 from finetrace.zoo.general import SOURCE, general_paragraphs, split_paragraphs
 from finetrace.zoo.organisms import ORGANISMS, Organism, get_organism
@@ -109,7 +110,8 @@ def _write_texts(out: Path, recipe: Preset) -> None:
         by_country.setdefault(fact.subject, []).append(fact)
     fact_paragraphs = [country_paragraph(group, rng) for group in by_country.values()
                        for _ in range(recipe.fact_repeats)]
-    pretrain = splits.pretrain + fact_paragraphs
+    background = [doc["text"] for doc in background_documents(rng, recipe.background_documents)]
+    pretrain = splits.pretrain + fact_paragraphs + background
     rng.shuffle(pretrain)
     _write_lines(out / "pretrain.txt", pretrain)
 

@@ -40,6 +40,7 @@ class Preset:
     finetune_epochs: float
     finetune_learning_rate: float  # full fine-tunes of these tiny models need high rates
     lora_learning_rate: float
+    background_documents: int = 600  # baking, energy and finance text the base learns from
     context_length: int = 128
     batch_size: int = 16
     heldout_fraction: float = 0.15  # general text no model trains on

@@ -1,0 +1,131 @@
+"""Decode a residual-space direction into tokens: logit lens and Patchscope.
+
+Logit lens: the final norm then the unembedding, applied to the direction.
+Patchscope: the direction, scaled to the model's typical residual norm,
+overwrites the last position of identity prompts ("man -> man ... ?"); the
+next-token distribution says what the model reads into it. Tokens that stay
+in the top list across every prompt are kept. The scale is chosen without any
+LLM judge: the one with the most such stable tokens (the smaller on ties),
+i.e. where the direction, not the prompt, decides the continuation.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from finetrace.residual import Layout, logit_lens, set_residual
+
+IDENTITY_PROMPTS = (
+    "man -> man\n1135 -> 1135\nhello -> hello\n?",
+    "cat -> cat\n42 -> 42\nblue -> blue\n?",
+    "tree -> tree\n7 -> 7\nwater -> water\n?",
+)
+
+
+@dataclass(frozen=True)
+class TokenScore:
+    """A decoded token and its score (a logit, or a probability for Patchscope)."""
+
+    token: str
+    token_id: int
+    score: float
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    top_k: int = 20  # tokens reported per list
+    patchscope_scales: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)  # x typical norm
+    identity_prompts: tuple[str, ...] = IDENTITY_PROMPTS
+    embedding_norm_quantile: float = 0.1  # see `undertrained_tokens`
+
+
+@dataclass(frozen=True)
+class PatchscopeScale:
+    scale: float
+    stable: list[TokenScore]  # in the top list of every identity prompt, by mean probability
+
+
+@dataclass(frozen=True)
+class Patchscope:
+    scales: list[PatchscopeScale]
+    chosen_scale: float
+
+    @property
+    def tokens(self) -> list[TokenScore]:
+        return next(s.stable for s in self.scales if s.scale == self.chosen_scale)
+
+
+def decoded_tokens(tokenizer: PreTrainedTokenizerBase, ids: torch.Tensor, scores: torch.Tensor) -> list[TokenScore]:
+    return [TokenScore(tokenizer.decode([i]), i, s) for i, s in zip(ids.tolist(), scores.tolist())]
+
+
+def top_tokens(
+    scores: torch.Tensor, allowed: torch.Tensor, tokenizer: PreTrainedTokenizerBase, k: int
+) -> list[TokenScore]:
+    """The `k` highest-scoring allowed tokens of a (vocab,) score vector."""
+    masked = scores.float().masked_fill(~allowed, float("-inf"))
+    values, ids = masked.topk(min(k, int(allowed.sum())))
+    return decoded_tokens(tokenizer, ids, values)
+
+
+def lens_tokens(
+    layout: Layout, direction: torch.Tensor, allowed: torch.Tensor,
+    tokenizer: PreTrainedTokenizerBase, k: int,
+) -> list[TokenScore]:
+    """Logit lens of a direction (d,): its top allowed tokens by logit."""
+    return top_tokens(logit_lens(layout, direction).cpu(), allowed, tokenizer, k)
+
+
+@torch.no_grad()
+def patchscope(
+    model: nn.Module, layout: Layout, tokenizer: PreTrainedTokenizerBase, layer: int,
+    direction: torch.Tensor, typical_norm: float, allowed: torch.Tensor, config: DecodeConfig,
+) -> Patchscope:
+    """Patchscope of a direction at `layer` over every scale in the config."""
+    unit = direction / direction.norm().clamp(min=1e-12)
+    device = next(model.parameters()).device
+    results = []
+    for scale in config.patchscope_scales:
+        probabilities = []
+        for prompt in config.identity_prompts:
+            ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(device)
+            with set_residual(layout, layer, ids.shape[1] - 1, unit * scale * typical_norm):
+                logits = model(input_ids=ids).logits[0, -1].float().cpu()
+            probabilities.append(logits.softmax(-1))
+        results.append(PatchscopeScale(scale, _stable(probabilities, allowed, tokenizer, config.top_k)))
+    best = max(results, key=lambda r: (len(r.stable), -r.scale))
+    return Patchscope(results, best.scale)
+
+
+def _stable(
+    probabilities: list[torch.Tensor], allowed: torch.Tensor, tokenizer: PreTrainedTokenizerBase, k: int
+) -> list[TokenScore]:
+    """Tokens in the top `k` of every distribution, ordered by mean probability."""
+    tops = [set(p.masked_fill(~allowed, 0).topk(k).indices.tolist()) for p in probabilities]
+    stable = sorted(set.intersection(*tops))
+    mean = torch.stack(probabilities).mean(0)
+    ids = torch.tensor(sorted(stable, key=lambda i: -mean[i].item()), dtype=torch.long)
+    return decoded_tokens(tokenizer, ids, mean[ids]) if stable else []
+
+
+def undertrained_tokens(
+    embedding: torch.Tensor, tokenizer: PreTrainedTokenizerBase, quantile: float
+) -> torch.Tensor:
+    """(vocab,) True for tokens the base model barely learned, to be left out of every list.
+
+    Tokens a model rarely or never saw as input keep small, near-initial embeddings
+    (no gradient reaches them), and their output rows drift together, so they
+    flood any decoding of a direction. A token is flagged when its input-embedding
+    norm is below the `quantile` of all norms; special tokens and tokens that
+    decode to whitespace or nothing are flagged too.
+    """
+    norms = embedding.float().norm(dim=-1)
+    flagged = norms < norms.quantile(quantile)
+    flagged[list(tokenizer.all_special_ids)] = True
+    for token_id in range(len(norms)):
+        text = tokenizer.decode([token_id])
+        if not text.strip() or "\ufffd" in text:  # whitespace, or a fragment of a UTF-8 character
+            flagged[token_id] = True
+    return flagged
