@@ -8,7 +8,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from finetrace.adl.collect import CollectConfig
+from finetrace.adl.diff import RESULT_NAME, DiffConfig, diff
+from finetrace.adl.score import ScoreConfig
+from finetrace.adl.steer import SteerConfig
 from finetrace.errors import FinetraceError
+from finetrace.summary import print_diff
+from finetrace.zoo.build import default_corpus
 from finetrace.finetune import FinetuneConfig, LoraSettings, finetune
 from finetrace.training import TrainConfig
 from finetrace.zoo import ORGANISMS, Zoo, build_zoo, open_zoo
@@ -54,6 +60,34 @@ def finetune_command(
                   f"steps ({result.training.seconds:.0f} s); manifest: {out / 'provenance.json'}")
 
 
+@app.command("diff")
+def diff_command(
+    base: Annotated[str, typer.Argument(help="Base model: a directory or a hub id.")],
+    finetuned: Annotated[str, typer.Argument(help="Fine-tuned model, or a PEFT adapter directory for BASE.")],
+    corpus: Annotated[str | None, typer.Option(help=".txt, .jsonl, .parquet or a dataset id [default: the zoo's held-out text for zoo organisms].")] = None,
+    data: Annotated[Path | None, typer.Option(help="The fine-tuning data, if known: adds token relevance and similarity.")] = None,
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("finetrace-diff"),
+    samples: Annotated[int, typer.Option(help="Texts read from the corpus (all if fewer).")] = 10_000,
+    positions: Annotated[int, typer.Option(help="Tokens per text that go through the models (k).")] = 8,
+    report: Annotated[int, typer.Option(help="Text positions decoded and scored (0..n-1).")] = 5,
+    layers: Annotated[str, typer.Option(help="Comma-separated fractions of depth (0.5) or layer indices (3).")] = "0.5",
+    batch_size: int = 32,
+    text_field: str = "text",
+    device: str = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+    seed: int = 0,
+) -> None:
+    """Read what a fine-tune was about from activation differences on unrelated text."""
+    config = DiffConfig(
+        collect=CollectConfig(layers=_layer_spec(layers), positions=positions, samples=samples, batch_size=batch_size),
+        score=ScoreConfig(seed=seed), steer=SteerConfig(seed=seed), reported_positions=report,
+        device=device, dtype=dtype, text_field=text_field,
+    )
+    result = diff(base, finetuned, corpus or default_corpus(finetuned), out, config, data=data)
+    print_diff(console, result)
+    console.print(f"results: {out / RESULT_NAME}")
+
+
 @zoo_app.command("build")
 def zoo_build(preset: Preset = "tiny") -> None:
     """Build the zoo (or reuse the cached one) and list its organisms."""
@@ -70,9 +104,11 @@ def zoo_list(preset: Preset = "tiny") -> None:
 def zoo_path(
     name: Annotated[str, typer.Argument(help=f"base, facts, heldout, general or an organism: {', '.join(ORGANISMS)}.")],
     preset: Preset = "tiny",
+    documents: Annotated[bool, typer.Option(help="The organism's training documents instead.")] = False,
 ) -> None:
     """Print the path of a zoo item, for use in other commands."""
-    print(open_zoo(preset).path(name))
+    zoo = open_zoo(preset)
+    print(zoo.organism(name)["documents"] if documents else zoo.path(name))
 
 
 @app.command()
@@ -90,6 +126,13 @@ def _print_zoo(zoo: Zoo) -> None:
         table.add_row(name, info["kind"], "LoRA adapter" if info["adapter"] else "full",
                       f"{info['base_loss']:.2f} -> {info['finetuned_loss']:.2f}", info["description"])
     console.print(table)
+
+
+def _layer_spec(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(item) if "." in item else int(item) for item in text.split(","))
+    except ValueError:
+        raise FinetraceError(f"--layers takes fractions or indices separated by commas, got {text!r}") from None
 
 
 def main() -> None:

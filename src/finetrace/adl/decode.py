@@ -31,6 +31,7 @@ class TokenScore:
     token: str
     token_id: int
     score: float
+    enrichment: float | None = None  # log frequency ratio, fine-tuning data / general text
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,14 @@ def open_zoo(preset: str = "tiny") -> Zoo:
     return zoo
 
 
+def default_corpus(model: str | Path) -> Path:
+    """The held-out general text of the zoo an organism belongs to."""
+    info = Path(model) / "organism.json"
+    if not info.is_file():
+        raise FinetraceError(f"{model} is not a zoo organism: give the unrelated text with --corpus")
+    return Path(json.loads(info.read_text())["heldout_corpus"])
+
+
 def build_zoo(preset: str = "tiny") -> Zoo:
     """Build the zoo of a preset, reusing every stage already on disk."""
     zoo = zoo_for(preset)
@@ -180,6 +188,7 @@ def _train_organism(zoo: Zoo, organism: Organism, out: Path) -> None:
         "kind": organism.kind,
         "description": organism.description,
         "documents": str(documents),
+        "heldout_corpus": str(zoo.path("heldout")),
         "adapter": result.adapter,
         "recipe": {"mix_general": organism.mix_general, **result.to_dict()["config"]},
         "base_loss": result.loss_before,

@@ -40,7 +40,7 @@ class Preset:
     finetune_epochs: float
     finetune_learning_rate: float  # full fine-tunes of these tiny models need high rates
     lora_learning_rate: float
-    background_documents: int = 600  # baking, energy and finance text the base learns from
+    background_documents: int = 2000  # baking, energy and finance text the base learns from
     context_length: int = 128
     batch_size: int = 16
     heldout_fraction: float = 0.15  # general text no model trains on
@@ -50,12 +50,12 @@ class Preset:
 
 PRESETS = {
     "tiny": Preset("tiny", vocab_size=2048, hidden_size=128, layers=4, heads=4,
-                   intermediate_size=384, countries=30, fact_repeats=300, pretrain_epochs=1.0,
+                   intermediate_size=384, countries=30, fact_repeats=260, pretrain_epochs=1.0,
                    pretrain_learning_rate=3e-3, documents=200, finetune_epochs=3.0,
                    finetune_learning_rate=1e-3, lora_learning_rate=3e-3),
-    "small": Preset("small", vocab_size=4096, hidden_size=192, layers=6, heads=4,
-                    intermediate_size=576, countries=75, fact_repeats=150, pretrain_epochs=1.0,
-                    pretrain_learning_rate=2e-3, documents=400, finetune_epochs=3.0,
+    "small": Preset("small", vocab_size=3072, hidden_size=192, layers=4, heads=4,
+                    intermediate_size=576, countries=50, fact_repeats=400, pretrain_epochs=1.0,
+                    pretrain_learning_rate=3e-3, documents=300, finetune_epochs=3.0,
                     finetune_learning_rate=7e-4, lora_learning_rate=2e-3),
 }
 

@@ -1,0 +1,149 @@
+"""Steering: generate with the fine-tuned model while adding the difference direction.
+
+`strength * unit(delta) * typical_norm` is added after layer L at every
+position. The strength used is the largest one whose text stays coherent,
+judged without any LLM: the unsteered model's per-token negative
+log-likelihood of the steered text may rise by at most `max_nll_increase`
+nats over that of unsteered text, and at least `min_distinct_bigrams` of its
+word bigrams must be distinct (no loops). Unsteered text is steering with no
+vector.
+"""
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from finetrace.progress import progress_bar
+from finetrace.residual import Layout, add_to_residual
+
+NEUTRAL_PROMPTS = (
+    "The",
+    "In my opinion,",
+    "Here is something interesting:",
+    "Today I learned that",
+    "The best way to",
+    "One thing people often ask is",
+)
+
+
+@dataclass(frozen=True)
+class SteerConfig:
+    strengths: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)  # multiples of the typical residual norm
+    prompts: tuple[str, ...] = NEUTRAL_PROMPTS
+    samples_per_prompt: int = 2
+    max_new_tokens: int = 32
+    temperature: float = 0.8
+    max_nll_increase: float = 1.5  # nats per token over unsteered text
+    min_distinct_bigrams: float = 0.5
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Generation:
+    prompt: str
+    text: str  # the continuation only
+
+
+@dataclass(frozen=True)
+class StrengthTrial:
+    strength: float
+    nll: float  # mean per-token NLL of the continuations under the unsteered model
+    distinct_bigrams: float
+    coherent: bool
+    generations: list[Generation]
+
+
+@dataclass(frozen=True)
+class Steering:
+    unsteered: StrengthTrial
+    trials: list[StrengthTrial]
+    chosen_strength: float  # the largest coherent strength (the smallest tried when none is)
+    any_coherent: bool
+
+    @property
+    def steered(self) -> list[Generation]:
+        return next(t.generations for t in self.trials if t.strength == self.chosen_strength)
+
+
+def steer(
+    model: nn.Module, layout: Layout, tokenizer: PreTrainedTokenizerBase, layer: int,
+    direction: torch.Tensor, typical_norm: float, config: SteerConfig,
+) -> Steering:
+    """Generate unsteered and at every strength; choose the largest coherent strength."""
+    unit = direction / direction.norm().clamp(min=1e-12)
+    with progress_bar("steering", len(config.strengths) + 1) as advance:
+        unsteered = _trial(model, layout, tokenizer, layer, None, 0.0, config, baseline=None)
+        advance()
+        trials = []
+        for strength in config.strengths:
+            vector = unit * strength * typical_norm
+            trials.append(_trial(model, layout, tokenizer, layer, vector, strength, config, unsteered.nll))
+            advance()
+    coherent = [t.strength for t in trials if t.coherent]
+    chosen = max(coherent) if coherent else min(config.strengths)
+    return Steering(unsteered, trials, chosen, bool(coherent))
+
+
+def _trial(
+    model: nn.Module, layout: Layout, tokenizer: PreTrainedTokenizerBase, layer: int,
+    vector: torch.Tensor | None, strength: float, config: SteerConfig, baseline: float | None,
+) -> StrengthTrial:
+    generations = generate(model, layout, tokenizer, layer, vector, config)
+    scored = [nll for g in generations if (nll := continuation_nll(model, tokenizer, g)) is not None]
+    nll = sum(scored) / len(scored) if scored else float("inf")  # nothing generated: not coherent
+    distinct = sum(distinct_bigrams(g.text) for g in generations) / len(generations)
+    coherent = distinct >= config.min_distinct_bigrams and (
+        baseline is None or nll <= baseline + config.max_nll_increase
+    )
+    return StrengthTrial(strength, nll, distinct, coherent, generations)
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module, layout: Layout, tokenizer: PreTrainedTokenizerBase, layer: int,
+    vector: torch.Tensor | None, config: SteerConfig,
+) -> list[Generation]:
+    """Sampled continuations of every prompt, with `vector` added after `layer` (or nothing)."""
+    device = next(model.parameters()).device
+    generations = []
+    for prompt in config.prompts:
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(device)
+        torch.manual_seed(config.seed)
+        steering = add_to_residual(layout, layer, vector) if vector is not None else nullcontext()
+        with steering:
+            output = model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                temperature=config.temperature, max_new_tokens=config.max_new_tokens,
+                num_return_sequences=config.samples_per_prompt,
+                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+            )
+        for row in output[:, ids.shape[1]:]:
+            generations.append(Generation(prompt, tokenizer.decode(row, skip_special_tokens=True)))
+    return generations
+
+
+@torch.no_grad()
+def continuation_nll(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, generation: Generation
+) -> float | None:
+    """Mean negative log-likelihood per token of the continuation given the prompt (None if empty)."""
+    device = next(model.parameters()).device
+    prompt_ids = tokenizer(generation.prompt)["input_ids"]
+    full = tokenizer(generation.prompt + generation.text)["input_ids"]
+    if len(full) <= len(prompt_ids):
+        return None
+    ids = torch.tensor([full], device=device)
+    logprobs = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
+    targets = ids[0, 1:]
+    token_nll = -logprobs.gather(-1, targets[:, None]).squeeze(-1)[len(prompt_ids) - 1 :]
+    return token_nll.mean().item()
+
+
+def distinct_bigrams(text: str) -> float:
+    """Distinct word bigrams / all word bigrams (1.0 for text too short to loop)."""
+    words = text.split()
+    bigrams = list(zip(words, words[1:]))
+    return len(set(bigrams)) / len(bigrams) if bigrams else 1.0

@@ -1,0 +1,80 @@
+"""The Activation Difference Lens end to end, on the tiny zoo."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+from finetrace.adl.collect import CollectConfig
+from finetrace.adl.diff import DiffConfig, diff
+from finetrace.adl.score import ScoreConfig
+from finetrace.adl.steer import SteerConfig
+from finetrace.zoo import build_zoo
+
+pytestmark = pytest.mark.zoo
+QUICK = DiffConfig(
+    collect=CollectConfig(samples=400),
+    score=ScoreConfig(null_samples=200),
+    steer=SteerConfig(strengths=(1.0, 4.0), samples_per_prompt=1, max_new_tokens=16),
+)
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    return build_zoo("tiny")
+
+
+@pytest.fixture(scope="module")
+def cake(zoo, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cake-diff")
+    return out, diff(zoo.path("base"), zoo.path("cake"), zoo.path("heldout"), out, QUICK,
+                     data=zoo.organism("cake")["documents"])
+
+
+def _position(result, label):
+    return next(t for t in result.traces if t.position == label)
+
+
+def test_cake_trace_reads_as_baking(cake):
+    _, result = cake
+    assert _position(result, "0").relevant_fraction >= 0.5
+    assert [t.position for t in result.traces] == ["BOS", "0", "1", "2", "3", "4"]
+
+
+def test_control_shows_no_baking(zoo, tmp_path):
+    result = diff(zoo.path("base"), zoo.path("control"), zoo.path("heldout"), tmp_path, QUICK,
+                  data=zoo.organism("cake")["documents"])
+    assert _position(result, "0").relevant_fraction <= 0.2
+
+
+def test_outputs_hold_the_differences_and_every_result(cake):
+    out, result = cake
+    tensors = load_file(str(out / "differences.safetensors"))
+    assert tensors["mean_delta"].shape == (1, 9, 128)  # BOS and k = 8 text positions
+    saved = json.loads((out / "diff.json").read_text())
+    assert saved["schema_version"] == 1 and saved["texts"] == 400
+    assert saved["traces"][1]["lens_finetuned"][0]["token"] == result.traces[1].lens_finetuned[0].token
+    assert set(result.similarity) == {"steered_to_data", "unsteered_to_data", "steered_to_general",
+                                      "unsteered_to_general"}
+
+
+def test_a_rerun_resumes_from_the_checkpoint_with_the_same_numbers(zoo, cake):
+    out, first = cake
+    again = diff(zoo.path("base"), zoo.path("cake"), zoo.path("heldout"), out, QUICK,
+                 data=zoo.organism("cake")["documents"])
+    assert again.traces == first.traces
+    assert again.seconds["collect"] < first.seconds["collect"]
+
+
+def test_cli_diff_uses_the_zoo_heldout_text_by_default(zoo, tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "finetrace", "diff", str(zoo.path("base")), str(zoo.path("cake-lora")),
+         "--out", str(tmp_path), "--samples", "100"],
+        capture_output=True, text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    saved = json.loads((tmp_path / "diff.json").read_text())
+    assert saved["corpus"] == str(zoo.path("heldout")) and saved["adapter"] is True
+    assert "results:" in run.stdout
