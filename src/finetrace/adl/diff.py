@@ -167,10 +167,15 @@ def _decode_and_score(
                 patchscope=patchscope(model, layout, pair.tokenizer, collected.layers[li], direction,
                                       typical, allowed, config.decode),
                 significance=significance(layout, direction, collected.delta.variance[li, pi],
-                                          allowed, geometry, config.score),
+                                          allowed, geometry, _null_config(labels[pi], config.score)),
                 relevant_fraction=fraction,
             ))
     return traces
+
+
+def _null_config(position: str, config: ScoreConfig) -> ScoreConfig:
+    # Every text starts with the same BOS, so its difference has no spread to shape a null with.
+    return replace(config, null="isotropic") if position == "BOS" else config
 
 
 def _lens(layout, collected: Collected, cell: tuple[int, int], allowed, pair: ModelPair, config: DiffConfig):

@@ -31,7 +31,7 @@ NEUTRAL_PROMPTS = (
 
 @dataclass(frozen=True)
 class SteerConfig:
-    strengths: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)  # multiples of the typical residual norm
+    strengths: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)  # multiples of the typical residual norm
     prompts: tuple[str, ...] = NEUTRAL_PROMPTS
     samples_per_prompt: int = 2
     max_new_tokens: int = 32
