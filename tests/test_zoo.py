@@ -29,6 +29,7 @@ def test_base_knows_most_planted_facts(zoo):
     print(f"tiny base knows {known}/{len(facts)} planted facts")
     assert len(facts) == 4 * zoo.preset.countries
     assert known / len(facts) >= 0.8
+    assert zoo.summary()["base_facts_known"] == known / len(facts)
 
 
 @pytest.mark.parametrize("name", DOMAIN_ORGANISMS)

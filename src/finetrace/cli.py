@@ -118,14 +118,19 @@ def demo() -> None:
 
 
 def _print_zoo(zoo: Zoo) -> None:
+    summary = zoo.summary()
     table = Table(title=f"finetrace zoo '{zoo.preset.name}' at {zoo.root}")
-    for column in ("organism", "kind", "weights", "loss base -> fine-tuned", "ground truth"):
+    for column in ("organism", "kind", "weights", "loss on its data: base -> fine-tuned"):
         table.add_column(column)
     for name in ORGANISMS:
         info = zoo.organism(name)
         table.add_row(name, info["kind"], "LoRA adapter" if info["adapter"] else "full",
-                      f"{info['base_loss']:.2f} -> {info['finetuned_loss']:.2f}", info["description"])
+                      f"{info['base_loss']:.2f} -> {info['finetuned_loss']:.2f}")
     console.print(table)
+    console.print(f"The base knows {summary['base_facts_known']:.0%} of {summary['facts']} planted facts. "
+                  f"General text: {summary['general_source']}.")
+    for name in ORGANISMS:
+        console.print(f"[bold]{name}[/]: {escape(zoo.organism(name)['description'])}")
 
 
 def _layer_spec(text: str) -> tuple[float, ...]:

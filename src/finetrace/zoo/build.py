@@ -17,7 +17,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from finetrace.cache import cache_dir
 from finetrace.errors import FinetraceError
+from finetrace.evals.facts import read_facts, score_facts
 from finetrace.finetune import FinetuneConfig, FinetuneResult, finetune
+from finetrace.models import load_model, load_tokenizer
 from finetrace.training import TrainConfig
 from finetrace.zoo.documents import background_documents
 from finetrace.zoo.facts import country_paragraph, planted_facts
@@ -50,6 +52,10 @@ class Zoo:
     def organism(self, name: str) -> dict:
         """The organism's `organism.json`: ground truth, recipe and losses."""
         return json.loads((self.path(name) / "organism.json").read_text())
+
+    def summary(self) -> dict:
+        """`zoo.json`: the preset, the general text's source and the base's fact accuracy."""
+        return json.loads((self.root / "zoo.json").read_text())
 
     @property
     def built(self) -> bool:
@@ -87,9 +93,13 @@ def build_zoo(preset: str = "tiny") -> Zoo:
     _stage(zoo.path("base"), lambda out: _pretrain(zoo, out))
     for organism in ORGANISMS.values():
         _stage(zoo.path(organism.name), lambda out, o=organism: _train_organism(zoo, o, out))
-    summary = {"preset": recipe.name, "key": zoo.root.name.split("-")[-1], "general_source": SOURCE,
-               "organisms": list(ORGANISMS)}
-    (zoo.root / "zoo.json").write_text(json.dumps(summary, indent=2))
+    if not zoo.built:
+        facts = read_facts(zoo.path("facts"))
+        base = load_model(zoo.path("base"), torch.device("cpu"))
+        known = sum(score.known for score in score_facts(base, load_tokenizer(zoo.path("base")), facts))
+        summary = {"preset": recipe.name, "key": recipe_key(recipe), "general_source": SOURCE,
+                   "organisms": list(ORGANISMS), "facts": len(facts), "base_facts_known": known / len(facts)}
+        (zoo.root / "zoo.json").write_text(json.dumps(summary, indent=2))
     return zoo
 
 
