@@ -16,10 +16,13 @@ from finetrace.errors import FinetraceError
 
 @dataclass(frozen=True)
 class ClozeFact:
+    """A fact as a sentence to complete: `prompt + " " + answer`."""
+
     prompt: str
     answer: str
-    distractors: tuple[str, ...]
+    distractors: tuple[str, ...]  # wrong answers of the same kind
     category: str
+    subject: str = ""  # the entity the fact is about
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,8 @@ def read_facts(path: str | Path) -> list[ClozeFact]:
         if missing:
             raise FinetraceError(f"{where}: a fact needs {sorted(missing)}")
         distractors = tuple(raw.get("distractors", ()))
-        facts.append(ClozeFact(raw["prompt"], raw["answer"], distractors, raw.get("category", "other")))
+        facts.append(ClozeFact(raw["prompt"], raw["answer"], distractors, raw.get("category", "other"),
+                               raw.get("subject", "")))
     if not facts:
         raise FinetraceError(f"{path} holds no facts")
     return facts

@@ -9,7 +9,7 @@ import json
 import random
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -122,7 +122,7 @@ def _write_texts(out: Path, recipe: Preset) -> None:
         _write_lines(out / "general" / f"{name}.txt", getattr(splits, name))
 
     facts = planted_facts(recipe.countries, rng)
-    _write_jsonl(out / "facts.jsonl", [fact.to_dict() for fact in facts])
+    _write_jsonl(out / "facts.jsonl", [asdict(fact) for fact in facts])
     by_country: dict[str, list] = {}
     for fact in facts:
         by_country.setdefault(fact.subject, []).append(fact)
