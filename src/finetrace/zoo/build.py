@@ -97,7 +97,7 @@ def build_zoo(preset: str = "tiny") -> Zoo:
         facts = read_facts(zoo.path("facts"))
         base = load_model(zoo.path("base"), torch.device("cpu"))
         known = sum(score.known for score in score_facts(base, load_tokenizer(zoo.path("base")), facts))
-        summary = {"preset": recipe.name, "key": recipe_key(recipe), "general_source": SOURCE,
+        summary = {"preset": recipe.name, "key": zoo.root.name.rsplit("-", 1)[1], "general_source": SOURCE,
                    "organisms": list(ORGANISMS), "facts": len(facts), "base_facts_known": known / len(facts)}
         (zoo.root / "zoo.json").write_text(json.dumps(summary, indent=2))
     return zoo
