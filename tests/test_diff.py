@@ -43,6 +43,28 @@ def test_cake_trace_reads_as_baking(cake):
     assert [t.position for t in result.traces] == ["BOS", "0", "1", "2", "3", "4"]
 
 
+@pytest.fixture(scope="module")
+def without_data(zoo, tmp_path_factory):
+    """Diffs that read relevance from the pair's own generations, as a user without data would."""
+    return {name: diff(zoo.path("base"), zoo.path(name), zoo.path("heldout"),
+                       tmp_path_factory.mktemp(name), QUICK)
+            for name in ("cake", "control", "cake-mixed")}
+
+
+def test_narrow_finetune_trace_is_significant_without_data(without_data):
+    result = without_data["cake"]
+    assert result.relevance_source == "generations"
+    assert result.p_value < 0.01 and result.trace_strength > 3
+
+
+def test_control_trace_is_not_significant(without_data):
+    assert without_data["control"].p_value > 0.05
+
+
+def test_mixing_in_general_text_weakens_the_trace(without_data):
+    assert without_data["cake-mixed"].trace_strength < without_data["cake"].trace_strength
+
+
 def test_control_shows_no_baking(zoo, tmp_path):
     result = diff(zoo.path("base"), zoo.path("control"), zoo.path("heldout"), tmp_path, QUICK,
                   data=zoo.organism("cake")["documents"])

@@ -14,12 +14,13 @@ def print_diff(console: Console, result: DiffResult) -> None:
     """Headline, per-position tokens and steering samples of a diff."""
     verdict = "a clear trace" if result.p_value < 0.01 else "a weak trace" if result.p_value < 0.05 else "no significant trace"
     console.print(f"[bold]{escape(result.finetuned)}[/] vs {escape(result.base)}: {verdict} "
-                  f"(strength z = {result.trace_strength:.1f}, p = {result.p_value:.3g}, {result.texts} texts)")
+                  f"(strength z = {result.trace_strength:.1f}, p = {result.p_value:.3g}, {result.texts} texts; "
+                  f"relevance from {result.relevance_source})")
     table = Table(show_lines=False)
     for column in ("layer", "pos", "norm", "z", "p", "relevant", "logit lens (fine-tuned head)", "patchscope"):
         table.add_column(column)
     for trace in result.traces:
-        relevant = "" if trace.relevant_fraction is None else f"{trace.relevant_fraction:.0%}"
+        relevant = f"{trace.relevant_fraction:.0%}"
         table.add_row(str(trace.layer), trace.position, f"{trace.norm:.2f}", f"{trace.significance.z:.1f}",
                       f"{trace.significance.p_value:.3f}", relevant, _tokens(trace.lens_finetuned),
                       _tokens(trace.patchscope.tokens))

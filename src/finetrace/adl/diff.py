@@ -1,14 +1,15 @@
 """`finetrace diff`: the whole Activation Difference Lens on one model pair.
 
 collect the mean differences -> decode each reported position (logit lens
-through both heads, Patchscope) -> score (coherence against a null, and token
-enrichment when the fine-tuning data is given) -> steer with the difference.
+through both heads, Patchscope) -> score (relevant lens tokens against a null
+of random directions) -> steer with the difference.
 """
 
 import json
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,9 @@ from safetensors.torch import save_file
 from finetrace.adl.collect import CollectConfig, Collected, collect
 from finetrace.adl.decode import (DecodeConfig, Patchscope, TokenScore, lens_tokens, patchscope,
                                   undertrained_tokens)
-from finetrace.adl.score import (ScoreConfig, Significance, enrichment, output_geometry,
-                                 relevant_tokens, significance, token_counts)
-from finetrace.adl.steer import SteerConfig, Steering, steer
+from finetrace.adl.score import (ScoreConfig, Significance, enrichment, relevant_tokens,
+                                 token_counts, trace_significance)
+from finetrace.adl.steer import SteerConfig, Steering, generate, steer
 from finetrace.corpus import iter_texts, read_records
 from finetrace.pair import ModelPair, load_pair
 from finetrace.provenance import environment
@@ -57,8 +58,8 @@ class PositionTrace:
     lens_finetuned: list[TokenScore]  # logit lens through the fine-tuned model's head
     lens_base: list[TokenScore]  # ... and through the base model's head
     patchscope: Patchscope
-    significance: Significance
-    relevant_fraction: float | None  # of lens_finetuned, when the fine-tuning data was given
+    significance: Significance  # relevant tokens in lens_finetuned against the null
+    relevant_fraction: float  # of lens_finetuned
 
 
 @dataclass(frozen=True)
@@ -70,18 +71,27 @@ class DiffResult:
     adapter: bool
     corpus: str
     texts: int
+    relevance_source: str  # "data" (the fine-tuning data) or "generations" (the pair's own)
     traces: list[PositionTrace]
     steering: Steering
-    trace_strength: float  # mean z-score of the reported positions at the first layer
-    p_value: float  # smallest p-value of those positions, Bonferroni-corrected
+    significance: Significance  # relevant tokens summed over the text positions of the first layer
     config: DiffConfig
     environment: dict[str, str]
     seconds: dict[str, float]
     similarity: dict[str, float] | None = None  # steered/unsteered vs data/general text
     schema_version: int = SCHEMA_VERSION
 
+    @property
+    def trace_strength(self) -> float:
+        """The headline: z-score of the summed relevant-token count."""
+        return self.significance.z
+
+    @property
+    def p_value(self) -> float:
+        return self.significance.p_value
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "trace_strength": self.trace_strength, "p_value": self.p_value}
 
 
 def diff(
@@ -106,13 +116,9 @@ def diff(
     collected = collect(pair, corpus, config.collect, out, config.text_field)
     clock.lap("collect")
     data_texts = _data_texts(data) if data is not None else None
-    relevant = None
-    if data_texts is not None:
-        general = list(iter_texts(corpus, config.text_field))[: config.collect.samples]
-        counts = token_counts(pair.tokenizer, data_texts)
-        scores = enrichment(counts, token_counts(pair.tokenizer, general), len(pair.tokenizer))
-        relevant = (scores, relevant_tokens(scores, counts, config.score))
-    traces = _decode_and_score(pair, collected, config, relevant)
+    scores, relevant = _relevance(pair, collected, corpus, data_texts, config)
+    clock.lap("relevance")
+    traces, total = _decode_and_score(pair, collected, config, scores, relevant)
     clock.lap("decode")
     with pair.use("finetuned") as (model, layout):
         steer_index = collected.position_labels.index(str(config.steer_position))
@@ -121,61 +127,79 @@ def diff(
                          _typical_norm(collected, 0), config.steer)
     clock.lap("steer")
     similarity = _similarity(steering, data_texts, corpus, config) if data_texts is not None else None
-    headline = [t for t in traces if t.layer == collected.layers[0] and t.position != "BOS"]
     result = DiffResult(
         base=str(base), finetuned=str(finetuned), adapter=pair.adapter, corpus=str(corpus),
-        texts=collected.texts, traces=traces, steering=steering,
-        trace_strength=sum(t.significance.z for t in headline) / len(headline),
-        p_value=min(1.0, min(t.significance.p_value for t in headline) * len(headline)),
-        config=config, environment=environment(pair.device), seconds=clock.laps, similarity=similarity,
+        texts=collected.texts, relevance_source="data" if data_texts is not None else "generations",
+        traces=traces, steering=steering, significance=total, config=config,
+        environment=environment(pair.device), seconds=clock.laps, similarity=similarity,
     )
     _write(out, result, collected)
     return result
 
 
+def _relevance(
+    pair: ModelPair, collected: Collected, corpus, data_texts: list[str] | None, config: DiffConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(enrichment, relevant) over the vocabulary: from the fine-tuning data against the
+    corpus when given, else from the fine-tuned model's generations against the base's."""
+    if data_texts is not None:
+        domain = data_texts
+        reference = list(islice(iter_texts(corpus, config.text_field), config.collect.samples))
+    else:
+        sampling = replace(config.steer, samples_per_prompt=config.score.generations_per_prompt,
+                           max_new_tokens=config.score.generation_tokens)
+        texts = {}
+        for which in ("finetuned", "base"):
+            with pair.use(which) as (model, layout):
+                generations = generate(model, layout, pair.tokenizer, collected.layers[0], None, sampling)
+                texts[which] = [g.prompt + g.text for g in generations]
+        domain, reference = texts["finetuned"], texts["base"]
+    counts = token_counts(pair.tokenizer, domain)
+    scores = enrichment(counts, token_counts(pair.tokenizer, reference), len(pair.tokenizer))
+    return scores, relevant_tokens(scores, counts, config.score)
+
+
 def _decode_and_score(
-    pair: ModelPair, collected: Collected, config: DiffConfig, relevant: tuple | None
-) -> list[PositionTrace]:
+    pair: ModelPair, collected: Collected, config: DiffConfig, scores: torch.Tensor, relevant: torch.Tensor
+) -> tuple[list[PositionTrace], Significance]:
     labels = collected.position_labels
-    reported = [i for i, label in enumerate(labels) if label == "BOS" or int(label) < config.reported_positions]
-    cells = [(li, pi) for li in range(len(collected.layers)) for pi in reported]
+    text = [i for i, label in enumerate(labels) if label != "BOS" and int(label) < config.reported_positions]
+    groups = ([[labels.index("BOS")]] if "BOS" in labels else []) + [text]
     with pair.use("base") as (model, layout):
         embedding = model.get_input_embeddings().weight.detach()
         allowed = ~undertrained_tokens(embedding, pair.tokenizer, config.decode.embedding_norm_quantile)
-        geometry = output_geometry(layout, allowed)
-        base_lens = {c: _lens(layout, collected, c, allowed, pair, config) for c in cells}
-    traces = []
+        base_lens = {(li, pi): _lens(layout, collected, (li, pi), allowed, pair, config)
+                     for li in range(len(collected.layers)) for group in groups for pi in group}
+    traces, totals = [], []
     with pair.use("finetuned") as (model, layout):
-        for li, pi in cells:
-            direction = collected.mean_delta[li, pi].float().to(pair.device)
-            lens = _lens(layout, collected, (li, pi), allowed, pair, config)
-            if relevant is not None:
-                scores, mask = relevant
-                lens = [replace(t, enrichment=scores[t.token_id].item()) for t in lens]
-                fraction = sum(bool(mask[t.token_id]) for t in lens) / max(len(lens), 1)
-            else:
-                fraction = None
+        for li, layer in enumerate(collected.layers):
             typical = _typical_norm(collected, li)
-            traces.append(PositionTrace(
-                layer=collected.layers[li],
-                position=labels[pi],
-                norm=direction.norm().item(),
-                norm_stderr=collected.delta.standard_error[li, pi].norm().item(),
-                relative_norm=direction.norm().item() / typical,
-                lens_finetuned=lens,
-                lens_base=base_lens[(li, pi)],
-                patchscope=patchscope(model, layout, pair.tokenizer, collected.layers[li], direction,
-                                      typical, allowed, config.decode),
-                significance=significance(layout, direction, collected.delta.variance[li, pi],
-                                          allowed, geometry, _null_config(labels[pi], config.score)),
-                relevant_fraction=fraction,
-            ))
-    return traces
-
-
-def _null_config(position: str, config: ScoreConfig) -> ScoreConfig:
-    # Every text starts with the same BOS, so its difference has no spread to shape a null with.
-    return replace(config, null="isotropic") if position == "BOS" else config
+            for group in groups:
+                # Every text starts with the same BOS, so its difference has no spread to shape a null.
+                nulls = ["isotropic" if labels[pi] == "BOS" else config.score.null for pi in group]
+                tested = trace_significance(layout, collected.mean_delta[li, group].float().to(pair.device),
+                                            collected.delta.variance[li, group], allowed, relevant,
+                                            config.score, nulls)
+                if group is text:
+                    totals.append(tested.total)
+                for pi, significance in zip(group, tested.positions):
+                    direction = collected.mean_delta[li, pi].float().to(pair.device)
+                    lens = [replace(t, enrichment=scores[t.token_id].item())
+                            for t in _lens(layout, collected, (li, pi), allowed, pair, config)]
+                    traces.append(PositionTrace(
+                        layer=layer,
+                        position=labels[pi],
+                        norm=direction.norm().item(),
+                        norm_stderr=collected.delta.standard_error[li, pi].norm().item(),
+                        relative_norm=direction.norm().item() / typical,
+                        lens_finetuned=lens,
+                        lens_base=base_lens[(li, pi)],
+                        patchscope=patchscope(model, layout, pair.tokenizer, layer, direction, typical,
+                                              allowed, config.decode),
+                        significance=significance,
+                        relevant_fraction=sum(bool(relevant[t.token_id]) for t in lens) / max(len(lens), 1),
+                    ))
+    return traces, totals[0]
 
 
 def _lens(layout, collected: Collected, cell: tuple[int, int], allowed, pair: ModelPair, config: DiffConfig):

@@ -1,16 +1,17 @@
 """How strong and how significant is a trace?
 
-With the fine-tuning data: each token's enrichment, the log ratio of its
-frequency in that data to its frequency in general text; a decoded token is
-*relevant* when it is at least `relevance_ratio` times more frequent in the
-fine-tuning data.
+A decoded token is *relevant* when it is enriched in text about the
+fine-tuning domain: at least `relevance_ratio` times more frequent there than
+in reference text, and seen `min_count` times. That domain text is the
+fine-tuning data when the user has it (against the unrelated corpus), and
+otherwise the fine-tuned model's own generations (against the base model's
+generations from the same prompts): what the fine-tune made the model say.
 
-Without any data: the decoded tokens of a real trace form a topic, so their
-output embeddings point the same way, while the tokens decoded from a random
-direction do not. The *coherence* of a token list is the mean pairwise cosine
-of the base model's centred unembedding rows. Random directions of the same
-norm, decoded the same way, give its null distribution, hence a z-score and an
-empirical p-value.
+The statistic is the number of relevant tokens among the top logit-lens tokens,
+summed over the reported positions. Its null distribution comes from random
+directions of the same norms decoded the same way; that null absorbs the
+domain tokens any direction shows once their output rows have grown. A
+z-score and an empirical p-value follow, per position and for the sum.
 """
 
 import functools
@@ -29,10 +30,12 @@ from finetrace.residual import Layout, logit_lens
 @dataclass(frozen=True)
 class ScoreConfig:
     null: str = "shaped"  # a key of NULL_DIRECTIONS
-    null_samples: int = 1000  # random directions; the smallest p-value is 1 / (n + 1)
-    top_k: int = 20  # tokens whose coherence is measured
-    relevance_ratio: float = 4.0  # frequency ratio, fine-tuning data / general text
-    min_count: int = 3  # a relevant token occurs at least this often in the fine-tuning data
+    null_samples: int = 1000  # random directions per position; the smallest p-value is 1 / (n + 1)
+    top_k: int = 20  # lens tokens counted, as in the paper's top-20 lists
+    generations_per_prompt: int = 16  # without data: samples per neutral prompt, from each model
+    generation_tokens: int = 64
+    relevance_ratio: float = 4.0  # frequency ratio, domain text / reference text
+    min_count: int = 3  # a relevant token occurs at least this often in the domain text
     seed: int = 0
 
 
@@ -58,53 +61,58 @@ NULL_DIRECTIONS: dict[str, Callable[[int, torch.Tensor, torch.Generator], torch.
 
 @dataclass(frozen=True)
 class Significance:
-    """The coherence of a direction's decoded tokens against its null distribution."""
+    """Relevant tokens in the top-k lens of the observed direction(s) against the null."""
 
-    coherence: float
+    relevant: int  # observed count
     null_mean: float
     null_std: float
     z: float
-    p_value: float  # (1 + nulls at least as coherent) / (1 + nulls)
-    null_values: list[float]
+    p_value: float  # (1 + null draws with at least as many) / (1 + null draws)
+    null_values: list[int]
+
+    @classmethod
+    def of(cls, observed: int, null: torch.Tensor) -> "Significance":
+        null = null.float()
+        std = null.std().item()
+        return cls(observed, null.mean().item(), std, (observed - null.mean().item()) / max(std, 0.5),
+                   (1 + int((null >= observed).sum())) / (1 + len(null)), null.int().tolist())
 
 
-def output_geometry(layout: Layout, allowed: torch.Tensor) -> torch.Tensor:
-    """Centred, unit-norm unembedding rows of the allowed tokens' vocabulary, (vocab, d)."""
-    rows = layout.unembed.weight.detach().float().cpu()
-    rows = rows - rows[allowed].mean(0)
-    return rows / rows.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+@dataclass(frozen=True)
+class TraceSignificance:
+    positions: list[Significance]  # one per scored direction
+    total: Significance  # the count summed over them
 
 
-def coherence(layout: Layout, directions: torch.Tensor, allowed: torch.Tensor,
-              geometry: torch.Tensor, k: int) -> torch.Tensor:
-    """Mean pairwise cosine of the top-k logit-lens tokens of each direction, (n,)."""
-    logits = logit_lens(layout, directions).cpu().masked_fill(~allowed, float("-inf"))
-    rows = geometry[logits.topk(k, dim=-1).indices]  # (n, k, d)
-    similarity = rows @ rows.transpose(1, 2)  # (n, k, k)
-    return (similarity.sum((1, 2)) - k) / (k * (k - 1))
+def trace_significance(
+    layout: Layout, directions: torch.Tensor, variances: torch.Tensor, allowed: torch.Tensor,
+    relevant: torch.Tensor, config: ScoreConfig, nulls: list[str],
+) -> TraceSignificance:
+    """Relevant-token counts of directions (P, d) against random directions of equal norm.
 
-
-def significance(
-    layout: Layout, direction: torch.Tensor, variance: torch.Tensor, allowed: torch.Tensor,
-    geometry: torch.Tensor, config: ScoreConfig,
-) -> Significance:
-    """Coherence of `direction` (d,) against random directions of equal norm."""
-    if config.null not in NULL_DIRECTIONS:
-        raise FinetraceError(f"unknown null {config.null!r}; known: {', '.join(NULL_DIRECTIONS)}")
+    `variances` (P, d) shape the null directions; `nulls` names each row's null kind.
+    """
     generator = torch.Generator().manual_seed(config.seed)
-    nulls = NULL_DIRECTIONS[config.null](config.null_samples, variance.float().cpu(), generator)
-    nulls = nulls / nulls.norm(dim=-1, keepdim=True) * direction.norm().cpu()
-    observed = coherence(layout, direction[None].float(), allowed, geometry, config.top_k).item()
-    null = coherence(layout, nulls.to(direction.device), allowed, geometry, config.top_k)
-    std = null.std().item()
-    return Significance(
-        coherence=observed,
-        null_mean=null.mean().item(),
-        null_std=std,
-        z=(observed - null.mean().item()) / max(std, 1e-12),
-        p_value=(1 + int((null >= observed).sum())) / (1 + config.null_samples),
-        null_values=null.tolist(),
-    )
+    counts = []  # (P, 1 + null_samples): the observed direction first
+    for direction, variance, null in zip(directions, variances, nulls):
+        if null not in NULL_DIRECTIONS:
+            raise FinetraceError(f"unknown null {null!r}; known: {', '.join(NULL_DIRECTIONS)}")
+        random = NULL_DIRECTIONS[null](config.null_samples, variance.float().cpu(), generator)
+        random = random / random.norm(dim=-1, keepdim=True).clamp(min=1e-12) * direction.norm().cpu()
+        candidates = torch.cat([direction[None].float().cpu(), random]).to(direction.device)
+        counts.append(relevant_count(layout, candidates, allowed, relevant, config.top_k))
+    counts = torch.stack(counts)
+    per_position = [Significance.of(int(row[0]), row[1:]) for row in counts]
+    summed = counts.sum(0)
+    return TraceSignificance(per_position, Significance.of(int(summed[0]), summed[1:]))
+
+
+def relevant_count(
+    layout: Layout, directions: torch.Tensor, allowed: torch.Tensor, relevant: torch.Tensor, k: int
+) -> torch.Tensor:
+    """How many of each direction's top-k allowed logit-lens tokens are relevant, (n,)."""
+    logits = logit_lens(layout, directions).cpu().masked_fill(~allowed, float("-inf"))
+    return relevant[logits.topk(k, dim=-1).indices].sum(-1)
 
 
 def token_counts(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str]) -> Counter[int]:
