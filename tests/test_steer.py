@@ -1,11 +1,12 @@
 import torch
 from transformers import AutoModelForCausalLM
 
-from finetrace.adl.steer import SteerConfig, distinct_bigrams, generate, steer
+from finetrace.adl.steer import SteerConfig, distinct_bigrams, generate, prompt_texts, steer
 from finetrace.models import load_tokenizer
 from finetrace.residual import find_layout
 
-CONFIG = SteerConfig(strengths=(0.5, 50.0), prompts=("the cat", "a cold"), samples_per_prompt=2, max_new_tokens=8)
+CONFIG = SteerConfig(strengths=(0.5, 50.0), prompts=("the cat", "a cold"), chat_prompts=False,
+                     samples_per_prompt=2, max_new_tokens=8)
 
 
 def test_distinct_bigrams_catch_loops():
@@ -35,3 +36,11 @@ def test_the_chosen_strength_is_the_largest_coherent_one(tiny_model):
     for trial in result.trials:
         assert trial.coherent == (trial.distinct_bigrams >= CONFIG.min_distinct_bigrams
                                   and trial.nll <= result.unsteered.nll + CONFIG.max_nll_increase)
+
+
+def test_chat_tokenizers_are_also_prompted_with_user_turns(tiny_model):
+    tokenizer = load_tokenizer(tiny_model)
+    config = SteerConfig(prompts=("the cat",))
+    assert prompt_texts(tokenizer, config) == ["the cat", "<|user|>\nthe cat\n<|assistant|>\n"]
+    tokenizer.chat_template = None
+    assert prompt_texts(tokenizer, config) == ["the cat"]

@@ -33,6 +33,7 @@ NEUTRAL_PROMPTS = (
 class SteerConfig:
     strengths: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)  # multiples of the typical residual norm
     prompts: tuple[str, ...] = NEUTRAL_PROMPTS
+    chat_prompts: bool = True  # also ask each prompt as a user turn when there is a chat template
     samples_per_prompt: int = 2
     max_new_tokens: int = 32
     temperature: float = 0.8
@@ -109,7 +110,7 @@ def generate(
     """Sampled continuations of every prompt, with `vector` added after `layer` (or nothing)."""
     device = next(model.parameters()).device
     generations = []
-    for prompt in config.prompts:
+    for prompt in prompt_texts(tokenizer, config):
         ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(device)
         torch.manual_seed(config.seed)
         steering = add_to_residual(layout, layer, vector) if vector is not None else nullcontext()
@@ -123,6 +124,19 @@ def generate(
         for row in output[:, ids.shape[1]:]:
             generations.append(Generation(prompt, tokenizer.decode(row, skip_special_tokens=True)))
     return generations
+
+
+def prompt_texts(tokenizer: PreTrainedTokenizerBase, config: SteerConfig) -> list[str]:
+    """The neutral prompts as plain text and, for chat fine-tunes, as user turns too:
+    a model fine-tuned on chats shows what it learned where a chat starts."""
+    prompts = list(config.prompts)
+    if config.chat_prompts and tokenizer.chat_template:
+        for prompt in config.prompts:
+            turn = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                 add_generation_prompt=True)
+            # the tokenizer adds BOS itself when the prompt is encoded
+            prompts.append(turn.removeprefix(tokenizer.bos_token or ""))
+    return prompts
 
 
 @torch.no_grad()
