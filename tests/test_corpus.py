@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from finetrace.corpus import read_records, read_texts
+from finetrace.corpus import iter_texts, read_records, read_texts
 from finetrace.errors import FinetraceError
 
 
@@ -52,3 +52,33 @@ def test_plain_text_corpus_refuses_chat(write):
     chat = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
     with pytest.raises(FinetraceError, match="chat records"):
         read_texts(write("c.jsonl", json.dumps(chat) + "\n"))
+
+
+def test_parquet_texts_stream_from_the_named_column(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"body": ["first", "", "second"], "id": [1, 2, 3]}), tmp_path / "c.parquet")
+    assert list(iter_texts(tmp_path / "c.parquet", "body")) == ["first", "second"]
+    with pytest.raises(FinetraceError, match="has no column 'text'"):
+        list(iter_texts(tmp_path / "c.parquet"))
+
+
+def test_a_dataset_directory_is_streamed_with_datasets(tmp_path):
+    folder = tmp_path / "my-dataset"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("".join(json.dumps({"text": f"doc {i}"}) + "\n" for i in range(5)))
+    assert list(iter_texts(folder)) == [f"doc {i}" for i in range(5)]
+    with pytest.raises(FinetraceError, match="has no field 'body'"):
+        list(iter_texts(folder, "body"))
+
+
+def test_an_unknown_dataset_is_one_clear_error(tmp_path, monkeypatch):
+    import datasets
+    import huggingface_hub
+
+    # offline, as on a machine without the hub (the flags are read once, at import)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(FinetraceError, match="neither a corpus file nor a loadable dataset"):
+        list(iter_texts("no-such-user/no-such-dataset"))
