@@ -100,3 +100,12 @@ def test_cli_diff_uses_the_zoo_heldout_text_by_default(zoo, tmp_path):
     saved = json.loads((tmp_path / "diff.json").read_text())
     assert saved["corpus"] == str(zoo.path("heldout")) and saved["adapter"] is True
     assert "results:" in run.stdout
+
+
+def test_a_control_finetune_is_scored_the_same_way(zoo, tmp_path):
+    result = diff(zoo.path("base"), zoo.path("cake"), zoo.path("heldout"), tmp_path, QUICK,
+                  control=zoo.path("control"))
+    control = result.control_significance
+    assert result.control == str(zoo.path("control"))
+    assert control.p_value > 0.05 and control.relevant < result.significance.relevant
+    assert (tmp_path / "control" / "collect-checkpoint.safetensors").exists()

@@ -65,7 +65,8 @@ def diff_command(
     base: Annotated[str, typer.Argument(help="Base model: a directory or a hub id.")],
     finetuned: Annotated[str, typer.Argument(help="Fine-tuned model, or a PEFT adapter directory for BASE.")],
     corpus: Annotated[str | None, typer.Option(help=".txt, .jsonl, .parquet or a dataset id [default: the zoo's held-out text for zoo organisms].")] = None,
-    data: Annotated[Path | None, typer.Option(help="The fine-tuning data, if known: adds token relevance and similarity.")] = None,
+    data: Annotated[Path | None, typer.Option(help="The fine-tuning data, if known: relevance from it, and similarity.")] = None,
+    control: Annotated[str | None, typer.Option(help="A control fine-tune of BASE on unrelated data, scored the same way.")] = None,
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("finetrace-diff"),
     samples: Annotated[int, typer.Option(help="Texts read from the corpus (all if fewer).")] = 10_000,
     positions: Annotated[int, typer.Option(help="Tokens per text that go through the models (k).")] = 8,
@@ -83,7 +84,7 @@ def diff_command(
         score=ScoreConfig(seed=seed), steer=SteerConfig(seed=seed), reported_positions=report,
         device=device, dtype=dtype, text_field=text_field,
     )
-    result = diff(base, finetuned, corpus or default_corpus(finetuned), out, config, data=data)
+    result = diff(base, finetuned, corpus or default_corpus(finetuned), out, config, data=data, control=control)
     print_diff(console, result)
     console.print(f"results: {out / RESULT_NAME}")
 

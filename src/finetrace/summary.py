@@ -16,6 +16,10 @@ def print_diff(console: Console, result: DiffResult) -> None:
     console.print(f"[bold]{escape(result.finetuned)}[/] vs {escape(result.base)}: {verdict} "
                   f"(strength z = {result.trace_strength:.1f}, p = {result.p_value:.3g}, {result.texts} texts; "
                   f"relevance from {result.relevance_source})")
+    if result.control_significance:
+        control = result.control_significance
+        console.print(f"control {escape(str(result.control))}: {control.relevant} relevant tokens "
+                      f"(p = {control.p_value:.3g}) against {result.significance.relevant} here")
     table = Table(show_lines=False)
     for column in ("layer", "pos", "norm", "z", "p", "relevant", "logit lens (fine-tuned head)", "patchscope"):
         table.add_column(column)

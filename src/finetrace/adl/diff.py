@@ -23,6 +23,7 @@ from finetrace.adl.score import (ScoreConfig, Significance, enrichment, relevant
                                  token_counts, trace_significance)
 from finetrace.adl.steer import SteerConfig, Steering, generate, steer
 from finetrace.corpus import iter_texts, read_records
+from finetrace.models import resolve_device
 from finetrace.pair import ModelPair, load_pair
 from finetrace.provenance import environment
 
@@ -79,6 +80,8 @@ class DiffResult:
     environment: dict[str, str]
     seconds: dict[str, float]
     similarity: dict[str, float] | None = None  # steered/unsteered vs data/general text
+    control: str | None = None
+    control_significance: Significance | None = None  # the control's trace, scored the same way
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -97,6 +100,7 @@ class DiffResult:
 def diff(
     base: str | Path, finetuned: str | Path, corpus: str | Path, out: str | Path,
     config: DiffConfig = DiffConfig(), data: str | Path | None = None,
+    control: str | Path | None = None,
 ) -> DiffResult:
     """Read what the fine-tune was about from activation differences on `corpus`.
 
@@ -106,7 +110,9 @@ def diff(
         corpus: unrelated text: `.txt`, `.jsonl`, `.parquet` or a dataset id (streamed).
         out: output directory (differences, `diff.json`, and a checkpoint to resume from).
         config: settings of every stage.
-        data: the fine-tuning data, when known: enables token relevance and similarity scores.
+        data: the fine-tuning data, when known: relevance from it, and similarity scores.
+        control: a control fine-tune of `base` (same recipe, unrelated data): its trace is
+            scored the same way, as a second reference next to the random directions.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -118,7 +124,9 @@ def diff(
     data_texts = _data_texts(data) if data is not None else None
     scores, relevant = _relevance(pair, collected, corpus, data_texts, config)
     clock.lap("relevance")
-    traces, total = _decode_and_score(pair, collected, config, scores, relevant)
+    with pair.use("base") as (model, _):
+        allowed = _allowed(model, pair, config)
+    traces, total = _decode_and_score(pair, collected, config, scores, relevant, allowed)
     clock.lap("decode")
     with pair.use("finetuned") as (model, layout):
         steer_index = collected.position_labels.index(str(config.steer_position))
@@ -127,11 +135,18 @@ def diff(
                          _typical_norm(collected, 0), config.steer)
     clock.lap("steer")
     similarity = _similarity(steering, data_texts, corpus, config) if data_texts is not None else None
+    control_significance, adapter = None, pair.adapter
+    if control is not None:
+        del pair  # one pair in memory at a time
+        control_significance = _control_significance(base, control, corpus, out, config, relevant, allowed)
+        clock.lap("control")
     result = DiffResult(
-        base=str(base), finetuned=str(finetuned), adapter=pair.adapter, corpus=str(corpus),
+        base=str(base), finetuned=str(finetuned), adapter=adapter, corpus=str(corpus),
         texts=collected.texts, relevance_source="data" if data_texts is not None else "generations",
         traces=traces, steering=steering, significance=total, config=config,
-        environment=environment(pair.device), seconds=clock.laps, similarity=similarity,
+        environment=environment(resolve_device(config.device)), seconds=clock.laps,
+        similarity=similarity, control=str(control) if control else None,
+        control_significance=control_significance,
     )
     _write(out, result, collected)
     return result
@@ -159,15 +174,38 @@ def _relevance(
     return scores, relevant_tokens(scores, counts, config.score)
 
 
+def _allowed(base_model, pair: ModelPair, config: DiffConfig) -> torch.Tensor:
+    """(vocab,) tokens the base learned well enough to appear in token lists."""
+    embedding = base_model.get_input_embeddings().weight.detach()
+    return ~undertrained_tokens(embedding, pair.tokenizer, config.decode.embedding_norm_quantile)
+
+
+def _text_positions(collected: Collected, config: DiffConfig) -> list[int]:
+    labels = collected.position_labels
+    return [i for i, label in enumerate(labels) if label != "BOS" and int(label) < config.reported_positions]
+
+
+def _control_significance(base, control, corpus, out: Path, config: DiffConfig,
+                          relevant: torch.Tensor, allowed: torch.Tensor) -> Significance:
+    """The control fine-tune's relevant-token count at the first layer, against its own null."""
+    pair = load_pair(base, control, config.device, config.dtype)
+    collected = collect(pair, corpus, config.collect, out / "control", config.text_field)
+    text = _text_positions(collected, config)
+    with pair.use("finetuned") as (_, layout):
+        tested = trace_significance(layout, collected.mean_delta[0, text].float().to(pair.device),
+                                    collected.delta.variance[0, text], allowed, relevant, config.score,
+                                    [config.score.null] * len(text))
+    return tested.total
+
+
 def _decode_and_score(
-    pair: ModelPair, collected: Collected, config: DiffConfig, scores: torch.Tensor, relevant: torch.Tensor
+    pair: ModelPair, collected: Collected, config: DiffConfig, scores: torch.Tensor,
+    relevant: torch.Tensor, allowed: torch.Tensor,
 ) -> tuple[list[PositionTrace], Significance]:
     labels = collected.position_labels
-    text = [i for i, label in enumerate(labels) if label != "BOS" and int(label) < config.reported_positions]
+    text = _text_positions(collected, config)
     groups = ([[labels.index("BOS")]] if "BOS" in labels else []) + [text]
     with pair.use("base") as (model, layout):
-        embedding = model.get_input_embeddings().weight.detach()
-        allowed = ~undertrained_tokens(embedding, pair.tokenizer, config.decode.embedding_norm_quantile)
         base_lens = {(li, pi): _lens(layout, collected, (li, pi), allowed, pair, config)
                      for li in range(len(collected.layers)) for group in groups for pi in group}
     traces, totals = [], []
