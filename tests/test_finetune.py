@@ -129,3 +129,11 @@ def test_cli_bad_data_is_one_line_and_exit_code_2(tiny_model, write, tmp_path, c
 def test_cli_missing_model_is_one_line(text_data, tmp_path):
     run = _cli("finetune", str(tmp_path / "no-such-model"), str(text_data), "--out", str(tmp_path / "o"))
     assert run.returncode == 2 and "cannot load" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_bad_data_leaves_an_existing_output_untouched(tiny_model, write, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("precious")
+    with pytest.raises(FinetraceError, match="holds no documents"):
+        finetune(tiny_model, write("empty.jsonl", ""), tmp_path / "out", FinetuneConfig(training=FAST), overwrite=True)
+    assert (tmp_path / "out" / "keep.txt").read_text() == "precious"

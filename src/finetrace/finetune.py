@@ -132,9 +132,9 @@ def finetune(
         overwrite: replace a non-empty `out`.
     """
     out = Path(out)
-    _prepare_output(out, overwrite)
     records = read_records(data)
     general = _general_records(mix_general, config.mix_ratio, len(records), config.training.seed)
+    _prepare_output(out, overwrite)  # only once the data is known to be good
     device = resolve_device(config.device)
     tokenizer = load_tokenizer(base)
     model = load_model(base, device, resolve_dtype(config.dtype))
