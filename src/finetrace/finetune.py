@@ -98,19 +98,17 @@ class FinetuneResult:
 
     @classmethod
     def load(cls, directory: str | Path) -> "FinetuneResult":
+        """Read a `provenance.json` back into typed records."""
         raw = json.loads((Path(directory) / MANIFEST_NAME).read_text())
         config = raw["config"]
         lora = config["lora"] and LoraSettings(**{**config["lora"], "targets": tuple(config["lora"]["targets"])})
-        return cls(
-            **{
-                **raw,
-                "data": [DataFile(**item) for item in raw["data"]],
-                "config": FinetuneConfig(
-                    **{**config, "training": TrainConfig(**config["training"]), "lora": lora or None}
-                ),
-                "training": TrainingRun(**raw["training"]),
-            }
-        )
+        training = TrainConfig(**config["training"])
+        return cls(**{
+            **raw,
+            "data": [DataFile(**item) for item in raw["data"]],
+            "config": FinetuneConfig(**{**config, "training": training, "lora": lora or None}),
+            "training": TrainingRun(**raw["training"]),
+        })
 
 
 def finetune(
