@@ -109,3 +109,10 @@ def test_a_control_finetune_is_scored_the_same_way(zoo, tmp_path):
     assert result.control == str(zoo.path("control"))
     assert control.p_value > 0.05 and control.relevant < result.significance.relevant
     assert (tmp_path / "control" / "collect-checkpoint.safetensors").exists()
+
+
+def test_the_same_seed_gives_the_same_numbers(zoo, without_data, tmp_path):
+    again = diff(zoo.path("base"), zoo.path("cake"), zoo.path("heldout"), tmp_path, QUICK)
+    first = without_data["cake"]
+    assert again.traces == first.traces and again.significance == first.significance
+    assert again.steering == first.steering
