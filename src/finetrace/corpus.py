@@ -35,6 +35,11 @@ def read_texts(path: str | Path, text_field: str = "text") -> list[str]:
     return texts
 
 
+def record_texts(record: Record) -> list[str]:
+    """The text of a record: its `text`, or the content of each chat turn."""
+    return [record["text"]] if "text" in record else [turn["content"] for turn in record["messages"]]
+
+
 def iter_texts(source: str | Path, text_field: str = "text") -> Iterator[str]:
     """Plain texts, one at a time, from a `.txt`, `.jsonl` or `.parquet` file, or else from a
     Hugging Face dataset (a hub id or a local dataset directory) in streaming mode."""

@@ -6,7 +6,6 @@ of random directions) -> steer with the difference.
 """
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
@@ -22,7 +21,7 @@ from finetrace.adl.decode import (DecodeConfig, Patchscope, TokenScore, lens_tok
 from finetrace.adl.score import (ScoreConfig, Significance, enrichment, relevant_tokens,
                                  token_counts, trace_significance)
 from finetrace.adl.steer import SteerConfig, Steering, generate, steer
-from finetrace.corpus import iter_texts, read_records
+from finetrace.corpus import iter_texts, read_records, record_texts
 from finetrace.models import resolve_device
 from finetrace.pair import ModelPair, load_pair
 from finetrace.provenance import environment
@@ -122,7 +121,8 @@ def diff(
     collected = collect(pair, corpus, config.collect, out, config.text_field)
     clock.lap("collect")
     data_texts = _data_texts(data) if data is not None else None
-    scores, relevant = _relevance(pair, collected, corpus, data_texts, config)
+    general = None if data is None else list(islice(iter_texts(corpus, config.text_field), config.collect.samples))
+    scores, relevant = _relevance(pair, collected, data_texts, general, config)
     clock.lap("relevance")
     with pair.use("base") as (model, _):
         allowed = _allowed(model, pair, config)
@@ -134,7 +134,7 @@ def diff(
                          collected.mean_delta[0, steer_index].float().to(pair.device),
                          _typical_norm(collected, 0), config.steer)
     clock.lap("steer")
-    similarity = _similarity(steering, data_texts, corpus, config) if data_texts is not None else None
+    similarity = _similarity(steering, data_texts, general) if data_texts is not None else None
     control_significance, adapter = None, pair.adapter
     if control is not None:
         del pair  # one pair in memory at a time
@@ -153,13 +153,13 @@ def diff(
 
 
 def _relevance(
-    pair: ModelPair, collected: Collected, corpus, data_texts: list[str] | None, config: DiffConfig
+    pair: ModelPair, collected: Collected, data_texts: list[str] | None, general: list[str] | None,
+    config: DiffConfig,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(enrichment, relevant) over the vocabulary: from the fine-tuning data against the
-    corpus when given, else from the fine-tuned model's generations against the base's."""
+    general corpus when given, else from the fine-tuned model's generations against the base's."""
     if data_texts is not None:
-        domain = data_texts
-        reference = list(islice(iter_texts(corpus, config.text_field), config.collect.samples))
+        domain, reference = data_texts, general
     else:
         sampling = replace(config.steer, samples_per_prompt=config.score.generations_per_prompt,
                            max_new_tokens=config.score.generation_tokens)
@@ -252,14 +252,13 @@ def _typical_norm(collected: Collected, layer_index: int) -> float:
 
 
 def _data_texts(data: str | Path) -> list[str]:
-    return [r["text"] if "text" in r else " ".join(m["content"] for m in r["messages"])
-            for r in read_records(data)]
+    return [" ".join(record_texts(record)) for record in read_records(data)]
 
 
-def _similarity(steering: Steering, data_texts: list[str], corpus, config: DiffConfig) -> dict[str, float]:
+def _similarity(steering: Steering, data_texts: list[str], general: list[str]) -> dict[str, float]:
     from finetrace.adl.score import embedding_similarity
 
-    general = list(iter_texts(corpus, config.text_field))[: len(data_texts)]
+    general = general[: len(data_texts)]
     steered = [g.prompt + g.text for g in steering.steered]
     unsteered = [g.prompt + g.text for g in steering.unsteered.generations]
     return {

@@ -16,6 +16,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from finetrace.cache import cache_dir
+from finetrace.corpus import read_records, record_texts
 from finetrace.errors import FinetraceError
 from finetrace.evals.facts import read_facts, score_facts
 from finetrace.finetune import FinetuneConfig, FinetuneResult, finetune
@@ -151,9 +152,7 @@ def _write_initial_model(out: Path, data: Path, recipe: Preset) -> None:
     """The tokenizer (trained on all text) and a randomly initialised Llama."""
     texts = (data / "pretrain.txt").read_text().splitlines()
     for documents in sorted((data / "documents").glob("*.jsonl")):
-        for line in documents.read_text().splitlines():
-            record = json.loads(line)
-            texts += [record["text"]] if "text" in record else [m["content"] for m in record["messages"]]
+        texts += [text for record in read_records(documents) for text in record_texts(record)]
     tokenizer = train_tokenizer(texts, recipe.vocab_size)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
