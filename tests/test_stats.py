@@ -27,6 +27,8 @@ def test_merged_halves_equal_the_whole_and_survive_saving(tmp_path):
     second.add(values[9:], mask[9:])
     merged = first.merge(second)
     save_moments(tmp_path / "m.safetensors", {"x": merged}, {"note": "test"})
-    loaded = load_moments(tmp_path / "m.safetensors", ["x"])["x"]
+    moments, metadata = load_moments(tmp_path / "m.safetensors", ["x"])
+    loaded = moments["x"]
+    assert metadata == {"note": "test"}
     assert torch.equal(loaded.count, whole.count)
     assert torch.allclose(loaded.mean, whole.mean, atol=1e-12)

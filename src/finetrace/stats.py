@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 
 @dataclass
@@ -74,6 +75,9 @@ def save_moments(path: Path, moments: dict[str, RunningMoments], metadata: dict[
     partial.replace(path)
 
 
-def load_moments(path: Path, names: list[str]) -> dict[str, RunningMoments]:
-    tensors = load_file(str(path))
-    return {name: RunningMoments.from_tensors(tensors, name) for name in names}
+def load_moments(path: Path, names: list[str]) -> tuple[dict[str, RunningMoments], dict[str, str]]:
+    """Named moments and the metadata saved with them, in one read."""
+    with safe_open(str(path), "pt") as file:
+        tensors = {key: file.get_tensor(key) for key in file.keys()}
+        metadata = file.metadata()
+    return {name: RunningMoments.from_tensors(tensors, name) for name in names}, metadata

@@ -144,12 +144,8 @@ def _checkpoint(path: Path, state: Collected, fingerprint: str) -> None:
 def _resume(path: Path, fingerprint: str, layers: list[int], labels: list[str]) -> Collected | None:
     if not path.exists():
         return None
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as file:
-        metadata = file.metadata()
+    moments, metadata = load_moments(path, MOMENT_NAMES)
     if metadata.get("fingerprint") != fingerprint:
         return None  # a different run's checkpoint: start afresh
-    moments = load_moments(path, MOMENT_NAMES)
     return Collected(layers, labels, moments["delta"], moments["base_norm"], moments["finetuned_norm"],
                      int(metadata["texts"]))
