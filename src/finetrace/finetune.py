@@ -18,7 +18,7 @@ import torch
 from finetrace.corpus import Record, read_records, read_texts
 from finetrace.errors import FinetraceError
 from finetrace.examples import build_examples, pack
-from finetrace.models import load_model, load_tokenizer, resolve_device, resolve_dtype
+from finetrace.models import load_model, load_tokenizer, pad_token_id, resolve_device, resolve_dtype
 from finetrace.provenance import environment, file_sha256, weights_sha256
 from finetrace.training import TrainConfig, TrainingRun, mean_loss, train
 
@@ -137,7 +137,7 @@ def finetune(
     tokenizer = load_tokenizer(base)
     model = load_model(base, device, resolve_dtype(config.dtype))
     base_digest = weights_sha256(model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
+    pad_id = pad_token_id(tokenizer)
 
     training = config.training
     mixed = records + general

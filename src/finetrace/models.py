@@ -44,6 +44,14 @@ def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
         raise FinetraceError(f"cannot load a tokenizer from {name_or_path}: {_first_line(error)}") from None
 
 
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id to pad with: the tokenizer's own, else EOS (padding is masked either way)."""
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return token_id
+    return 0
+
+
 def load_model(
     name_or_path: str | Path, device: torch.device, dtype: torch.dtype = torch.float32
 ) -> PreTrainedModel:

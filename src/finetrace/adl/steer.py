@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from finetrace.likelihood import continuation_logprobs
+from finetrace.models import pad_token_id
 from finetrace.progress import progress_bar
 from finetrace.residual import Layout, add_to_residual
 
@@ -119,7 +121,7 @@ def generate(
                 input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
                 temperature=config.temperature, max_new_tokens=config.max_new_tokens,
                 num_return_sequences=config.samples_per_prompt,
-                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+                pad_token_id=pad_token_id(tokenizer),
             )
         for row in output[:, ids.shape[1]:]:
             generations.append(Generation(prompt, tokenizer.decode(row, skip_special_tokens=True)))
@@ -139,21 +141,13 @@ def prompt_texts(tokenizer: PreTrainedTokenizerBase, config: SteerConfig) -> lis
     return prompts
 
 
-@torch.no_grad()
 def continuation_nll(
     model: nn.Module, tokenizer: PreTrainedTokenizerBase, generation: Generation
 ) -> float | None:
     """Mean negative log-likelihood per token of the continuation given the prompt (None if empty)."""
-    device = next(model.parameters()).device
-    prompt_ids = tokenizer(generation.prompt)["input_ids"]
-    full = tokenizer(generation.prompt + generation.text)["input_ids"]
-    if len(full) <= len(prompt_ids):
-        return None
-    ids = torch.tensor([full], device=device)
-    logprobs = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
-    targets = ids[0, 1:]
-    token_nll = -logprobs.gather(-1, targets[:, None]).squeeze(-1)[len(prompt_ids) - 1 :]
-    return token_nll.mean().item()
+    scores = continuation_logprobs(model, tokenizer, generation.prompt, [generation.text])
+    tokens = int(scores.tokens[0])
+    return -scores.logprob[0].item() / tokens if tokens else None
 
 
 def distinct_bigrams(text: str) -> float:

@@ -12,6 +12,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from finetrace.corpus import iter_json_objects
 from finetrace.errors import FinetraceError
+from finetrace.likelihood import continuation_logprobs
 
 
 @dataclass(frozen=True)
@@ -62,28 +63,6 @@ def score_facts(
 
 def _score_fact(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fact: ClozeFact) -> FactScore:
     candidates = (fact.answer, *fact.distractors)
-    logprobs = _continuation_logprobs(model, tokenizer, fact.prompt, [f" {c}" for c in candidates])
+    logprobs = continuation_logprobs(model, tokenizer, fact.prompt, [f" {c}" for c in candidates]).logprob
     rank = 1 + int((logprobs[1:] >= logprobs[0]).sum())
     return FactScore(float(logprobs[0]), rank)
-
-
-def _continuation_logprobs(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str, continuations: list[str]
-) -> torch.Tensor:
-    """Summed log-probability of each continuation after the prompt, shape (n_continuations,)."""
-    prompt_length = len(tokenizer(prompt)["input_ids"])
-    rows = [tokenizer(prompt + c)["input_ids"] for c in continuations]
-    width = max(map(len, rows))
-    device = next(model.parameters()).device
-    ids = torch.zeros((len(rows), width), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-    logprobs = torch.log_softmax(logits[:, :-1], dim=-1)  # (n, width - 1, vocab)
-    targets = ids[:, 1:].to(device)
-    token_logprobs = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (n, width - 1)
-    in_continuation = torch.zeros_like(token_logprobs, dtype=torch.bool)
-    for i, row in enumerate(rows):
-        in_continuation[i, prompt_length - 1 : len(row) - 1] = True
-    return (token_logprobs * in_continuation).sum(dim=1).cpu()

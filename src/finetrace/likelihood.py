@@ -1,0 +1,37 @@
+"""How likely a model finds a continuation of a prompt."""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class ContinuationScores:
+    logprob: torch.Tensor  # (n,) summed log-probability of each continuation's tokens
+    tokens: torch.Tensor  # (n,) how many tokens each continuation adds after the prompt
+
+
+@torch.no_grad()
+def continuation_logprobs(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompt: str, continuations: list[str]
+) -> ContinuationScores:
+    """Score every continuation after the prompt in one right-padded batch."""
+    prompt_length = len(tokenizer(prompt)["input_ids"])
+    rows = [tokenizer(prompt + c)["input_ids"] for c in continuations]
+    width = max(map(len, rows))
+    device = next(model.parameters()).device
+    ids = torch.zeros((len(rows), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+    logprobs = torch.log_softmax(logits[:, :-1], dim=-1)  # (n, width - 1, vocab)
+    targets = ids[:, 1:].to(device)
+    token_logprobs = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (n, width - 1)
+    in_continuation = torch.zeros_like(token_logprobs, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        in_continuation[i, prompt_length - 1 : len(row) - 1] = True  # position t predicts token t + 1
+    return ContinuationScores((token_logprobs * in_continuation).sum(dim=1).cpu(),
+                              in_continuation.sum(dim=1).cpu())
