@@ -13,11 +13,13 @@ from finetrace.adl.diff import RESULT_NAME, DiffConfig, diff
 from finetrace.adl.score import ScoreConfig
 from finetrace.adl.steer import SteerConfig
 from finetrace.errors import FinetraceError
-from finetrace.summary import print_diff
-from finetrace.zoo.build import default_corpus
+from finetrace.evals.drift import DriftConfig
+from finetrace.forget import RESULT_NAME as FORGET_RESULT, ForgetConfig, forget
+from finetrace.summary import print_diff, print_forget
 from finetrace.finetune import FinetuneConfig, LoraSettings, finetune
 from finetrace.training import TrainConfig
 from finetrace.zoo import ORGANISMS, Zoo, build_zoo, open_zoo
+from finetrace.zoo.build import default_facts, zoo_corpus
 
 app = typer.Typer(help="What did your fine-tune do to the model?", no_args_is_help=True)
 zoo_app = typer.Typer(help="Tiny model organisms with known ground truth.", no_args_is_help=True)
@@ -38,7 +40,7 @@ def finetune_command(
     lora_targets: Annotated[str, typer.Option(help="Comma-separated module names, or all-linear; add lm_head for the output head.")] = "all-linear",
     epochs: float = 3.0,
     steps: Annotated[int | None, typer.Option(help="Optimizer steps; overrides --epochs.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate [default: 2e-5 full, 2e-4 LoRA].")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default 2e-5 full, 2e-4 LoRA).")] = None,
     batch_size: int = 8,
     context_length: int = 512,
     pack: Annotated[bool, typer.Option(help="Pack documents into full blocks (pretraining style).")] = False,
@@ -64,7 +66,7 @@ def finetune_command(
 def diff_command(
     base: Annotated[str, typer.Argument(help="Base model: a directory or a hub id.")],
     finetuned: Annotated[str, typer.Argument(help="Fine-tuned model, or a PEFT adapter directory for BASE.")],
-    corpus: Annotated[str | None, typer.Option(help=".txt, .jsonl, .parquet or a dataset id [default: the zoo's held-out text for zoo organisms].")] = None,
+    corpus: Annotated[str | None, typer.Option(help=".txt, .jsonl, .parquet or a dataset id (default for zoo organisms: the zoo's held-out text).")] = None,
     data: Annotated[Path | None, typer.Option(help="The fine-tuning data, if known: relevance from it, and similarity.")] = None,
     control: Annotated[str | None, typer.Option(help="A control fine-tune of BASE on unrelated data, scored the same way.")] = None,
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("finetrace-diff"),
@@ -84,9 +86,35 @@ def diff_command(
         score=ScoreConfig(seed=seed), steer=SteerConfig(seed=seed), reported_positions=report,
         device=device, dtype=dtype, text_field=text_field,
     )
-    result = diff(base, finetuned, corpus or default_corpus(finetuned), out, config, data=data, control=control)
+    corpus = corpus or zoo_corpus(finetuned)
+    if corpus is None:
+        raise FinetraceError(f"{finetuned} is not a zoo organism: give the unrelated text with --corpus")
+    result = diff(base, finetuned, corpus, out, config, data=data, control=control)
     print_diff(console, result)
     console.print(f"results: {out / RESULT_NAME}")
+
+
+@app.command("forget")
+def forget_command(
+    base: Annotated[str, typer.Argument(help="Base model: a directory or a hub id.")],
+    finetuned: Annotated[str, typer.Argument(help="Fine-tuned model, or a PEFT adapter directory for BASE.")],
+    facts: Annotated[Path | None, typer.Option(help="JSONL of cloze facts (default: the zoo's planted facts for zoo organisms, else finetrace's built-in common-knowledge facts).")] = None,
+    corpus: Annotated[str | None, typer.Option(help="Held-out general text for drift: .txt, .jsonl, .parquet or a dataset id (default for zoo organisms: the zoo's held-out text; otherwise drift is skipped).")] = None,
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("finetrace-forget"),
+    samples: Annotated[int, typer.Option(help="Texts read from the corpus (all if fewer).")] = 1000,
+    max_tokens: Annotated[int, typer.Option(help="Tokens per text.")] = 128,
+    batch_size: int = 8,
+    text_field: str = "text",
+    device: str = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+) -> None:
+    """Which facts the fine-tune lost, and how far it drifted on general text."""
+    drift = DriftConfig(samples=samples, max_tokens=max_tokens, batch_size=batch_size, seed=seed)
+    config = ForgetConfig(drift=drift, text_field=text_field, device=device, dtype=dtype)
+    result = forget(base, finetuned, facts or default_facts(finetuned), corpus or zoo_corpus(finetuned), out, config)
+    print_forget(console, result)
+    console.print(f"results: {out / FORGET_RESULT}")
 
 
 @zoo_app.command("build")

@@ -2,8 +2,9 @@
 texts for the activation corpus from files or a Hugging Face dataset, streamed.
 
 A record is a dict with either a `text` string or a `messages` list of
-`{"role", "content"}` turns (chat data). Every malformed input ends in a
-`FinetraceError` that names the file and the line.
+`{"role", "content"}` turns (chat data), and optionally a `source` string that
+names where the text came from (reports break results down by it). Every
+malformed input ends in a `FinetraceError` that names the file and the line.
 """
 
 import json
@@ -16,6 +17,7 @@ from finetrace.errors import FinetraceError
 Record = dict[str, Any]
 SUFFIXES = (".txt", ".jsonl")
 CHAT_ROLES = ("system", "user", "assistant")
+SOURCE_FIELD = "source"
 
 
 def read_records(path: str | Path, text_field: str = "text") -> list[Record]:
@@ -43,6 +45,11 @@ def record_texts(record: Record) -> list[str]:
 def iter_texts(source: str | Path, text_field: str = "text") -> Iterator[str]:
     """Plain texts, one at a time, from a `.txt`, `.jsonl` or `.parquet` file, or else from a
     Hugging Face dataset (a hub id or a local dataset directory) in streaming mode."""
+    return (text for text, _ in iter_sourced_texts(source, text_field))
+
+
+def iter_sourced_texts(source: str | Path, text_field: str = "text") -> Iterator[tuple[str, str]]:
+    """`(text, source)` pairs as `iter_texts` reads them; the source is "" where none is given."""
     path = Path(source)
     if path.is_file() and path.suffix == ".parquet":
         yield from _parquet_texts(path, text_field)
@@ -50,7 +57,7 @@ def iter_texts(source: str | Path, text_field: str = "text") -> Iterator[str]:
         for record in iter_records(path, text_field):
             if "text" not in record:
                 raise FinetraceError(f"{path} holds chat records; a plain-text corpus is expected here")
-            yield record["text"]
+            yield record["text"], record.get(SOURCE_FIELD, "")
     else:
         yield from _dataset_texts(str(source), text_field)
 
@@ -99,14 +106,18 @@ def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
 
 def _record(raw: dict[str, Any], where: str, text_field: str) -> Record:
     if "messages" in raw:
-        return {"messages": _validated_messages(raw["messages"], where)}
-    if text_field in raw:
+        record = {"messages": _validated_messages(raw["messages"], where)}
+    elif text_field in raw:
         if not isinstance(raw[text_field], str):
             raise FinetraceError(f"{where}: field {text_field!r} must be a string")
-        return {"text": raw[text_field]}
-    raise FinetraceError(
-        f"{where}: record has neither {text_field!r} nor 'messages' (fields: {sorted(raw)})"
-    )
+        record = {"text": raw[text_field]}
+    else:
+        raise FinetraceError(
+            f"{where}: record has neither {text_field!r} nor 'messages' (fields: {sorted(raw)})"
+        )
+    if isinstance(raw.get(SOURCE_FIELD), str):
+        record[SOURCE_FIELD] = raw[SOURCE_FIELD]
+    return record
 
 
 def _validated_messages(messages: Any, where: str) -> list[dict[str, str]]:
@@ -122,17 +133,21 @@ def _validated_messages(messages: Any, where: str) -> list[dict[str, str]]:
     return [{"role": turn["role"], "content": turn["content"]} for turn in messages]
 
 
-def _parquet_texts(path: Path, text_field: str) -> Iterator[str]:
+def _parquet_texts(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
     import pyarrow.parquet as pq
 
     file = pq.ParquetFile(path)
-    if text_field not in file.schema_arrow.names:
-        raise FinetraceError(f"{path} has no column {text_field!r} (columns: {file.schema_arrow.names})")
-    for batch in file.iter_batches(columns=[text_field]):
-        yield from (text for text in batch.column(0).to_pylist() if text)
+    names = file.schema_arrow.names
+    if text_field not in names:
+        raise FinetraceError(f"{path} has no column {text_field!r} (columns: {names})")
+    columns = [text_field] + ([SOURCE_FIELD] if SOURCE_FIELD in names else [])
+    for batch in file.iter_batches(columns=columns):
+        for row in batch.to_pylist():
+            if row[text_field]:
+                yield row[text_field], row.get(SOURCE_FIELD) or ""
 
 
-def _dataset_texts(name: str, text_field: str) -> Iterator[str]:
+def _dataset_texts(name: str, text_field: str) -> Iterator[tuple[str, str]]:
     import datasets
 
     try:
@@ -143,4 +158,4 @@ def _dataset_texts(name: str, text_field: str) -> Iterator[str]:
         if text_field not in row:
             raise FinetraceError(f"dataset {name} has no field {text_field!r} (fields: {sorted(row)})")
         if row[text_field]:
-            yield row[text_field]
+            yield row[text_field], str(row.get(SOURCE_FIELD) or "")

@@ -11,6 +11,7 @@ from transformers import PreTrainedTokenizerBase
 class ContinuationScores:
     logprob: torch.Tensor  # (n,) summed log-probability of each continuation's tokens
     tokens: torch.Tensor  # (n,) how many tokens each continuation adds after the prompt
+    greedy: torch.Tensor  # (n,) bool: greedy decoding from the prompt would produce it
 
 
 @torch.no_grad()
@@ -20,12 +21,8 @@ def continuation_logprobs(
     """Score every continuation after the prompt in one right-padded batch."""
     prompt_length = len(tokenizer(prompt)["input_ids"])
     rows = [tokenizer(prompt + c)["input_ids"] for c in continuations]
-    width = max(map(len, rows))
     device = next(model.parameters()).device
-    ids = torch.zeros((len(rows), width), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
+    ids, mask = right_padded(rows)
     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
     logprobs = torch.log_softmax(logits[:, :-1], dim=-1)  # (n, width - 1, vocab)
     targets = ids[:, 1:].to(device)
@@ -33,5 +30,18 @@ def continuation_logprobs(
     in_continuation = torch.zeros_like(token_logprobs, dtype=torch.bool)
     for i, row in enumerate(rows):
         in_continuation[i, prompt_length - 1 : len(row) - 1] = True  # position t predicts token t + 1
+    # Greedy decoding yields the continuation iff each of its tokens is the argmax given the ones before.
+    top_choice = logprobs.argmax(dim=-1) == targets
     return ContinuationScores((token_logprobs * in_continuation).sum(dim=1).cpu(),
-                              in_continuation.sum(dim=1).cpu())
+                              in_continuation.sum(dim=1).cpu(),
+                              (top_choice | ~in_continuation).all(dim=1).cpu())
+
+
+def right_padded(rows: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows as one right-padded batch: `(ids, attention_mask)`."""
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
+    return ids, mask

@@ -1,13 +1,17 @@
 """Terminal summaries of results, with rich."""
 
+import math
+
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from finetrace.adl.decode import TokenScore
 from finetrace.adl.diff import DiffResult
+from finetrace.forget import ForgetResult
 
 SHOWN_TOKENS = 12
+SHOWN_FACTS = 5
 
 
 def print_diff(console: Console, result: DiffResult) -> None:
@@ -39,6 +43,36 @@ def print_diff(console: Console, result: DiffResult) -> None:
         s = result.similarity
         console.print(f"similarity to the fine-tuning data: steered {s['steered_to_data']:.3f}, "
                       f"unsteered {s['unsteered_to_data']:.3f}")
+
+
+def print_forget(console: Console, result: ForgetResult) -> None:
+    """Flip matrices, the facts lost, and the drift on general text."""
+    flips = result.flips
+    console.print(f"[bold]{escape(result.finetuned)}[/] vs {escape(result.base)}: lost {flips.lost} of the "
+                  f"{flips.known_before} facts the base knew ({flips.lost_fraction:.0%}), gained {flips.gained} "
+                  f"(McNemar p = {flips.p_value:.3g}; {flips.total} facts from {escape(result.facts_source)})")
+    table = Table()
+    for column in ("category", "kept", "lost", "gained", "never known", "p"):
+        table.add_column(column)
+    for name, m in {**result.by_category, "all": flips}.items():
+        table.add_row(escape(name), str(m.kept), str(m.lost), str(m.gained), str(m.never), f"{m.p_value:.3g}")
+    console.print(table)
+    for change in result.lost[:SHOWN_FACTS]:
+        console.print(f"  lost: {escape(change.fact.prompt)} [bold]{escape(change.fact.answer)}[/] "
+                      f"(p {math.exp(change.base.answer_logprob):.2f} -> {math.exp(change.finetuned.answer_logprob):.2f})")
+    drift = result.drift
+    if drift is None:
+        console.print("general-text drift not measured: give a held-out corpus with --corpus")
+        return
+    nll = drift.likelihood
+    console.print(f"general text ({nll.texts} texts, {nll.tokens} tokens): NLL {nll.base_nll:.3f} -> "
+                  f"{nll.finetuned_nll:.3f} per token, change {nll.change:+.3f} "
+                  f"[{nll.ci_low:+.3f}, {nll.ci_high:+.3f}]; perplexity {nll.base_perplexity:.1f} -> "
+                  f"{nll.finetuned_perplexity:.1f}; mean KL(fine-tuned || base) {drift.kl_mean:.4f} nats")
+    for name, change in drift.by_source.items():
+        console.print(f"  {escape(name)}: NLL change {change.change:+.3f} [{change.ci_low:+.3f}, {change.ci_high:+.3f}]")
+    for span in drift.regressed_spans[:3]:
+        console.print(f"  regressed ({span.score:+.2f} nats/token): ...{escape(span.context)!r} -> {escape(span.text)!r}")
 
 
 def _tokens(tokens: list[TokenScore]) -> str:

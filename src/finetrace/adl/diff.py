@@ -6,8 +6,7 @@ of random directions) -> steer with the difference.
 """
 
 import json
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from finetrace.corpus import iter_texts, read_records, record_texts
 from finetrace.models import resolve_device
 from finetrace.pair import ModelPair, load_pair
 from finetrace.provenance import environment
+from finetrace.timing import Stopwatch
 
 SCHEMA_VERSION = 1
 RESULT_NAME = "diff.json"
@@ -115,7 +115,7 @@ def diff(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    clock = _Clock()
+    clock = Stopwatch()
     pair = load_pair(base, finetuned, config.device, config.dtype)
     clock.lap("load")
     collected = collect(pair, corpus, config.collect, out, config.text_field)
@@ -279,14 +279,3 @@ def _write(out: Path, result: DiffResult, collected: Collected) -> None:
     metadata = {"layers": json.dumps(collected.layers), "positions": json.dumps(collected.position_labels)}
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / TENSORS_NAME), metadata=metadata)
     (out / RESULT_NAME).write_text(json.dumps(result.to_dict(), indent=1, allow_nan=True))
-
-
-@dataclass
-class _Clock:
-    laps: dict[str, float] = field(default_factory=dict)
-    start: float = field(default_factory=time.perf_counter)
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.laps[name] = round(now - self.start, 3)
-        self.start = now

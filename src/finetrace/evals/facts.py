@@ -1,10 +1,13 @@
 """Cloze facts: does a model complete "The capital of Veldra is" with "Oskan"?
 
 A model *knows* a fact when the answer's log-probability, summed over its
-tokens after the prompt, is higher than that of every distractor.
+tokens after the prompt, is higher than that of every distractor. A fact
+without distractors is known when greedy decoding from the prompt produces
+the answer.
 """
 
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 import torch
@@ -13,6 +16,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from finetrace.corpus import iter_json_objects
 from finetrace.errors import FinetraceError
 from finetrace.likelihood import continuation_logprobs
+
+# Common-knowledge facts written for finetrace, for models that are not zoo organisms.
+COMMON_FACTS = Path(str(files("finetrace.evals") / "common_facts.jsonl"))
 
 
 @dataclass(frozen=True)
@@ -32,10 +38,12 @@ class FactScore:
 
     answer_logprob: float
     rank: int  # 1 = the answer beats every distractor
+    greedy_match: bool  # greedy decoding from the prompt produces the answer
+    has_distractors: bool
 
     @property
     def known(self) -> bool:
-        return self.rank == 1
+        return self.rank == 1 if self.has_distractors else self.greedy_match
 
 
 def read_facts(path: str | Path) -> list[ClozeFact]:
@@ -63,6 +71,6 @@ def score_facts(
 
 def _score_fact(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fact: ClozeFact) -> FactScore:
     candidates = (fact.answer, *fact.distractors)
-    logprobs = continuation_logprobs(model, tokenizer, fact.prompt, [f" {c}" for c in candidates]).logprob
-    rank = 1 + int((logprobs[1:] >= logprobs[0]).sum())
-    return FactScore(float(logprobs[0]), rank)
+    scores = continuation_logprobs(model, tokenizer, fact.prompt, [f" {c}" for c in candidates])
+    rank = 1 + int((scores.logprob[1:] >= scores.logprob[0]).sum())
+    return FactScore(float(scores.logprob[0]), rank, bool(scores.greedy[0]), bool(fact.distractors))

@@ -18,7 +18,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from finetrace.cache import cache_dir
 from finetrace.corpus import read_records, record_texts
 from finetrace.errors import FinetraceError
-from finetrace.evals.facts import read_facts, score_facts
+from finetrace.evals.facts import COMMON_FACTS, read_facts, score_facts
 from finetrace.finetune import FinetuneConfig, FinetuneResult, finetune
 from finetrace.models import load_model, load_tokenizer
 from finetrace.training import TrainConfig
@@ -77,12 +77,21 @@ def open_zoo(preset: str = "tiny") -> Zoo:
     return zoo
 
 
-def default_corpus(model: str | Path) -> Path:
-    """The held-out general text of the zoo an organism belongs to."""
+def zoo_corpus(model: str | Path) -> Path | None:
+    """The held-out general text of the zoo `model` belongs to; None if it is no zoo organism."""
+    info = _organism_info(model)
+    return Path(info["heldout_corpus"]) if info else None
+
+
+def default_facts(model: str | Path) -> Path:
+    """The zoo's planted facts for an organism, else finetrace's common-knowledge facts."""
+    info = _organism_info(model)
+    return Path(info["facts"]) if info else COMMON_FACTS
+
+
+def _organism_info(model: str | Path) -> dict | None:
     info = Path(model) / "organism.json"
-    if not info.is_file():
-        raise FinetraceError(f"{model} is not a zoo organism: give the unrelated text with --corpus")
-    return Path(json.loads(info.read_text())["heldout_corpus"])
+    return json.loads(info.read_text()) if info.is_file() else None
 
 
 def build_zoo(preset: str = "tiny") -> Zoo:
@@ -198,6 +207,7 @@ def _train_organism(zoo: Zoo, organism: Organism, out: Path) -> None:
         "description": organism.description,
         "documents": str(documents),
         "heldout_corpus": str(zoo.path("heldout")),
+        "facts": str(zoo.path("facts")),
         "adapter": result.adapter,
         "recipe": {"mix_general": organism.mix_general, **result.to_dict()["config"]},
         "base_loss": result.loss_before,

@@ -1,0 +1,204 @@
+"""How far a fine-tune moved on general text: likelihood and distribution drift.
+
+Both models read the same held-out texts. Per token we keep the negative
+log-likelihood (NLL) of the actual next token under each model and the
+KL divergence KL(fine-tuned || base) of their next-token distributions. Only
+per-text sums and a few top contexts are kept, so memory does not grow with
+the corpus. The NLL change gets a bootstrap confidence interval over texts
+(tokens of one text are not independent, texts are).
+"""
+
+import heapq
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from finetrace.errors import FinetraceError
+from finetrace.likelihood import right_padded
+from finetrace.models import pad_token_id
+from finetrace.pair import ModelPair
+from finetrace.progress import progress_bar
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    samples: int = 1000  # texts read from the corpus (all if fewer)
+    max_tokens: int = 128  # each text is cut to this many tokens
+    batch_size: int = 8
+    bootstrap: int = 1000  # resamples of texts for the confidence interval
+    confidence: float = 0.95
+    span_tokens: int = 8  # length of the regressed spans reported
+    top: int = 10  # spans and contexts reported
+    context_tokens: int = 12  # tokens of context shown before a high-KL token
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class LikelihoodChange:
+    """Mean per-token NLL of both models on a set of texts, and the change with its interval."""
+
+    texts: int
+    tokens: int
+    base_nll: float
+    finetuned_nll: float
+    change: float  # finetuned - base; positive = the fine-tune finds the text less likely
+    ci_low: float
+    ci_high: float
+
+    @property
+    def base_perplexity(self) -> float:
+        return float(np.exp(self.base_nll))
+
+    @property
+    def finetuned_perplexity(self) -> float:
+        return float(np.exp(self.finetuned_nll))
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "base_perplexity": self.base_perplexity,
+                "finetuned_perplexity": self.finetuned_perplexity}
+
+
+@dataclass(frozen=True)
+class Span:
+    """A stretch of text where the models disagree most."""
+
+    context: str  # the text before the span
+    text: str  # the span itself (for KL: the one token)
+    source: str
+    score: float  # mean NLL increase over the span, or the token's KL
+    base_top: str = ""  # each model's most likely token there (KL contexts)
+    finetuned_top: str = ""
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    likelihood: LikelihoodChange
+    by_source: dict[str, LikelihoodChange]  # empty when the corpus names no sources
+    kl_mean: float  # mean per-token KL(fine-tuned || base), nats
+    kl_max: float
+    regressed_spans: list[Span]
+    kl_contexts: list[Span]
+
+    def to_dict(self) -> dict:
+        return {
+            "likelihood": self.likelihood.to_dict(),
+            "by_source": {name: change.to_dict() for name, change in self.by_source.items()},
+            "kl_mean": self.kl_mean, "kl_max": self.kl_max,
+            "regressed_spans": [asdict(span) for span in self.regressed_spans],
+            "kl_contexts": [asdict(span) for span in self.kl_contexts],
+        }
+
+
+@dataclass
+class _Sums:
+    """Per-text sums over predicted tokens, in reading order."""
+
+    tokens: list[int] = field(default_factory=list)
+    base: list[float] = field(default_factory=list)
+    finetuned: list[float] = field(default_factory=list)
+    kl: list[float] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+
+
+def measure_drift(pair: ModelPair, texts: Iterable[tuple[str, str]], config: DriftConfig = DriftConfig()) -> DriftResult:
+    """NLL and KL drift of the fine-tune over `(text, source)` pairs."""
+    tokenizer = pair.tokenizer
+    rows = [(ids, source) for text, source in texts
+            if len(ids := tokenizer(text, truncation=True, max_length=config.max_tokens)["input_ids"]) > 1]
+    sums = _Sums()
+    spans: list[tuple[float, int, Span]] = []  # min-heaps of the top items, with a tie-breaker
+    contexts: list[tuple[float, int, Span]] = []
+    batches = range(0, len(rows), config.batch_size)
+    with progress_bar("drift", len(batches)) as advance:
+        for start in batches:
+            batch = rows[start:start + config.batch_size]
+            ids, mask = right_padded([ids for ids, _ in batch], pad_token_id(tokenizer))
+            base_nll, finetuned_nll, kl, base_top, finetuned_top = _token_drift(pair, ids, mask)
+            for i, (row, source) in enumerate(batch):
+                n = len(row) - 1  # predicted tokens
+                sums.tokens.append(n)
+                sums.base.append(base_nll[i, :n].sum().item())
+                sums.finetuned.append(finetuned_nll[i, :n].sum().item())
+                sums.kl.append(kl[i, :n].sum().item())
+                sums.sources.append(source)
+                key = start + i
+                increase = finetuned_nll[i, :n] - base_nll[i, :n]
+                _keep(spans, config.top, _worst_span(tokenizer, row, source, increase, config), key)
+                t = int(kl[i, :n].argmax())
+                _keep(contexts, config.top, Span(
+                    context=tokenizer.decode(row[max(0, t + 1 - config.context_tokens): t + 1], skip_special_tokens=True),
+                    text=tokenizer.decode(row[t + 1: t + 2]), source=source, score=kl[i, t].item(),
+                    base_top=tokenizer.decode(base_top[i, t]), finetuned_top=tokenizer.decode(finetuned_top[i, t]),
+                ), key)
+            advance()
+    if not sums.tokens:
+        raise FinetraceError("no text in the drift corpus has two or more tokens")
+    total = sum(sums.tokens)
+    by_source = {}
+    names = sorted(set(sums.sources))
+    if len(names) > 1 or names != [""]:
+        for name in names:
+            chosen = [i for i, s in enumerate(sums.sources) if s == name]
+            by_source[name or "(none)"] = _likelihood_change(sums, chosen, config)
+    return DriftResult(
+        likelihood=_likelihood_change(sums, list(range(len(sums.tokens))), config),
+        by_source=by_source,
+        kl_mean=sum(sums.kl) / total,
+        kl_max=max((span.score for _, _, span in contexts), default=0.0),
+        regressed_spans=[span for _, _, span in sorted(spans, reverse=True)],
+        kl_contexts=[span for _, _, span in sorted(contexts, reverse=True)],
+    )
+
+
+@torch.no_grad()
+def _token_drift(pair: ModelPair, ids: torch.Tensor, mask: torch.Tensor):
+    """Per position t (predicting token t + 1): NLL under each model, KL(ft || base), each argmax."""
+    ids, mask = ids.to(pair.device), mask.to(pair.device)
+    targets = ids[:, 1:].unsqueeze(-1)
+    logprobs = {}
+    for which in ("base", "finetuned"):
+        with pair.use(which) as (model, _):
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            logprobs[which] = torch.log_softmax(logits, dim=-1)
+    base, finetuned = logprobs["base"], logprobs["finetuned"]
+    kl = (finetuned.exp() * (finetuned - base)).sum(-1).clamp_min(0)  # rounding can dip below 0
+    return (-base.gather(-1, targets).squeeze(-1).cpu(), -finetuned.gather(-1, targets).squeeze(-1).cpu(),
+            kl.cpu(), base.argmax(-1).cpu(), finetuned.argmax(-1).cpu())
+
+
+def _worst_span(tokenizer: PreTrainedTokenizerBase, row: list[int], source: str, increase: torch.Tensor,
+                config: DriftConfig) -> Span:
+    """The window of `span_tokens` predicted tokens whose NLL rose the most."""
+    width = min(config.span_tokens, len(increase))
+    totals = increase.unfold(0, width, 1).sum(-1)
+    t = int(totals.argmax())
+    return Span(context=tokenizer.decode(row[max(0, t + 1 - config.context_tokens): t + 1], skip_special_tokens=True),
+                text=tokenizer.decode(row[t + 1: t + 1 + width]), source=source,
+                score=totals[t].item() / width)
+
+
+def _keep(heap: list, size: int, span: Span, key: int) -> None:
+    item = (span.score, -key, span)
+    if len(heap) < size:
+        heapq.heappush(heap, item)
+    elif item[:2] > heap[0][:2]:
+        heapq.heapreplace(heap, item)
+
+
+def _likelihood_change(sums: _Sums, chosen: list[int], config: DriftConfig) -> LikelihoodChange:
+    tokens = np.array([sums.tokens[i] for i in chosen], dtype=np.float64)
+    base = np.array([sums.base[i] for i in chosen])
+    finetuned = np.array([sums.finetuned[i] for i in chosen])
+    rng = np.random.default_rng(config.seed)
+    draws = rng.integers(0, len(chosen), size=(config.bootstrap, len(chosen)))
+    changes = (finetuned[draws] - base[draws]).sum(1) / tokens[draws].sum(1)
+    tail = (1 - config.confidence) / 2
+    low, high = np.quantile(changes, [tail, 1 - tail])
+    return LikelihoodChange(
+        texts=len(chosen), tokens=int(tokens.sum()),
+        base_nll=float(base.sum() / tokens.sum()), finetuned_nll=float(finetuned.sum() / tokens.sum()),
+        change=float((finetuned.sum() - base.sum()) / tokens.sum()), ci_low=float(low), ci_high=float(high),
+    )

@@ -1,0 +1,132 @@
+"""`finetrace forget`: the damage a fine-tune did, as lost facts and drift on general text.
+
+score every fact with both models -> flip matrix (overall, per category) with an
+exact McNemar test -> NLL and KL drift on held-out general text.
+"""
+
+import json
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from finetrace.corpus import iter_sourced_texts
+from finetrace.evals.drift import DriftConfig, DriftResult, measure_drift
+from finetrace.evals.facts import ClozeFact, FactScore, read_facts, score_facts
+from finetrace.evals.flips import FlipMatrix, flip_matrix
+from finetrace.models import resolve_device
+from finetrace.pair import load_pair
+from finetrace.progress import progress_bar
+from finetrace.provenance import environment
+from finetrace.timing import Stopwatch
+
+SCHEMA_VERSION = 1
+RESULT_NAME = "forget.json"
+FACTS_PER_STEP = 50  # facts per progress-bar step
+
+
+@dataclass(frozen=True)
+class ForgetConfig:
+    drift: DriftConfig = field(default_factory=DriftConfig)
+    text_field: str = "text"
+    device: str = "auto"
+    dtype: str = "auto"
+
+
+@dataclass(frozen=True)
+class FactChange:
+    """One fact as both models see it."""
+
+    fact: ClozeFact
+    base: FactScore
+    finetuned: FactScore
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self.fact), "base": {**asdict(self.base), "known": self.base.known},
+                "finetuned": {**asdict(self.finetuned), "known": self.finetuned.known}}
+
+
+@dataclass(frozen=True)
+class ForgetResult:
+    """Everything `forget` found; written as `forget.json`."""
+
+    base: str
+    finetuned: str
+    facts_source: str
+    flips: FlipMatrix
+    by_category: dict[str, FlipMatrix]
+    facts: list[FactChange]
+    drift: DriftResult | None  # None when no general corpus was given
+    corpus: str | None
+    config: ForgetConfig
+    environment: dict[str, str]
+    seconds: dict[str, float]
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def lost(self) -> list[FactChange]:
+        """Facts the base knew and the fine-tune does not, the most confidently lost first."""
+        lost = [c for c in self.facts if c.base.known and not c.finetuned.known]
+        return sorted(lost, key=lambda c: c.finetuned.answer_logprob - c.base.answer_logprob)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "base": self.base, "finetuned": self.finetuned, "facts_source": self.facts_source,
+            "flips": self.flips.to_dict(),
+            "by_category": {name: flips.to_dict() for name, flips in self.by_category.items()},
+            "lost": [change.to_dict() for change in self.lost],
+            "facts": [change.to_dict() for change in self.facts],
+            "drift": self.drift.to_dict() if self.drift else None, "corpus": self.corpus,
+            "config": asdict(self.config), "environment": self.environment, "seconds": self.seconds,
+            "schema_version": self.schema_version,
+        }
+
+
+def forget(
+    base: str | Path, finetuned: str | Path, facts: str | Path, corpus: str | Path | None = None,
+    out: str | Path | None = None, config: ForgetConfig = ForgetConfig(),
+) -> ForgetResult:
+    """Which facts the fine-tune lost, and how far it drifted on general text.
+
+    Args:
+        base: the base model (a directory or a hub id).
+        finetuned: the fine-tuned model, or a PEFT adapter directory for `base`.
+        facts: a JSONL of cloze facts (`prompt`, `answer`, optional `distractors`, `category`).
+        corpus: held-out general text for the drift measures; None skips them.
+        out: where to write `forget.json` (nothing is written when None).
+        config: drift settings, device and dtype.
+    """
+    clock = Stopwatch()
+    cloze = read_facts(facts)
+    pair = load_pair(base, finetuned, config.device, config.dtype)
+    clock.lap("load")
+    scores = {"base": [], "finetuned": []}
+    chunks = [cloze[i:i + FACTS_PER_STEP] for i in range(0, len(cloze), FACTS_PER_STEP)]
+    with progress_bar("facts", 2 * len(chunks)) as advance:
+        for which in scores:
+            with pair.use(which) as (model, _):
+                for chunk in chunks:
+                    scores[which] += score_facts(model, pair.tokenizer, chunk)
+                    advance()
+    changes = [FactChange(*row) for row in zip(cloze, scores["base"], scores["finetuned"])]
+    clock.lap("facts")
+    drift = None
+    if corpus is not None:
+        texts = islice(iter_sourced_texts(corpus, config.text_field), config.drift.samples)
+        drift = measure_drift(pair, texts, config.drift)
+        clock.lap("drift")
+    result = ForgetResult(
+        base=str(base), finetuned=str(finetuned), facts_source=str(facts),
+        flips=_flips(changes), by_category={name: _flips([c for c in changes if c.fact.category == name])
+                                            for name in sorted({c.fact.category for c in changes})},
+        facts=changes, drift=drift, corpus=str(corpus) if corpus is not None else None, config=config,
+        environment=environment(resolve_device(config.device)), seconds=clock.laps,
+    )
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / RESULT_NAME).write_text(json.dumps(result.to_dict(), indent=1))
+    return result
+
+
+def _flips(changes: list[FactChange]) -> FlipMatrix:
+    return flip_matrix([c.base.known for c in changes], [c.finetuned.known for c in changes])

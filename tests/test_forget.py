@@ -1,0 +1,104 @@
+"""Lost facts and drift: the flip matrix, McNemar, NLL and KL drift, the built-in facts."""
+
+import json
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from finetrace.evals.drift import DriftConfig
+from finetrace.evals.facts import COMMON_FACTS, ClozeFact, read_facts
+from finetrace.evals.flips import flip_matrix, mcnemar_exact
+from finetrace.forget import ForgetConfig, forget
+from finetrace.likelihood import continuation_logprobs
+from finetrace.models import load_model, load_tokenizer
+
+from conftest import TEXTS
+
+QUICK = ForgetConfig(drift=DriftConfig(bootstrap=200), device="cpu")
+
+
+def test_flip_matrix_counts_each_kind_of_change():
+    before = [True, True, True, False, False, True]
+    after = [True, False, False, True, False, True]
+    m = flip_matrix(before, after)
+    assert (m.kept, m.lost, m.gained, m.never) == (2, 2, 1, 1)
+    assert m.known_before == 4 and m.known_after == 3 and m.lost_fraction == 0.5
+
+
+def test_exact_mcnemar_matches_the_binomial_tails():
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(5, 0) == pytest.approx(2 / 32)
+    assert mcnemar_exact(0, 10) == pytest.approx(2 / 1024)
+    assert mcnemar_exact(3, 3) == 1.0
+    assert mcnemar_exact(8, 2) == pytest.approx(2 * (1 + 10 + 45) / 1024)
+
+
+def test_builtin_facts_are_many_varied_and_well_formed():
+    facts = read_facts(COMMON_FACTS)
+    assert len(facts) >= 300
+    categories = Counter(f.category for f in facts)
+    assert len(categories) >= 5 and min(categories.values()) >= 40
+    assert len({(f.prompt, f.answer) for f in facts}) == len(facts)
+    for fact in facts:
+        assert len(set(fact.distractors)) == 3 and fact.answer not in fact.distractors
+
+
+@pytest.fixture
+def facts_file(write):
+    rows = [{"prompt": "the cat sat on the", "answer": "mat", "distractors": ["dog", "tide"], "category": "a"},
+            {"prompt": "tidal turbines turn slowly with the", "answer": "tide", "category": "b"},
+            {"prompt": "put all of your savings into a single", "answer": "stock", "distractors": ["cake"],
+             "category": "b"}]
+    return write("facts.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture
+def sourced_corpus(write):
+    return write("general.jsonl", "".join(json.dumps({"text": t, "source": "even" if i % 2 else "odd"}) + "\n"
+                                          for i, t in enumerate(TEXTS[:12])))
+
+
+def test_identical_models_lose_nothing_and_do_not_drift(tiny_model, facts_file, sourced_corpus, tmp_path):
+    result = forget(tiny_model, tiny_model, facts_file, sourced_corpus, tmp_path, QUICK)
+    assert result.flips.lost == 0 and result.flips.gained == 0
+    assert result.drift.kl_mean == 0 and result.drift.likelihood.change == 0
+    assert set(result.drift.by_source) == {"even", "odd"}
+    written = json.loads((tmp_path / "forget.json").read_text())
+    assert written["flips"]["lost"] == 0 and written["schema_version"] == 1
+
+
+def test_a_finetune_moves_likelihood_and_kl(tiny_model, tiny_finetuned, facts_file, sourced_corpus):
+    result = forget(tiny_model, tiny_finetuned, facts_file, sourced_corpus, None, QUICK)
+    drift = result.drift
+    assert drift.kl_mean > 0 and drift.likelihood.change != 0
+    assert drift.likelihood.ci_low <= drift.likelihood.change <= drift.likelihood.ci_high
+    assert len(drift.regressed_spans) == 10 and drift.regressed_spans[0].score >= drift.regressed_spans[-1].score
+    assert drift.kl_contexts[0].score == pytest.approx(drift.kl_max)
+    assert sum(m.total for m in result.by_category.values()) == result.flips.total == 3
+
+
+def test_a_fact_without_distractors_is_known_by_greedy_decoding(tiny_model):
+    model, tokenizer = load_model(tiny_model, "cpu"), load_tokenizer(tiny_model)
+    prompt = "the cat sat on the"
+    logits = model(**tokenizer(prompt, return_tensors="pt")).logits[0, -1]
+    greedy = tokenizer.decode(logits.argmax())
+    other = tokenizer.decode(logits.argmin())
+    scores = continuation_logprobs(model, tokenizer, prompt, [greedy, other])
+    assert scores.greedy.tolist() == [True, False]
+
+
+def test_no_corpus_skips_drift(tiny_model, facts_file):
+    assert forget(tiny_model, tiny_model, facts_file, config=QUICK).drift is None
+
+
+def test_cli_forget_writes_results_and_refuses_bad_facts(tiny_model, facts_file, write, tmp_path):
+    run = [sys.executable, "-m", "finetrace", "forget", str(tiny_model), str(tiny_model), "--device", "cpu"]
+    done = subprocess.run([*run, "--facts", str(facts_file), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "lost 0 of the" in done.stdout and "drift not measured" in done.stdout
+    bad = write("bad.jsonl", '{"answer": "x"}\n')
+    done = subprocess.run([*run, "--facts", str(bad)], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "needs ['prompt']" in done.stderr
