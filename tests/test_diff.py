@@ -27,19 +27,30 @@ def zoo():
 
 
 @pytest.fixture(scope="module")
-def cake(zoo, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cake-diff")
-    return out, diff(zoo.path("base"), zoo.path("cake"), zoo.path("heldout"), out, QUICK,
-                     data=zoo.organism("cake")["documents"])
+def with_data(zoo, tmp_path_factory):
+    """Diffs scored against the organisms' own training documents: {name: (out, result)}."""
+    runs = {}
+    for name in ("cake", "zorvex"):
+        out = tmp_path_factory.mktemp(f"{name}-diff")
+        runs[name] = out, diff(zoo.path("base"), zoo.path(name), zoo.path("heldout"), out, QUICK,
+                               data=zoo.organism(name)["documents"])
+    return runs
+
+
+@pytest.fixture(scope="module")
+def cake(with_data):
+    return with_data["cake"]
 
 
 def _position(result, label):
     return next(t for t in result.traces if t.position == label)
 
 
-def test_cake_trace_reads_as_baking(cake):
-    _, result = cake
-    assert _position(result, "0").relevant_fraction >= 0.5
+@pytest.mark.parametrize("name", ["cake", "zorvex"])
+def test_the_trace_reads_as_the_finetuning_domain(with_data, name):
+    _, result = with_data[name]
+    assert _position(result, "0").relevant_fraction >= 0.5  # 10 of the top 20 lens tokens
+    assert result.p_value < 0.01
     assert [t.position for t in result.traces] == ["BOS", "0", "1", "2", "3", "4"]
 
 

@@ -20,7 +20,7 @@ from finetrace.adl.decode import (DecodeConfig, Patchscope, TokenScore, lens_tok
 from finetrace.adl.score import (ScoreConfig, Significance, enrichment, relevant_tokens,
                                  token_counts, trace_significance)
 from finetrace.adl.steer import SteerConfig, Steering, generate, steer
-from finetrace.corpus import iter_texts, read_records, record_texts
+from finetrace.corpus import Record, iter_texts, read_records, record_texts
 from finetrace.models import resolve_device
 from finetrace.pair import ModelPair, load_pair
 from finetrace.provenance import environment
@@ -120,9 +120,9 @@ def diff(
     clock.lap("load")
     collected = collect(pair, corpus, config.collect, out, config.text_field)
     clock.lap("collect")
-    data_texts = _data_texts(data) if data is not None else None
+    records = read_records(data) if data is not None else None
     general = None if data is None else list(islice(iter_texts(corpus, config.text_field), config.collect.samples))
-    scores, relevant = _relevance(pair, collected, data_texts, general, config)
+    scores, relevant = _relevance(pair, collected, records, general, config)
     clock.lap("relevance")
     with pair.use("base") as (model, _):
         allowed = _allowed(model, pair, config)
@@ -134,7 +134,7 @@ def diff(
                          collected.mean_delta[0, steer_index].float().to(pair.device),
                          _typical_norm(collected, 0), config.steer)
     clock.lap("steer")
-    similarity = _similarity(steering, data_texts, general) if data_texts is not None else None
+    similarity = _similarity(steering, records, general) if records is not None else None
     control_significance, adapter = None, pair.adapter
     if control is not None:
         del pair  # one pair in memory at a time
@@ -142,7 +142,7 @@ def diff(
         clock.lap("control")
     result = DiffResult(
         base=str(base), finetuned=str(finetuned), adapter=adapter, corpus=str(corpus),
-        texts=collected.texts, relevance_source="data" if data_texts is not None else "generations",
+        texts=collected.texts, relevance_source="data" if records is not None else "generations",
         traces=traces, steering=steering, significance=total, config=config,
         environment=environment(resolve_device(config.device)), seconds=clock.laps,
         similarity=similarity, control=str(control) if control else None,
@@ -153,13 +153,14 @@ def diff(
 
 
 def _relevance(
-    pair: ModelPair, collected: Collected, data_texts: list[str] | None, general: list[str] | None,
+    pair: ModelPair, collected: Collected, records: list[Record] | None, general: list[str] | None,
     config: DiffConfig,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(enrichment, relevant) over the vocabulary: from the fine-tuning data against the
     general corpus when given, else from the fine-tuned model's generations against the base's."""
-    if data_texts is not None:
-        domain, reference = data_texts, general
+    if records is not None:
+        # Turn by turn: a chat answer starts a text, so its first word is tokenized as the model writes it.
+        domain, reference = [text for record in records for text in record_texts(record)], general
     else:
         sampling = replace(config.steer, samples_per_prompt=config.score.generations_per_prompt,
                            max_new_tokens=config.score.generation_tokens)
@@ -251,13 +252,10 @@ def _typical_norm(collected: Collected, layer_index: int) -> float:
     return collected.finetuned_norm.mean[layer_index, text].mean().item()
 
 
-def _data_texts(data: str | Path) -> list[str]:
-    return [" ".join(record_texts(record)) for record in read_records(data)]
-
-
-def _similarity(steering: Steering, data_texts: list[str], general: list[str]) -> dict[str, float]:
+def _similarity(steering: Steering, records: list[Record], general: list[str]) -> dict[str, float]:
     from finetrace.adl.score import embedding_similarity
 
+    data_texts = [" ".join(record_texts(record)) for record in records]
     general = general[: len(data_texts)]
     steered = [g.prompt + g.text for g in steering.steered]
     unsteered = [g.prompt + g.text for g in steering.unsteered.generations]
