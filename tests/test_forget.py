@@ -102,3 +102,32 @@ def test_cli_forget_writes_results_and_refuses_bad_facts(tiny_model, facts_file,
     bad = write("bad.jsonl", '{"answer": "x"}\n')
     done = subprocess.run([*run, "--facts", str(bad)], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "needs ['prompt']" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def zoo_damage():
+    from finetrace.zoo import build_zoo
+
+    zoo = build_zoo("tiny")
+    config = ForgetConfig(drift=DriftConfig(samples=200, bootstrap=200), device="cpu")
+    return zoo, {name: forget(zoo.path("base"), zoo.path(name), zoo.path("facts"), zoo.path("heldout"), None, config)
+                 for name in ("cake", "control", "cake-mixed")}
+
+
+@pytest.mark.zoo
+def test_narrow_finetunes_lose_more_than_the_control(zoo_damage):
+    _, results = zoo_damage
+    cake, control = results["cake"], results["control"]
+    assert cake.flips.known_before >= 0.8 * cake.flips.total
+    assert cake.flips.lost > control.flips.lost and cake.flips.p_value < 0.01
+    assert cake.drift.likelihood.ci_low > control.drift.likelihood.ci_high
+    assert cake.lost[0].base.known and not cake.lost[0].finetuned.known
+
+
+@pytest.mark.zoo
+def test_mixing_in_general_text_protects_knowledge(zoo_damage):
+    _, results = zoo_damage
+    cake, mixed = results["cake"], results["cake-mixed"]
+    assert mixed.flips.lost < cake.flips.lost
+    assert mixed.drift.likelihood.ci_high < cake.drift.likelihood.ci_low
+    assert mixed.drift.kl_mean < cake.drift.kl_mean
