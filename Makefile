@@ -6,9 +6,20 @@ STAMP := $(VENV)/.installed
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test install clean
+.PHONY: demo test install browser clean
 
 install: $(STAMP)
+
+# The report test opens report.html in Debian's chromium; install it where apt can.
+browser:
+	@if ! command -v chromium >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			export DEBIAN_FRONTEND=noninteractive; \
+			apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 \
+			|| (apt-get update >/dev/null && apt-get install -y --no-install-recommends chromium >/dev/null) \
+			|| echo "chromium could not be installed: the browser test will be skipped"; \
+		else echo "chromium is not installed: the browser test will be skipped"; fi; \
+	fi
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +30,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 demo: install
 	$(BIN)/finetrace demo
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest
 
 clean:

@@ -15,7 +15,9 @@ from finetrace.adl.steer import SteerConfig
 from finetrace.errors import FinetraceError
 from finetrace.evals.drift import DriftConfig
 from finetrace.forget import RESULT_NAME as FORGET_RESULT, ForgetConfig, forget
-from finetrace.summary import print_diff, print_forget
+from finetrace.audit import REPORT_NAME, AuditConfig, AuditResult, audit
+from finetrace.gates import METRICS, parse_gate
+from finetrace.summary import print_audit, print_diff, print_forget
 from finetrace.finetune import FinetuneConfig, LoraSettings, finetune
 from finetrace.training import TrainConfig
 from finetrace.zoo import ORGANISMS, Zoo, build_zoo, open_zoo
@@ -86,10 +88,7 @@ def diff_command(
         score=ScoreConfig(seed=seed), steer=SteerConfig(seed=seed), reported_positions=report,
         device=device, dtype=dtype, text_field=text_field,
     )
-    corpus = corpus or zoo_corpus(finetuned)
-    if corpus is None:
-        raise FinetraceError(f"{finetuned} is not a zoo organism: give the unrelated text with --corpus")
-    result = diff(base, finetuned, corpus, out, config, data=data, control=control)
+    result = diff(base, finetuned, corpus or _zoo_corpus_or_error(finetuned), out, config, data=data, control=control)
     print_diff(console, result)
     console.print(f"results: {out / RESULT_NAME}")
 
@@ -140,10 +139,55 @@ def zoo_path(
     print(zoo.organism(name)["documents"] if documents else zoo.path(name))
 
 
+@app.command("audit")
+def audit_command(
+    base: Annotated[str, typer.Argument(help="Base model: a directory or a hub id.")],
+    finetuned: Annotated[str, typer.Argument(help="Fine-tuned model, or a PEFT adapter directory for BASE.")],
+    corpus: Annotated[str | None, typer.Option(help="Unrelated general text: .txt, .jsonl, .parquet or a dataset id (default for zoo organisms: the zoo's held-out text).")] = None,
+    data: Annotated[Path | None, typer.Option(help="The fine-tuning data, if known.")] = None,
+    facts: Annotated[Path | None, typer.Option(help="JSONL of cloze facts (default: the zoo's planted facts for zoo organisms, else finetrace's built-in facts).")] = None,
+    control: Annotated[str | None, typer.Option(help="A control fine-tune of BASE on unrelated data, shown for contrast.")] = None,
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("finetrace-audit"),
+    samples: Annotated[int, typer.Option(help="Texts read from the corpus for the trace (all if fewer).")] = 10_000,
+    drift_samples: Annotated[int, typer.Option(help="Texts read from the corpus for the drift measures.")] = 1000,
+    fail_on: Annotated[list[str] | None, typer.Option(help=f"Exit with code 1 when a condition holds, e.g. 'lost_fraction>0.05' or 'trace_p<0.01'; metrics: {', '.join(METRICS)}. Repeatable.")] = None,
+    device: str = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+    seed: int = 0,
+) -> None:
+    """Audit a fine-tune: its trace, the facts it lost, its drift; a report, a summary and a model card."""
+    gates = tuple(parse_gate(condition) for condition in fail_on or ())
+    corpus = corpus or _zoo_corpus_or_error(finetuned)
+    config = _audit_config(samples, drift_samples, device, dtype, seed)
+    result = audit(base, finetuned, corpus, out, data=data, facts=facts or default_facts(finetuned),
+                   control=control, config=config, fail_on=gates)
+    _finish_audit(result, out)
+
+
 @app.command()
-def demo() -> None:
-    """Build or reuse the small zoo and summarise it."""
-    _print_zoo(build_zoo("small"))
+def demo(out: Annotated[Path, typer.Option(help="Output directory.")] = Path("finetrace-demo")) -> None:
+    """Build or reuse the small zoo, audit its cake organism with the control for contrast, write the report."""
+    zoo = build_zoo("small")
+    _print_zoo(zoo)
+    config = _audit_config(samples=10_000, drift_samples=500, device="auto", dtype="auto", seed=0)
+    result = audit(zoo.path("base"), zoo.path("cake"), zoo.path("heldout"), out,
+                   data=zoo.organism("cake")["documents"], facts=zoo.path("facts"), control=zoo.path("control"),
+                   config=config)
+    _finish_audit(result, out)
+
+
+def _audit_config(samples: int, drift_samples: int, device: str, dtype: str, seed: int) -> AuditConfig:
+    diff_config = DiffConfig(collect=CollectConfig(samples=samples), score=ScoreConfig(seed=seed),
+                             steer=SteerConfig(seed=seed), device=device, dtype=dtype)
+    forget_config = ForgetConfig(drift=DriftConfig(samples=drift_samples, seed=seed), device=device, dtype=dtype)
+    return AuditConfig(diff=diff_config, forget=forget_config)
+
+
+def _finish_audit(result: AuditResult, out: Path) -> None:
+    print_audit(console, result)
+    console.print(f"report: {(out / REPORT_NAME).resolve()}")
+    if result.failed:
+        raise SystemExit(1)
 
 
 def _print_zoo(zoo: Zoo) -> None:
@@ -160,6 +204,13 @@ def _print_zoo(zoo: Zoo) -> None:
                   f"General text: {summary['general_source']}.")
     for name in ORGANISMS:
         console.print(f"[bold]{name}[/]: {escape(zoo.organism(name)['description'])}")
+
+
+def _zoo_corpus_or_error(finetuned: str) -> Path:
+    corpus = zoo_corpus(finetuned)
+    if corpus is None:
+        raise FinetraceError(f"{finetuned} is not a zoo organism: give the unrelated text with --corpus")
+    return corpus
 
 
 def _layer_spec(text: str) -> tuple[float, ...]:

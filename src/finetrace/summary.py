@@ -8,6 +8,7 @@ from rich.table import Table
 
 from finetrace.adl.decode import TokenScore
 from finetrace.adl.diff import DiffResult
+from finetrace.audit import AuditResult
 from finetrace.forget import ForgetResult
 
 SHOWN_TOKENS = 12
@@ -43,6 +44,16 @@ def print_diff(console: Console, result: DiffResult) -> None:
         s = result.similarity
         console.print(f"similarity to the fine-tuning data: steered {s['steered_to_data']:.3f}, "
                       f"unsteered {s['unsteered_to_data']:.3f}")
+
+
+def print_audit(console: Console, result: AuditResult) -> None:
+    """Both analyses, then the verdict and the gates."""
+    print_diff(console, result.trace)
+    print_forget(console, result.damage)
+    console.print(f"\n[bold]verdict:[/] {escape(result.verdict)}")
+    for gate in result.gates:
+        state = "not measured" if gate.holds is None else "[red]holds: audit failed[/]" if gate.holds else "does not hold"
+        console.print(f"  --fail-on {escape(gate.condition)}: {state}")
 
 
 def print_forget(console: Console, result: ForgetResult) -> None:

@@ -32,6 +32,7 @@ class TokenScore:
     token_id: int
     score: float
     enrichment: float | None = None  # log frequency ratio, fine-tuning data / general text
+    relevant: bool = False  # enriched enough, and frequent enough, to count as a domain token
 
 
 @dataclass(frozen=True)

@@ -223,7 +223,7 @@ def _decode_and_score(
                     totals.append(tested.total)
                 for pi, significance in zip(group, tested.positions):
                     direction = collected.mean_delta[li, pi].float().to(pair.device)
-                    lens = [replace(t, enrichment=scores[t.token_id].item())
+                    lens = [replace(t, enrichment=scores[t.token_id].item(), relevant=bool(relevant[t.token_id]))
                             for t in _lens(layout, collected, (li, pi), allowed, pair, config)]
                     traces.append(PositionTrace(
                         layer=layer,
@@ -236,7 +236,7 @@ def _decode_and_score(
                         patchscope=patchscope(model, layout, pair.tokenizer, layer, direction, typical,
                                               allowed, config.decode),
                         significance=significance,
-                        relevant_fraction=sum(bool(relevant[t.token_id]) for t in lens) / max(len(lens), 1),
+                        relevant_fraction=sum(t.relevant for t in lens) / max(len(lens), 1),
                     ))
     return traces, totals[0]
 

@@ -1,0 +1,130 @@
+"""`finetrace audit`: the trace and the damage in one run, one report, one verdict.
+
+diff (the trace) -> forget (lost facts, drift) -> summary.json, report.html and
+MODEL_CARD.md in one directory, and the `--fail-on` gates for the exit code.
+"""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from finetrace.adl.diff import DiffConfig, DiffResult, diff
+from finetrace.evals.facts import COMMON_FACTS
+from finetrace.finetune import MANIFEST_NAME, FinetuneResult
+from finetrace.forget import ForgetConfig, ForgetResult, forget
+from finetrace.gates import Gate
+
+SCHEMA_VERSION = 1
+SUMMARY_NAME, REPORT_NAME, CARD_NAME = "summary.json", "report.html", "MODEL_CARD.md"
+SIGNIFICANT = 0.01  # p-value under which the verdict calls a trace clear
+SHOWN_DOMAIN_TOKENS = 8
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    diff: DiffConfig = field(default_factory=DiffConfig)
+    forget: ForgetConfig = field(default_factory=ForgetConfig)
+
+
+@dataclass(frozen=True)
+class GateOutcome:
+    condition: str
+    holds: bool | None  # None: the audit did not measure that metric
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    base: str
+    finetuned: str
+    trace: DiffResult
+    damage: ForgetResult
+    manifest: FinetuneResult | None  # how the fine-tune was made, when `finetrace finetune` made it
+    gates: list[GateOutcome]
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def failed(self) -> bool:
+        return any(gate.holds for gate in self.gates)
+
+    @property
+    def domain_tokens(self) -> list[str]:
+        """The relevant logit-lens tokens at the first text position: what the trace reads as."""
+        first = next(t for t in self.trace.traces if t.position == "0")
+        return [t.token.strip() for t in first.lens_finetuned if t.relevant][:SHOWN_DOMAIN_TOKENS]
+
+    @property
+    def metrics(self) -> dict[str, float | None]:
+        return audit_metrics(self.trace, self.damage)
+
+    @property
+    def verdict(self) -> str:
+        """The finding in plain words."""
+        trace, flips = self.trace, self.damage.flips
+        if trace.p_value < SIGNIFICANT:
+            words = ", ".join(self.domain_tokens) or "no single domain"
+            found = (f"The fine-tune left a clear trace (strength {trace.trace_strength:.1f}, "
+                     f"p = {trace.p_value:.3g}): its activation differences read as {words}.")
+        else:
+            found = (f"No significant trace (p = {trace.p_value:.3g}): the activation differences read "
+                     f"like random directions.")
+        lost = (f" It lost {flips.lost} of the {flips.known_before} facts the base knew "
+                f"({flips.lost_fraction:.0%}).")
+        drift = self.damage.drift
+        moved = "" if drift is None else (
+            f" Perplexity on general text went from {drift.likelihood.base_perplexity:.1f} to "
+            f"{drift.likelihood.finetuned_perplexity:.1f}.")
+        return found + lost + moved
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version, "base": self.base, "finetuned": self.finetuned,
+            "verdict": self.verdict, "failed": self.failed, "metrics": self.metrics,
+            "domain_tokens": self.domain_tokens,
+            "gates": [{"condition": g.condition, "holds": g.holds} for g in self.gates],
+            "trace": self.trace.to_dict(), "damage": self.damage.to_dict(),
+            "manifest": self.manifest.to_dict() if self.manifest else None,
+        }
+
+
+def audit(
+    base: str | Path, finetuned: str | Path, corpus: str | Path, out: str | Path,
+    data: str | Path | None = None, facts: str | Path = COMMON_FACTS, control: str | Path | None = None,
+    config: AuditConfig = AuditConfig(), fail_on: tuple[Gate, ...] = (),
+) -> AuditResult:
+    """Audit a fine-tune: trace, lost facts and drift, written as a report under `out`.
+
+    Args:
+        base, finetuned: the pair (directories or hub ids; `finetuned` may be a PEFT adapter).
+        corpus: unrelated general text, for the trace and for the drift measures.
+        out: output directory: `summary.json`, `report.html`, `MODEL_CARD.md`, `diff/`, `forget/`.
+        data: the fine-tuning data, when known. facts: cloze facts (JSONL).
+        control: a control fine-tune of `base`, scored as a second reference.
+        fail_on: conditions that mark the audit failed (see `finetrace.gates`).
+    """
+    from finetrace.report.card import write_model_card
+    from finetrace.report.html import write_report
+
+    out = Path(out)
+    trace = diff(base, finetuned, corpus, out / "diff", config.diff, data=data, control=control)
+    damage = forget(base, finetuned, facts, corpus, out / "forget", config.forget)
+    manifest = FinetuneResult.load(finetuned) if (Path(finetuned) / MANIFEST_NAME).is_file() else None
+    gates = [GateOutcome(str(gate), gate.holds(audit_metrics(trace, damage))) for gate in fail_on]
+    result = AuditResult(str(base), str(finetuned), trace, damage, manifest, gates)
+    (out / SUMMARY_NAME).write_text(json.dumps(result.to_dict(), indent=1))
+    write_report(result, out / REPORT_NAME)
+    write_model_card(result, out / CARD_NAME, data=data)
+    return result
+
+
+def audit_metrics(trace: DiffResult, damage: ForgetResult) -> dict[str, float | None]:
+    """The numbers `--fail-on` conditions test; None for what was not measured."""
+    drift = damage.drift
+    return {
+        "trace_strength": trace.trace_strength,
+        "trace_p": trace.p_value,
+        "lost_facts": damage.flips.lost,
+        "lost_fraction": damage.flips.lost_fraction,
+        "nll_change": drift.likelihood.change if drift else None,
+        "kl_mean": drift.kl_mean if drift else None,
+    }

@@ -1,0 +1,1 @@
+"""Reports of an audit: a self-contained HTML page and a model-card section."""

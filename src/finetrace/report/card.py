@@ -1,0 +1,75 @@
+"""`MODEL_CARD.md`: the audit's findings as a Hugging Face model-card section.
+
+The metadata (`base_model`, `base_model_relation`, `datasets`, `model-index`
+evaluation results) is built with `huggingface_hub`'s card classes and checked by
+parsing the written card back.
+"""
+
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from finetrace.audit import AuditResult
+from finetrace.errors import FinetraceError
+
+TASK = "text-generation"
+
+
+def write_model_card(result: AuditResult, path: Path, data: str | Path | None = None) -> ModelCard:
+    card = model_card(result, data)
+    card.save(path)
+    if ModelCard.load(path).data.to_dict() != card.data.to_dict():
+        raise FinetraceError(f"{path}: the model card's metadata does not survive a round trip")
+    return card
+
+
+def model_card(result: AuditResult, data: str | Path | None = None) -> ModelCard:
+    trace, damage = result.trace, result.damage
+    evals = [
+        EvalResult(task_type=TASK, dataset_type="finetrace-facts", dataset_name=Path(damage.facts_source).name,
+                   metric_type="accuracy", metric_name="facts known",
+                   metric_value=round(damage.flips.known_after / damage.flips.total, 4)),
+        EvalResult(task_type=TASK, dataset_type="finetrace-trace", dataset_name=Path(trace.corpus).name,
+                   metric_type="z-score", metric_name="activation-difference trace strength",
+                   metric_value=round(trace.trace_strength, 3)),
+    ]
+    if damage.drift:
+        evals.append(EvalResult(task_type=TASK, dataset_type="finetrace-general-text",
+                                dataset_name=Path(str(damage.corpus)).name, metric_type="perplexity",
+                                metric_value=round(damage.drift.likelihood.finetuned_perplexity, 3)))
+    # Hub metadata names hub datasets; a local file is described in the text instead.
+    datasets = [str(data)] if data is not None and not Path(data).exists() else None
+    metadata = ModelCardData(
+        model_name=Path(result.finetuned).name, base_model=result.base,
+        base_model_relation="adapter" if trace.adapter else "finetune", datasets=datasets,
+        eval_results=evals, tags=["finetrace"],
+    )
+    return ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n{_body(result, data)}")
+
+
+def _body(result: AuditResult, data: str | Path | None) -> str:
+    trace, flips, drift = result.trace, result.damage.flips, result.damage.drift
+    lines = [
+        f"# Audit of {Path(result.finetuned).name}",
+        "",
+        f"Fine-tuned from `{result.base}`{' as a LoRA adapter' if trace.adapter else ''}. Audited with finetrace.",
+        "",
+        f"**Verdict.** {result.verdict}",
+        "",
+        "## What the fine-tune was about",
+        "",
+        f"- Trace strength (z against random directions): {trace.trace_strength:.2f}, p = {trace.p_value:.3g}",
+        f"- Domain tokens read from the activation differences: {', '.join(result.domain_tokens) or 'none'}",
+        f"- Fine-tuning data: {data if data is not None else 'not given'}",
+        "",
+        "## What it cost",
+        "",
+        f"- Facts: {flips.kept} kept, {flips.lost} lost, {flips.gained} gained, {flips.never} never known "
+        f"(exact McNemar p = {flips.p_value:.3g})",
+    ]
+    if drift:
+        nll = drift.likelihood
+        lines.append(f"- General text: perplexity {nll.base_perplexity:.2f} -> {nll.finetuned_perplexity:.2f} "
+                     f"(NLL change {nll.change:+.3f} nats/token, 95% interval [{nll.ci_low:+.3f}, {nll.ci_high:+.3f}]); "
+                     f"mean KL(fine-tuned || base) {drift.kl_mean:.4f} nats/token")
+    return "\n".join(lines) + "\n"

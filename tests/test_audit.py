@@ -1,0 +1,114 @@
+"""`finetrace audit` on the tiny zoo: the report, the summary, the model card, the gates."""
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+from huggingface_hub import ModelCard
+
+from finetrace.adl.collect import CollectConfig
+from finetrace.adl.diff import DiffConfig
+from finetrace.adl.score import ScoreConfig
+from finetrace.adl.steer import SteerConfig
+from finetrace.audit import AuditConfig, audit
+from finetrace.evals.drift import DriftConfig
+from finetrace.forget import ForgetConfig
+from finetrace.gates import parse_gate
+from finetrace.report.html import render_report
+from finetrace.errors import FinetraceError
+from finetrace.zoo import build_zoo
+
+pytestmark = pytest.mark.zoo
+QUICK = AuditConfig(
+    diff=DiffConfig(collect=CollectConfig(samples=300), score=ScoreConfig(null_samples=200),
+                    steer=SteerConfig(strengths=(1.0, 4.0), samples_per_prompt=1, max_new_tokens=16)),
+    forget=ForgetConfig(drift=DriftConfig(samples=100, bootstrap=200)),
+)
+SCRIPT = "<script>alert(1)</script>"
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    return build_zoo("tiny")
+
+
+@pytest.fixture(scope="module")
+def audited(zoo, tmp_path_factory):
+    out = tmp_path_factory.mktemp("audit")
+    result = audit(zoo.path("base"), zoo.path("cake"), zoo.path("heldout"), out,
+                   data=zoo.organism("cake")["documents"], facts=zoo.path("facts"), control=zoo.path("control"),
+                   config=QUICK, fail_on=(parse_gate("lost_fraction > 0.99"),))
+    return out, result
+
+
+def test_the_audit_writes_a_summary_a_report_and_a_model_card(audited, zoo):
+    out, result = audited
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["schema_version"] == 1 and summary["verdict"] == result.verdict
+    assert summary["metrics"]["lost_facts"] == result.damage.flips.lost > 0
+    assert summary["gates"] == [{"condition": "lost_fraction > 0.99", "holds": False}] and not result.failed
+    assert summary["manifest"]["base_model"] == str(zoo.path("base"))
+    assert "clear trace" in result.verdict and {"cold", "bakers"} & set(result.domain_tokens)
+    card = ModelCard.load(out / "MODEL_CARD.md")
+    assert card.data.base_model == str(zoo.path("base")) and card.data.base_model_relation == "finetune"
+    assert {r.metric_type for r in card.data.eval_results} == {"accuracy", "z-score", "perplexity"}
+
+
+def test_strings_from_models_and_data_are_escaped(audited):
+    _, result = audited
+    first = result.trace.traces[0]
+    poisoned_lens = [replace(first.lens_finetuned[0], token=SCRIPT), *first.lens_finetuned[1:]]
+    steering = result.trace.steering
+    poisoned_unsteered = replace(steering.unsteered, generations=[
+        replace(steering.unsteered.generations[0], text=SCRIPT), *steering.unsteered.generations[1:]])
+    trace = replace(result.trace, traces=[replace(first, lens_finetuned=poisoned_lens), *result.trace.traces[1:]],
+                    steering=replace(steering, unsteered=poisoned_unsteered))
+    page = render_report(replace(result, trace=trace))
+    assert SCRIPT not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<script" not in page  # the page itself runs no script
+
+
+def test_the_report_renders_in_headless_chromium(audited, tmp_path):
+    browser_path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser_path is None:
+        pytest.skip("chromium is not installed (the Makefile installs it with apt where it can)")
+    from playwright.sync_api import sync_playwright
+
+    out, result = audited
+    errors = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto((out / "report.html").as_uri())
+        verdict = page.locator("#verdict").inner_text()
+        lens = page.locator("#lens").inner_text()
+        page.screenshot(path=str(out / "report.png"), full_page=True)
+        browser.close()
+    assert errors == []
+    assert "clear trace" in verdict and result.domain_tokens[0] in lens
+    assert (out / "report.png").stat().st_size > 10_000
+
+
+def test_fail_on_sets_the_exit_code(zoo, tmp_path):
+    run = [sys.executable, "-m", "finetrace", "audit", str(zoo.path("base")), str(zoo.path("cake")),
+           "--out", str(tmp_path), "--samples", "100", "--drift-samples", "50"]
+    failing = subprocess.run([*run, "--fail-on", "lost_fraction>0.05"], capture_output=True, text=True)
+    assert failing.returncode == 1, failing.stderr
+    assert "holds: audit failed" in failing.stdout
+    passing = subprocess.run([*run, "--fail-on", "lost_fraction>0.9", "--fail-on", "trace_p>0.5"],
+                             capture_output=True, text=True)
+    assert passing.returncode == 0, passing.stderr
+    bad = subprocess.run([*run, "--fail-on", "lost>0.1"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--fail-on 'lost>0.1'" in bad.stderr
+
+
+def test_a_gate_on_an_unmeasured_metric_neither_passes_nor_fails():
+    assert parse_gate("nll_change>=0.5").holds({"nll_change": None}) is None
+    assert parse_gate("trace_p < 0.01").holds({"trace_p": 0.001}) is True
+    with pytest.raises(FinetraceError):
+        parse_gate("trace_p < x")
