@@ -35,13 +35,19 @@ class GateOutcome:
 
 @dataclass(frozen=True)
 class AuditResult:
-    base: str
-    finetuned: str
     trace: DiffResult
     damage: ForgetResult
     manifest: FinetuneResult | None  # how the fine-tune was made, when `finetrace finetune` made it
     gates: list[GateOutcome]
     schema_version: int = SCHEMA_VERSION
+
+    @property
+    def base(self) -> str:
+        return self.trace.base
+
+    @property
+    def finetuned(self) -> str:
+        return self.trace.finetuned
 
     @property
     def failed(self) -> bool:
@@ -110,7 +116,7 @@ def audit(
     damage = forget(base, finetuned, facts, corpus, out / "forget", config.forget)
     manifest = FinetuneResult.load(finetuned) if (Path(finetuned) / MANIFEST_NAME).is_file() else None
     gates = [GateOutcome(str(gate), gate.holds(audit_metrics(trace, damage))) for gate in fail_on]
-    result = AuditResult(str(base), str(finetuned), trace, damage, manifest, gates)
+    result = AuditResult(trace, damage, manifest, gates)
     (out / SUMMARY_NAME).write_text(json.dumps(result.to_dict(), indent=1))
     write_report(result, out / REPORT_NAME)
     write_model_card(result, out / CARD_NAME, data=data)
