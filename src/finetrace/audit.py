@@ -14,6 +14,7 @@ from finetrace.evals.facts import COMMON_FACTS
 from finetrace.finetune import MANIFEST_NAME, FinetuneResult
 from finetrace.forget import ForgetConfig, ForgetResult, forget
 from finetrace.gates import Gate
+from finetrace.pair import load_pair
 
 SCHEMA_VERSION = 1
 SUMMARY_NAME, REPORT_NAME, CARD_NAME = "summary.json", "report.html", "MODEL_CARD.md"
@@ -112,8 +113,9 @@ def audit(
     from finetrace.report.html import write_report
 
     out = Path(out)
-    trace = diff(base, finetuned, corpus, out / "diff", config.diff, data=data, control=control)
-    damage = forget(base, finetuned, facts, corpus, out / "forget", config.forget)
+    pair = load_pair(base, finetuned, config.diff.device, config.diff.dtype)  # loaded once for both analyses
+    trace = diff(base, finetuned, corpus, out / "diff", config.diff, data=data, control=control, pair=pair)
+    damage = forget(base, finetuned, facts, corpus, out / "forget", config.forget, pair=pair)
     manifest = FinetuneResult.load(finetuned) if (Path(finetuned) / MANIFEST_NAME).is_file() else None
     gates = [GateOutcome(str(gate), gate.holds(audit_metrics(trace, damage))) for gate in fail_on]
     result = AuditResult(trace, damage, manifest, gates)

@@ -15,7 +15,7 @@ from finetrace.evals.drift import DriftConfig, DriftResult, measure_drift
 from finetrace.evals.facts import ClozeFact, FactScore, read_facts, score_facts
 from finetrace.evals.flips import FlipMatrix, flip_matrix
 from finetrace.models import resolve_device
-from finetrace.pair import load_pair
+from finetrace.pair import ModelPair, load_pair
 from finetrace.progress import progress_bar
 from finetrace.provenance import environment
 from finetrace.timing import Stopwatch
@@ -84,7 +84,7 @@ class ForgetResult:
 
 def forget(
     base: str | Path, finetuned: str | Path, facts: str | Path, corpus: str | Path | None = None,
-    out: str | Path | None = None, config: ForgetConfig = ForgetConfig(),
+    out: str | Path | None = None, config: ForgetConfig = ForgetConfig(), pair: ModelPair | None = None,
 ) -> ForgetResult:
     """Which facts the fine-tune lost, and how far it drifted on general text.
 
@@ -95,10 +95,11 @@ def forget(
         corpus: held-out general text for the drift measures; None skips them.
         out: where to write `forget.json` (nothing is written when None).
         config: drift settings, device and dtype.
+        pair: `base` and `finetuned` already loaded (`load_pair`), to share one load between analyses.
     """
     clock = Stopwatch()
     cloze = read_facts(facts)
-    pair = load_pair(base, finetuned, config.device, config.dtype)
+    pair = pair or load_pair(base, finetuned, config.device, config.dtype)
     clock.lap("load")
     scores = {"base": [], "finetuned": []}
     chunks = [cloze[i:i + FACTS_PER_STEP] for i in range(0, len(cloze), FACTS_PER_STEP)]

@@ -99,7 +99,7 @@ class DiffResult:
 def diff(
     base: str | Path, finetuned: str | Path, corpus: str | Path, out: str | Path,
     config: DiffConfig = DiffConfig(), data: str | Path | None = None,
-    control: str | Path | None = None,
+    control: str | Path | None = None, pair: ModelPair | None = None,
 ) -> DiffResult:
     """Read what the fine-tune was about from activation differences on `corpus`.
 
@@ -112,11 +112,12 @@ def diff(
         data: the fine-tuning data, when known: relevance from it, and similarity scores.
         control: a control fine-tune of `base` (same recipe, unrelated data): its trace is
             scored the same way, as a second reference next to the random directions.
+        pair: `base` and `finetuned` already loaded (`load_pair`), to share one load between analyses.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     clock = Stopwatch()
-    pair = load_pair(base, finetuned, config.device, config.dtype)
+    pair = pair or load_pair(base, finetuned, config.device, config.dtype)
     clock.lap("load")
     collected = collect(pair, corpus, config.collect, out, config.text_field)
     clock.lap("collect")
@@ -137,7 +138,7 @@ def diff(
     similarity = _similarity(steering, records, general) if records is not None else None
     control_significance, adapter = None, pair.adapter
     if control is not None:
-        del pair  # one pair in memory at a time
+        del pair  # one pair in memory at a time, unless the caller holds it
         control_significance = _control_significance(base, control, corpus, out, config, relevant, allowed)
         clock.lap("control")
     result = DiffResult(
