@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 from finetrace import FinetraceError, FinetuneConfig, FinetuneResult, LoraSettings, TrainConfig, finetune
 from finetrace.examples import build_examples
 from finetrace.models import load_tokenizer
-from finetrace.provenance import weights_sha256
+from finetrace.fingerprints import weights_sha256
 from finetrace.training import mean_loss
 
 FAST = TrainConfig(steps=30, learning_rate=3e-3, batch_size=4, context_length=64)

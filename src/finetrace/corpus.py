@@ -67,7 +67,7 @@ def iter_records(path: Path, text_field: str = "text") -> Iterator[Record]:
     if path.suffix not in SUFFIXES:
         raise FinetraceError(f"{path}: unsupported format {path.suffix!r}; use one of {SUFFIXES}")
     if path.suffix == ".txt":
-        for _, line in _numbered_lines(path):
+        for _, line in numbered_lines(path):
             if line.strip():
                 yield {"text": line.rstrip("\n")}
     else:
@@ -77,20 +77,25 @@ def iter_records(path: Path, text_field: str = "text") -> Iterator[Record]:
 
 def iter_json_objects(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """`(file:line, object)` for each non-blank line of a JSONL file."""
-    for number, line in _numbered_lines(path):
+    for number, line in numbered_lines(path):
         if not line.strip():
             continue
         where = f"{path}:{number}"
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise FinetraceError(f"{where}: invalid JSON ({error.msg})") from None
-        if not isinstance(raw, dict):
-            raise FinetraceError(f"{where}: expected a JSON object, got {type(raw).__name__}")
-        yield where, raw
+        yield where, json_object(line, where)
 
 
-def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
+def json_object(line: str, where: str) -> dict[str, Any]:
+    """One JSONL line as a dict; `where` (file:line) names it in the error."""
+    try:
+        raw = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise FinetraceError(f"{where}: invalid JSON ({error.msg})") from None
+    if not isinstance(raw, dict):
+        raise FinetraceError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+    return raw
+
+
+def numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
     """Lines decoded one by one (not in buffered chunks), so an error names its line."""
     if not path.is_file():
         raise FinetraceError(f"file {path} does not exist")

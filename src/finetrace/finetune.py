@@ -19,7 +19,7 @@ from finetrace.corpus import Record, read_records, read_texts
 from finetrace.errors import FinetraceError
 from finetrace.examples import build_examples, pack
 from finetrace.models import load_model, load_tokenizer, pad_token_id, resolve_device, resolve_dtype
-from finetrace.provenance import environment, file_sha256, weights_sha256
+from finetrace.fingerprints import environment, file_sha256, weights_sha256
 from finetrace.training import TrainConfig, TrainingRun, mean_loss, train
 
 SCHEMA_VERSION = 1

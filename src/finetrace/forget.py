@@ -17,7 +17,7 @@ from finetrace.evals.flips import FlipMatrix, flip_matrix
 from finetrace.models import resolve_device
 from finetrace.pair import ModelPair, load_pair
 from finetrace.progress import progress_bar
-from finetrace.provenance import environment
+from finetrace.fingerprints import environment
 from finetrace.timing import Stopwatch
 
 SCHEMA_VERSION = 1

@@ -15,7 +15,8 @@ from rich.progress import (
 
 @contextmanager
 def progress_bar(description: str, total: int, status: str = "") -> Iterator[Callable[..., None]]:
-    """Yields `advance(**fields)`; `status` is a format string over those fields, e.g. 'loss {loss:.3f}'."""
+    """Yields `advance(amount=1, **fields)`; `status` is a format string over those fields,
+    e.g. 'loss {loss:.3f}'."""
     columns = [
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -27,7 +28,7 @@ def progress_bar(description: str, total: int, status: str = "") -> Iterator[Cal
     with Progress(*columns) as progress:
         task = progress.add_task(description, total=total, status="")
 
-        def advance(**fields: object) -> None:
-            progress.update(task, advance=1, status=status.format(**fields) if fields else "")
+        def advance(amount: float = 1, **fields: object) -> None:
+            progress.update(task, advance=amount, status=status.format(**fields) if fields else "")
 
         yield advance

@@ -23,7 +23,7 @@ from finetrace.adl.steer import SteerConfig, Steering, generate, steer
 from finetrace.corpus import Record, iter_texts, read_records, record_texts
 from finetrace.models import resolve_device
 from finetrace.pair import ModelPair, load_pair
-from finetrace.provenance import environment
+from finetrace.fingerprints import environment
 from finetrace.timing import Stopwatch
 
 SCHEMA_VERSION = 1
