@@ -1,6 +1,7 @@
-"""`finetrace audit`: the trace and the damage in one run, one report, one verdict.
+"""`finetrace audit`: the trace, the damage and the paper trail in one run, one report, one verdict.
 
-diff (the trace) -> forget (lost facts, drift) -> summary.json, report.html and
+diff (the trace) -> forget (lost facts, drift) -> provenance (of the data, when
+given, or from the fine-tune's manifest) -> summary.json, report.html and
 MODEL_CARD.md in one directory, and the `--fail-on` gates for the exit code.
 """
 
@@ -15,11 +16,15 @@ from finetrace.finetune import MANIFEST_NAME, FinetuneResult
 from finetrace.forget import ForgetConfig, ForgetResult, forget
 from finetrace.gates import Gate
 from finetrace.pair import load_pair
+from finetrace.provenance import provenance
+from finetrace.provenance.contamination import evaluation_sets
+from finetrace.provenance.scan import provenance_metrics
 
 SCHEMA_VERSION = 1
 SUMMARY_NAME, REPORT_NAME, CARD_NAME = "summary.json", "report.html", "MODEL_CARD.md"
 SIGNIFICANT = 0.01  # p-value under which the verdict calls a trace clear
 SHOWN_DOMAIN_TOKENS = 8
+CONTAMINATION_CORPUS_ITEMS = 1000  # corpus texts looked for in the fine-tuning data
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,7 @@ class AuditResult:
     trace: DiffResult
     damage: ForgetResult
     manifest: FinetuneResult | None  # how the fine-tune was made, when `finetrace finetune` made it
+    paper_trail: dict[str, Any] | None  # the data's provenance report (`ProvenanceReport.to_dict`)
     gates: list[GateOutcome]
     schema_version: int = SCHEMA_VERSION
 
@@ -62,7 +68,7 @@ class AuditResult:
 
     @property
     def metrics(self) -> dict[str, float | None]:
-        return audit_metrics(self.trace, self.damage)
+        return audit_metrics(self.trace, self.damage, self.paper_trail)
 
     @property
     def verdict(self) -> str:
@@ -81,7 +87,14 @@ class AuditResult:
         moved = "" if drift is None else (
             f" Perplexity on general text went from {drift.likelihood.base_perplexity:.1f} to "
             f"{drift.likelihood.finetuned_perplexity:.1f}.")
-        return found + lost + moved
+        return found + lost + moved + self._data_findings()
+
+    def _data_findings(self) -> str:
+        metrics = provenance_metrics(self.paper_trail)
+        findings = [f"{metrics['pii_found']} personal-data matches"] if metrics["pii_found"] else []
+        if metrics["contaminated"]:
+            findings.append(f"{metrics['contaminated']} evaluation items")
+        return f" Its data holds {' and '.join(findings)}." if findings else ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -90,14 +103,14 @@ class AuditResult:
             "domain_tokens": self.domain_tokens,
             "gates": [{"condition": g.condition, "holds": g.holds} for g in self.gates],
             "trace": self.trace.to_dict(), "damage": self.damage.to_dict(),
-            "manifest": self.manifest.to_dict() if self.manifest else None,
+            "manifest": self.manifest.to_dict() if self.manifest else None, "paper_trail": self.paper_trail,
         }
 
 
 def audit(
     base: str | Path, finetuned: str | Path, corpus: str | Path, out: str | Path,
     data: str | Path | None = None, facts: str | Path = COMMON_FACTS, control: str | Path | None = None,
-    config: AuditConfig = AuditConfig(), fail_on: tuple[Gate, ...] = (),
+    config: AuditConfig = AuditConfig(), fail_on: tuple[Gate, ...] = (), licence: str | None = None,
 ) -> AuditResult:
     """Audit a fine-tune: trace, lost facts and drift, written as a report under `out`.
 
@@ -108,6 +121,7 @@ def audit(
         data: the fine-tuning data, when known. facts: cloze facts (JSONL).
         control: a control fine-tune of `base`, scored as a second reference.
         fail_on: conditions that mark the audit failed (see `finetrace.gates`).
+        licence: the data's SPDX licence (default: the one its `finetrace finetune` manifest declares).
     """
     from finetrace.report.card import write_model_card
     from finetrace.report.html import write_report
@@ -117,18 +131,31 @@ def audit(
     trace = diff(base, finetuned, corpus, out / "diff", config.diff, data=data, control=control, pair=pair)
     damage = forget(base, finetuned, facts, corpus, out / "forget", config.forget, pair=pair)
     manifest = FinetuneResult.load(finetuned) if (Path(finetuned) / MANIFEST_NAME).is_file() else None
-    gates = [GateOutcome(str(gate), gate.holds(audit_metrics(trace, damage))) for gate in fail_on]
-    result = AuditResult(trace, damage, manifest, gates)
+    paper_trail = _paper_trail(base, data, licence, facts, corpus, manifest)
+    gates = [GateOutcome(str(gate), gate.holds(audit_metrics(trace, damage, paper_trail))) for gate in fail_on]
+    result = AuditResult(trace, damage, manifest, paper_trail, gates)
     (out / SUMMARY_NAME).write_text(json.dumps(result.to_dict(), indent=1))
     write_report(result, out / REPORT_NAME)
     write_model_card(result, out / CARD_NAME, data=data)
     return result
 
 
-def audit_metrics(trace: DiffResult, damage: ForgetResult) -> dict[str, float | None]:
+def _paper_trail(base, data, licence: str | None, facts, corpus, manifest: FinetuneResult | None) -> dict | None:
+    """A fresh scan of the data against this audit's own evaluation data, else the manifest's."""
+    recorded = manifest.provenance if manifest else None
+    if data is None:
+        return recorded
+    licence = licence or (recorded["licence"]["data"] if recorded else None)
+    source = recorded["source"] if recorded else None
+    evaluations = evaluation_sets(facts, corpus, CONTAMINATION_CORPUS_ITEMS)
+    return provenance(data, licence, source, base, evaluations).to_dict()
+
+
+def audit_metrics(trace: DiffResult, damage: ForgetResult, paper_trail: dict | None) -> dict[str, float | None]:
     """The numbers `--fail-on` conditions test; None for what was not measured."""
     drift = damage.drift
     return {
+        **provenance_metrics(paper_trail),
         "trace_strength": trace.trace_strength,
         "trace_p": trace.p_value,
         "lost_facts": damage.flips.lost,

@@ -1,5 +1,6 @@
 """The `finetrace` command: parse, call the public API, print."""
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -15,10 +16,13 @@ from finetrace.adl.steer import SteerConfig
 from finetrace.errors import FinetraceError
 from finetrace.evals.drift import DriftConfig
 from finetrace.forget import RESULT_NAME as FORGET_RESULT, ForgetConfig, forget
-from finetrace.audit import REPORT_NAME, AuditConfig, AuditResult, audit
+from finetrace.audit import REPORT_NAME, AuditConfig, AuditResult, GateOutcome, audit
 from finetrace.gates import METRICS, parse_gate
-from finetrace.summary import print_audit, print_diff, print_forget
-from finetrace.finetune import FinetuneConfig, LoraSettings, finetune
+from finetrace.evals.facts import COMMON_FACTS
+from finetrace.provenance import provenance
+from finetrace.provenance.contamination import evaluation_sets
+from finetrace.summary import print_audit, print_diff, print_forget, print_provenance
+from finetrace.finetune import MANIFEST_NAME, FinetuneConfig, LoraSettings, finetune
 from finetrace.training import TrainConfig
 from finetrace.zoo import ORGANISMS, Zoo, build_zoo, open_zoo
 from finetrace.zoo.build import default_facts, zoo_corpus
@@ -52,16 +56,20 @@ def finetune_command(
     device: str = "auto",
     dtype: str = "float32",
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output directory.")] = False,
+    licence: Annotated[str | None, typer.Option(help="The data's SPDX licence expression, e.g. CC-BY-4.0.")] = None,
+    source: Annotated[str | None, typer.Option(help="Where the data came from (a URL, a description).")] = None,
 ) -> None:
     """Fine-tune a causal LM on DATA and write the model plus a provenance manifest."""
     training = TrainConfig(epochs=epochs, steps=steps, learning_rate=lr, batch_size=batch_size,
                            context_length=context_length, pack=pack, seed=seed)
     adapter = LoraSettings(lora_rank, lora_alpha, tuple(lora_targets.split(","))) if lora else None
     config = FinetuneConfig(training=training, lora=adapter, mix_ratio=mix_ratio, device=device, dtype=dtype)
-    result = finetune(base, data, out, config, mix_general=mix_general, overwrite=overwrite)
+    result = finetune(base, data, out, config, mix_general=mix_general, overwrite=overwrite,
+                      licence=licence, source=source)
+    print_provenance(console, result.provenance)
     console.print(f"[green]saved[/] {'adapter' if result.adapter else 'model'} to {out}: loss on the "
                   f"data {result.loss_before:.3f} -> {result.loss_after:.3f} in {result.training.steps} "
-                  f"steps ({result.training.seconds:.0f} s); manifest: {out / 'provenance.json'}")
+                  f"steps ({result.training.seconds:.0f} s); manifest: {out / MANIFEST_NAME}")
 
 
 @app.command("diff")
@@ -116,6 +124,29 @@ def forget_command(
     console.print(f"results: {out / FORGET_RESULT}")
 
 
+@app.command("provenance")
+def provenance_command(
+    data: Annotated[Path, typer.Argument(help="A .jsonl or .txt file, or a directory of them.")],
+    licence: Annotated[str | None, typer.Option(help="The data's SPDX licence expression, e.g. CC-BY-4.0.")] = None,
+    source: Annotated[str | None, typer.Option(help="Where the data came from (a URL, a description).")] = None,
+    base: Annotated[str | None, typer.Option(help="The base model to fine-tune: its model card's licence is checked against the data's.")] = None,
+    facts: Annotated[Path | None, typer.Option(help="Cloze facts to look for in the data (default: finetrace's built-in facts).")] = None,
+    corpus: Annotated[str | None, typer.Option(help="The corpus a diff or drift measure will read, to look for in the data.")] = None,
+    corpus_items: Annotated[int, typer.Option(help="Texts of --corpus compared.")] = 1000,
+    redact: Annotated[Path | None, typer.Option(help="Write a copy with personal data replaced by its kind.")] = None,
+    out: Annotated[Path, typer.Option(help="Where to write the JSON report.")] = Path("provenance.json"),
+    fail_on: Annotated[list[str] | None, typer.Option(help="Exit with code 1 when a condition holds, e.g. 'pii_found>0' or 'contaminated>0'. Repeatable.")] = None,
+) -> None:
+    """Fingerprint a dataset and scan it for duplicates, personal data, licence problems and evaluation overlap."""
+    gates = tuple(parse_gate(condition) for condition in fail_on or ())
+    evaluations = evaluation_sets(facts or COMMON_FACTS, corpus, corpus_items)
+    report = provenance(data, licence, source, base, evaluations, redact)
+    out.write_text(json.dumps(report.to_dict(), indent=1))
+    print_provenance(console, report.to_dict())
+    console.print(f"report: {out}")
+    _finish_gates([GateOutcome(str(gate), gate.holds(report.metrics)) for gate in gates])
+
+
 @zoo_app.command("build")
 def zoo_build(preset: Preset = "tiny") -> None:
     """Build the zoo (or reuse the cached one) and list its organisms."""
@@ -150,7 +181,8 @@ def audit_command(
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("finetrace-audit"),
     samples: Annotated[int, typer.Option(help="Texts read from the corpus for the trace (all if fewer).")] = 10_000,
     drift_samples: Annotated[int, typer.Option(help="Texts read from the corpus for the drift measures.")] = 1000,
-    fail_on: Annotated[list[str] | None, typer.Option(help=f"Exit with code 1 when a condition holds, e.g. 'lost_fraction>0.05' or 'trace_p<0.01'; metrics: {', '.join(METRICS)}. Repeatable.")] = None,
+    fail_on: Annotated[list[str] | None, typer.Option(help=f"Exit with code 1 when a condition holds, e.g. 'lost_fraction>0.05', 'trace_p<0.01' or 'pii_found>0'; metrics: {', '.join(METRICS)}. Repeatable.")] = None,
+    licence: Annotated[str | None, typer.Option(help="The data's SPDX licence expression (default: the one its finetrace manifest records).")] = None,
     device: str = "auto",
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
     seed: int = 0,
@@ -160,7 +192,7 @@ def audit_command(
     corpus = corpus or _zoo_corpus_or_error(finetuned)
     config = _audit_config(samples, drift_samples, device, dtype, seed)
     result = audit(base, finetuned, corpus, out, data=data, facts=facts or default_facts(finetuned),
-                   control=control, config=config, fail_on=gates)
+                   control=control, config=config, fail_on=gates, licence=licence)
     _finish_audit(result, out)
 
 
@@ -186,7 +218,12 @@ def _audit_config(samples: int, drift_samples: int, device: str, dtype: str, see
 def _finish_audit(result: AuditResult, out: Path) -> None:
     print_audit(console, result)
     console.print(f"report: {(out / REPORT_NAME).resolve()}")
-    if result.failed:
+    _finish_gates(result.gates)
+
+
+def _finish_gates(outcomes: list[GateOutcome]) -> None:
+    """Exit with code 1 when a `--fail-on` condition holds."""
+    if any(outcome.holds for outcome in outcomes):
         raise SystemExit(1)
 
 

@@ -17,9 +17,12 @@ import torch
 
 from finetrace.corpus import Record, read_records, read_texts
 from finetrace.errors import FinetraceError
+from finetrace.evals.facts import COMMON_FACTS
 from finetrace.examples import build_examples, pack
 from finetrace.models import load_model, load_tokenizer, pad_token_id, resolve_device, resolve_dtype
 from finetrace.fingerprints import environment, file_sha256, weights_sha256
+from finetrace.provenance import provenance
+from finetrace.provenance.contamination import evaluation_sets
 from finetrace.training import TrainConfig, TrainingRun, mean_loss, train
 
 SCHEMA_VERSION = 1
@@ -91,6 +94,7 @@ class FinetuneResult:
     loss_after: float
     training: TrainingRun
     environment: dict[str, str]
+    provenance: dict[str, Any] | None = None  # the data's provenance report (`ProvenanceReport.to_dict`)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,6 +122,8 @@ def finetune(
     config: FinetuneConfig = FinetuneConfig(),
     mix_general: str | Path | None = None,
     overwrite: bool = False,
+    licence: str | None = None,
+    source: str | None = None,
 ) -> FinetuneResult:
     """Fine-tune `base` on `data` and save the model (or adapter) and its manifest to `out`.
 
@@ -128,9 +134,11 @@ def finetune(
         config: training settings.
         mix_general: a plain-text corpus to mix in, `config.mix_ratio` documents per document.
         overwrite: replace a non-empty `out`.
+        licence, source: the data's SPDX licence and origin, for its provenance report.
     """
     out = Path(out)
     records = read_records(data)
+    paper_trail = provenance(data, licence, source, base, evaluation_sets(COMMON_FACTS))
     general = _general_records(mix_general, config.mix_ratio, len(records), config.training.seed)
     _prepare_output(out, overwrite)  # only once the data is known to be good
     device = resolve_device(config.device)
@@ -173,6 +181,7 @@ def finetune(
         loss_after=loss_after,
         training=run,
         environment=environment(device),
+        provenance=paper_trail.to_dict(),
     )
     (out / MANIFEST_NAME).write_text(json.dumps(result.to_dict(), indent=2))
     return result

@@ -1,7 +1,7 @@
 """`--fail-on` conditions: let a fine-tuning pipeline gate on an audit's findings.
 
-A condition is `METRIC OP NUMBER`, e.g. `lost_fraction>0.05` or `trace_p<0.01`; the
-audit fails (exit code 1) when any condition holds.
+A condition is `METRIC OP NUMBER`, e.g. `lost_fraction>0.05`, `trace_p<0.01` or
+`pii_found>0`; the audit (or the provenance scan) fails, exit code 1, when any holds.
 """
 
 import operator
@@ -18,6 +18,8 @@ METRICS = {
     "lost_fraction": "share of the base's known facts that were lost",
     "nll_change": "change of the mean per-token NLL on general text (nats)",
     "kl_mean": "mean per-token KL(fine-tuned || base) on general text (nats)",
+    "pii_found": "personal data matches in the fine-tuning data",
+    "contaminated": "evaluation items (facts, corpus texts) found whole in the fine-tuning data",
 }
 _CONDITION = re.compile(r"^\s*([a-z_]+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
 

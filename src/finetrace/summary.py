@@ -50,6 +50,8 @@ def print_audit(console: Console, result: AuditResult) -> None:
     """Both analyses, then the verdict and the gates."""
     print_diff(console, result.trace)
     print_forget(console, result.damage)
+    if result.paper_trail:
+        print_provenance(console, result.paper_trail)
     console.print(f"\n[bold]verdict:[/] {escape(result.verdict)}")
     for gate in result.gates:
         state = "not measured" if gate.holds is None else "[red]holds: audit failed[/]" if gate.holds else "does not hold"
@@ -84,6 +86,31 @@ def print_forget(console: Console, result: ForgetResult) -> None:
         console.print(f"  {escape(name)}: NLL change {change.change:+.3f} [{change.ci_low:+.3f}, {change.ci_high:+.3f}]")
     for span in drift.regressed_spans[:3]:
         console.print(f"  regressed ({span.score:+.2f} nats/token): ...{escape(span.context)!r} -> {escape(span.text)!r}")
+
+
+def print_provenance(console: Console, report: dict) -> None:
+    """Files, licence, duplicates, PII and contamination of a provenance report (as a dict)."""
+    console.print(f"[bold]{escape(report['data'])}[/]: {report['records']} records, {report['bytes'] / 1e6:.1f} MB "
+                  f"in {len(report['files'])} file(s); content sha256 {report['content_sha256'][:16]}…")
+    licence = report["licence"]
+    console.print(f"licence: {escape(str(licence['data'] or 'not declared'))} "
+                  f"(base model: {escape(str(licence['base'] or 'unknown'))})")
+    for warning in licence["warnings"]:
+        console.print(f"  [yellow]warning:[/] {escape(warning)}")
+    duplicates = report["duplicates"]
+    console.print(f"duplicates: {duplicates['exact']} exact, {duplicates['near']} near")
+    for pair in (duplicates["exact_examples"] + duplicates["near_examples"])[:3]:
+        console.print(f"  {escape(pair['record'])} repeats {escape(pair['first'])}")
+    pii = report["pii"]
+    found = ", ".join(f"{kind} {count}" for kind, count in pii["counts"].items() if count) or "none"
+    console.print(f"personal data: {pii['total']} matches in {pii['records']} records ({found})")
+    for example in pii["examples"][:SHOWN_FACTS]:
+        console.print(f"  {escape(example['record'])} {example['kind']}: {escape(example['context'])}")
+    for overlap in report["contamination"]:
+        console.print(f"evaluation overlap with {overlap['name']}: {overlap['contained']} of {overlap['items']} "
+                      f"items contained, {overlap['overlapping']} partly")
+    if report["redacted"]:
+        console.print(f"redacted copy: {escape(report['redacted'])}")
 
 
 def _tokens(tokens: list[TokenScore]) -> str:

@@ -11,6 +11,11 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+from finetrace.corpus import iter_texts
+from finetrace.evals.facts import read_facts
 
 NGRAM = 8
 EXAMPLES = 5
@@ -26,6 +31,18 @@ class Overlap:
     contained: int = 0
     overlapping: int = 0
     examples: list[str] = field(default_factory=list)  # contained items first
+
+
+def evaluation_sets(facts: str | Path | None, corpus: str | Path | None = None,
+                    corpus_items: int = 1000) -> dict[str, list[str]]:
+    """The evaluation texts finetrace measures a fine-tune on: fact probes as the sentences
+    they complete, and the first `corpus_items` texts of the activation and drift corpus."""
+    sets = {}
+    if facts is not None:
+        sets["facts"] = [f"{fact.prompt} {fact.answer}" for fact in read_facts(facts)]
+    if corpus is not None:
+        sets["corpus"] = list(islice(iter_texts(corpus), corpus_items))
+    return sets
 
 
 def words(text: str) -> list[str]:

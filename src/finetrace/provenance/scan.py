@@ -87,9 +87,22 @@ class ProvenanceReport:
     def bytes(self) -> int:
         return sum(f.bytes for f in self.files)
 
+    @property
+    def metrics(self) -> dict[str, int]:
+        """The numbers `--fail-on` conditions test."""
+        return provenance_metrics(self.to_dict())
+
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "records": self.records, "bytes": self.bytes,
                 "pii": {**asdict(self.pii), "total": self.pii.total}}
+
+
+def provenance_metrics(report: dict[str, Any] | None) -> dict[str, int | None]:
+    """`pii_found` and `contaminated` of a report (as `to_dict` writes it); None without one."""
+    if report is None:
+        return {"pii_found": None, "contaminated": None}
+    return {"pii_found": report["pii"]["total"],
+            "contaminated": sum(overlap["contained"] for overlap in report["contamination"])}
 
 
 def provenance(

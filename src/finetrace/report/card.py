@@ -39,10 +39,12 @@ def model_card(result: AuditResult, data: str | Path | None = None) -> ModelCard
                                 metric_value=round(damage.drift.likelihood.finetuned_perplexity, 3)))
     # Hub metadata names hub datasets; a local file is described in the text instead.
     datasets = [str(data)] if data is not None and not Path(data).exists() else None
+    # A fine-tune inherits its base's licence; the data's own terms are in the text.
+    licence = result.paper_trail["licence"]["base"] if result.paper_trail else None
     metadata = ModelCardData(
         model_name=Path(result.finetuned).name, base_model=result.base,
         base_model_relation="adapter" if trace.adapter else "finetune", datasets=datasets,
-        eval_results=evals, tags=["finetrace"],
+        eval_results=evals, tags=["finetrace"], license=licence.lower() if licence else None,
     )
     return ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n{_body(result, data)}")
 
@@ -72,4 +74,25 @@ def _body(result: AuditResult, data: str | Path | None) -> str:
         lines.append(f"- General text: perplexity {nll.base_perplexity:.2f} -> {nll.finetuned_perplexity:.2f} "
                      f"(NLL change {nll.change:+.3f} nats/token, 95% interval [{nll.ci_low:+.3f}, {nll.ci_high:+.3f}]); "
                      f"mean KL(fine-tuned || base) {drift.kl_mean:.4f} nats/token")
+    if result.paper_trail:
+        lines += ["", *_data_lines(result.paper_trail)]
     return "\n".join(lines) + "\n"
+
+
+def _data_lines(report: dict) -> list[str]:
+    licence, pii, duplicates = report["licence"], report["pii"], report["duplicates"]
+    found = ", ".join(f"{kind} {n}" for kind, n in pii["counts"].items() if n) or "none"
+    lines = [
+        "## Training data",
+        "",
+        f"- {report['records']} records, {report['bytes']} bytes; content sha256 `{report['content_sha256']}`"
+        + (f"; source: {report['source']}" if report["source"] else ""),
+        *[f"  - `{Path(f['path']).name}`: sha256 `{f['sha256']}`, {f['records']} records" for f in report["files"]],
+        f"- Licence: {licence['data'] or 'not declared'} (base model: {licence['base'] or 'unknown'})",
+        *[f"  - warning: {warning}" for warning in licence["warnings"]],
+        f"- Personal data found: {pii['total']} matches in {pii['records']} records ({found})",
+        f"- Duplicates: {duplicates['exact']} exact, {duplicates['near']} near",
+    ]
+    lines += [f"- Overlap with {o['name']}: {o['contained']} of {o['items']} items contained, {o['overlapping']} partly"
+              for o in report["contamination"]]
+    return lines
