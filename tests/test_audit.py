@@ -55,6 +55,10 @@ def test_the_audit_writes_a_summary_a_report_and_a_model_card(audited, zoo):
     card = ModelCard.load(out / "MODEL_CARD.md")
     assert card.data.base_model == str(zoo.path("base")) and card.data.base_model_relation == "finetune"
     assert {r.metric_type for r in card.data.eval_results} == {"accuracy", "z-score", "perplexity"}
+    assert card.data.license == "apache-2.0" and "## Training data" in card.text
+    trail = summary["paper_trail"]
+    assert trail["records"] == 200 and trail["licence"] == {"data": "Apache-2.0", "base": "Apache-2.0", "warnings": []}
+    assert summary["metrics"]["pii_found"] == 0 and summary["metrics"]["contaminated"] == 0
 
 
 def test_strings_from_models_and_data_are_escaped(audited):
@@ -66,7 +70,9 @@ def test_strings_from_models_and_data_are_escaped(audited):
         replace(steering.unsteered.generations[0], text=SCRIPT), *steering.unsteered.generations[1:]])
     trace = replace(result.trace, traces=[replace(first, lens_finetuned=poisoned_lens), *result.trace.traces[1:]],
                     steering=replace(steering, unsteered=poisoned_unsteered))
-    page = render_report(replace(result, trace=trace))
+    trail = json.loads(json.dumps(result.paper_trail))
+    trail["pii"]["examples"] = [{"record": SCRIPT, "kind": "email", "context": f"mail {SCRIPT} now"}]
+    page = render_report(replace(result, trace=trace, paper_trail=trail))
     assert SCRIPT not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "<script" not in page  # the page itself runs no script
 
@@ -87,10 +93,12 @@ def test_the_report_renders_in_headless_chromium(audited, tmp_path):
         page.goto((out / "report.html").as_uri())
         verdict = page.locator("#verdict").inner_text()
         lens = page.locator("#lens").inner_text()
+        paper_trail = page.locator("#provenance").inner_text()
         page.screenshot(path=str(out / "report.png"), full_page=True)
         browser.close()
     assert errors == []
     assert "clear trace" in verdict and result.domain_tokens[0] in lens
+    assert paper_trail == "Provenance of the data"
     assert (out / "report.png").stat().st_size > 10_000
 
 

@@ -62,6 +62,8 @@ def test_manifest_records_hashes_config_and_curve(tiny_model, text_data, tmp_pat
     assert manifest.config.training.learning_rate == 3e-3
     assert len(manifest.training.loss_curve) == manifest.training.steps == 30
     assert manifest.environment["torch"] == metadata.version("torch")
+    assert manifest.provenance["records"] == 8 and manifest.provenance["files"][0]["sha256"] == data.sha256
+    assert "no licence declared" in manifest.provenance["licence"]["warnings"][0]
 
 
 def test_default_learning_rate_depends_on_mode():

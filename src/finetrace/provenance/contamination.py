@@ -4,22 +4,24 @@ An evaluation item (a fact probe, a text of the diff corpus) is split into
 lower-case word n-grams, n = `NGRAM` or the whole item when it is shorter. An
 item is *contained* when every one of its n-grams occurs in the data (for an
 item of at most `NGRAM` words: it appears verbatim) and *overlapping* when
-some but not all do.
+some but not all do. Data texts arrive as word hashes and are matched in batches.
 """
 
-import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
+import numpy as np
+
 from finetrace.corpus import iter_texts
 from finetrace.evals.facts import read_facts
+from finetrace.provenance.ngrams import ngram_hashes, word_hashes, words
 
 NGRAM = 8
 EXAMPLES = 5
-WORD = re.compile(r"\w+")
+BATCH = 512  # data texts matched together
 
 
 @dataclass
@@ -30,7 +32,7 @@ class Overlap:
     items: int
     contained: int = 0
     overlapping: int = 0
-    examples: list[str] = field(default_factory=list)  # contained items first
+    examples: list[str] = field(default_factory=list)  # the most overlapped items first
 
 
 def evaluation_sets(facts: str | Path | None, corpus: str | Path | None = None,
@@ -45,46 +47,53 @@ def evaluation_sets(facts: str | Path | None, corpus: str | Path | None = None,
     return sets
 
 
-def words(text: str) -> list[str]:
-    return WORD.findall(text.casefold())
-
-
 class OverlapIndex:
     """The n-grams of named evaluation sets; `add` data texts, then read `overlaps`."""
 
     def __init__(self, sets: dict[str, Iterable[str]]):
-        self._items: dict[str, list[str]] = {name: list(texts) for name, texts in sets.items()}
-        self._grams: dict[str, list[set[int]]] = {}  # set name -> hashed n-grams per item
-        # n -> hashed n-gram -> the (set name, item) that hold it
-        self._owners: dict[int, dict[int, list[tuple[str, int]]]] = defaultdict(lambda: defaultdict(list))
+        self._items = {name: list(texts) for name, texts in sets.items()}
+        self._grams: dict[tuple[str, int], set[int]] = {}  # (set name, item) -> its n-gram hashes
+        owners: dict[int, dict[int, list[tuple[str, int]]]] = defaultdict(lambda: defaultdict(list))
         for name, texts in self._items.items():
-            self._grams[name] = [_ngrams(words(text), min(NGRAM, len(words(text)))) for text in self._items[name]]
-            for item, text in enumerate(self._items[name]):
-                n = min(NGRAM, len(words(text)))
-                for gram in self._grams[name][item]:
-                    self._owners[n][gram].append((name, item))
+            for item, text in enumerate(texts):
+                hashes = word_hashes(words(text))
+                n = min(NGRAM, len(hashes))
+                self._grams[name, item] = set(ngram_hashes(hashes, n).tolist())
+                for gram in self._grams[name, item]:
+                    owners[n][gram].append((name, item))
+        self._owners = {n: dict(grams) for n, grams in owners.items()}  # n -> n-gram hash -> items
+        self._keys = {n: np.fromiter(grams, dtype=np.uint64) for n, grams in self._owners.items()}
         self._found: dict[tuple[str, int], set[int]] = defaultdict(set)
+        self._pending: list[np.ndarray] = []
 
-    def add(self, text: str) -> None:
-        tokens = words(text)
-        for n, owners in self._owners.items():
-            for gram in _ngrams(tokens, n):
-                for owner in owners.get(gram, ()):
-                    self._found[owner].add(gram)
+    def add(self, hashes: np.ndarray) -> None:
+        """A data text, as the `word_hashes` of its `words`."""
+        if self._owners:
+            self._pending.append(hashes)
+            if len(self._pending) >= BATCH:
+                self._flush()
 
     def overlaps(self) -> list[Overlap]:
+        self._flush()
         result = []
         for name, items in self._items.items():
-            overlap = Overlap(name, len(items))
-            shares = [(len(self._found.get((name, i), ())) / len(grams), i)
-                      for i, grams in enumerate(self._grams[name]) if grams]
-            overlap.contained = sum(share == 1 for share, _ in shares)
-            overlap.overlapping = sum(0 < share < 1 for share, _ in shares)
-            overlap.examples = [items[i] for share, i in sorted(shares, reverse=True) if share > 0][:EXAMPLES]
-            result.append(overlap)
+            shares = [(len(self._found[name, i]) / len(self._grams[name, i]), i)
+                      for i in range(len(items)) if self._grams[name, i]]
+            examples = [items[i] for share, i in sorted(shares, key=lambda s: -s[0]) if share > 0][:EXAMPLES]
+            result.append(Overlap(name, len(items), contained=sum(share == 1 for share, _ in shares),
+                                  overlapping=sum(0 < share < 1 for share, _ in shares), examples=examples))
         return result
 
-
-def _ngrams(tokens: list[str], n: int) -> set[int]:
-    """Hashed n-grams: 64-bit hashes keep large evaluation sets small, and one run shares one salt."""
-    return {hash(tuple(tokens[i:i + n])) for i in range(len(tokens) - n + 1)} if n else set()
+    def _flush(self) -> None:
+        """Match the pending texts as one array; n-grams that straddle two texts do not count."""
+        if not self._pending:
+            return
+        hashes = np.concatenate(self._pending)
+        text_of = np.repeat(np.arange(len(self._pending)), [len(text) for text in self._pending])
+        for n, keys in self._keys.items():
+            grams = ngram_hashes(hashes, n)
+            inside = text_of[: len(grams)] == text_of[n - 1:]
+            for gram in set(grams[inside & np.isin(grams, keys)].tolist()):
+                for owner in self._owners[n][gram]:
+                    self._found[owner].add(gram)
+        self._pending = []

@@ -1,7 +1,7 @@
 """Exact and near-duplicate records, found in one streaming pass.
 
 Exact: the same text after case folding and whitespace collapsing. Near: an
-estimated Jaccard similarity of word 5-gram sets at or above a threshold, by
+estimated Jaccard similarity of (lower-case) word 5-gram sets at or above a threshold, by
 MinHash with locality-sensitive hashing (datasketch). The near-duplicate index
 holds at most `index_limit` records, so memory stays bounded on any input;
 records past the limit are still compared against it.
@@ -10,7 +10,10 @@ records past the limit are still compared against it.
 import hashlib
 from dataclasses import dataclass, field
 
+import numpy as np
 from datasketch import MinHash, MinHashLSH
+
+from finetrace.provenance.ngrams import ngram_hashes
 
 SHINGLE_WORDS = 5
 EXAMPLES = 5
@@ -49,40 +52,44 @@ class DuplicateFinder:
     def __init__(self, config: DuplicateConfig = DuplicateConfig()):
         self.config = config
         self.found = Duplicates()
-        self._first: dict[bytes, str] = {}  # digest of the normalized text -> first record id
+        # 64-bit digest of the normalized text -> position (file number << 32 | line) of its first
+        # record: two small ints per distinct record, whatever the length of paths and texts.
+        self._first: dict[int, int] = {}
+        self._files: list[str] = []
         self._lsh = MinHashLSH(threshold=config.threshold, num_perm=config.num_perm)
-        self._template = MinHash(num_perm=config.num_perm, seed=config.seed)
+        # Shingles arrive hashed (stable across runs); MinHash only permutes the 32-bit values.
+        self._template = MinHash(num_perm=config.num_perm, seed=config.seed, hashfunc=int)
         self._indexed = 0
 
-    def add(self, record_id: str, text: str) -> None:
+    def add(self, file: str, line: int, text: str, hashes: np.ndarray) -> None:
+        """Record `line` of `file`: its `text`, and the `word_hashes` of its `words`."""
+        if not self._files or self._files[-1] != file:
+            self._files.append(file)
+        position = (len(self._files) - 1) << 32 | line  # orders records as they were read
         normal = normalize(text)
-        digest = hashlib.blake2b(normal.encode(), digest_size=12).digest()
+        digest = int.from_bytes(hashlib.blake2b(normal.encode(), digest_size=8).digest())
         if digest in self._first:
             self.found.exact += 1
-            _keep(self.found.exact_examples, DuplicatePair(record_id, self._first[digest]))
+            _keep(self.found.exact_examples, self._pair(position, self._first[digest]))
             return
-        self._first[digest] = record_id
-        words = normal.split()
-        if len(words) < SHINGLE_WORDS:  # too short to tell near from exact
+        self._first[digest] = position
+        shingles = ngram_hashes(hashes, SHINGLE_WORDS) & np.uint64(0xFFFFFFFF)
+        if not len(shingles):  # too short to tell near from exact
             return
-        signature = MinHash(num_perm=self.config.num_perm, permutations=self._template.permutations,
-                            scheme=self._template.scheme)
-        signature.update_batch([" ".join(words[i:i + SHINGLE_WORDS]).encode()
-                                for i in range(len(words) - SHINGLE_WORDS + 1)])
+        signature = self._template.copy()
+        signature.update_batch(shingles.tolist())
         similar = self._lsh.query(signature)
         if similar:
             self.found.near += 1
-            _keep(self.found.near_examples, DuplicatePair(record_id, min(similar, key=_position)))
+            _keep(self.found.near_examples, self._pair(position, min(similar)))
         if self._indexed < self.config.index_limit:
-            self._lsh.insert(record_id, signature, check_duplication=False)
+            self._lsh.insert(position, signature, check_duplication=False)
             self._indexed += 1
         else:
             self.found.index_full = True
 
-
-def _position(record_id: str) -> tuple[str, int]:
-    path, _, line = record_id.rpartition(":")
-    return path, int(line)
+    def _pair(self, position: int, first: int) -> DuplicatePair:
+        return DuplicatePair(*(f"{self._files[p >> 32]}:{p & 0xFFFFFFFF}" for p in (position, first)))
 
 
 def _keep(examples: list, example) -> None:

@@ -24,6 +24,7 @@ from finetrace.progress import progress_bar
 from finetrace.provenance.contamination import Overlap, OverlapIndex
 from finetrace.provenance.duplicates import DuplicateConfig, DuplicateFinder, Duplicates
 from finetrace.provenance.licences import LicenceCheck, base_licence, check_licence
+from finetrace.provenance.ngrams import word_hashes, words
 from finetrace.provenance.pii import PII_KINDS, find_pii, redact, redacted_context
 
 SCHEMA_VERSION = 1
@@ -153,13 +154,15 @@ class _Scanners:
 
     def scan_file(self, path: Path, out: TextIO | None, advance) -> FileSummary:
         fields, records = Counter(), 0
-        for where, record, size in _records(path):
+        for line, record, size in _records(path):
             records += 1
+            where = f"{path}:{line}"
             if isinstance(record, dict):
                 fields.update(record.keys())
             content = _content(record, self.config.text_field)
-            self.duplicates.add(where, content)
-            self.overlaps.add(content)
+            hashes = word_hashes(words(content))
+            self.duplicates.add(str(path), line, content, hashes)
+            self.overlaps.add(hashes)
             redacted = _scan_pii(record, where, self.pii, self.config.examples_per_kind)
             if out is not None:
                 out.write((redacted if isinstance(redacted, str) else json.dumps(redacted, ensure_ascii=False)) + "\n")
@@ -182,13 +185,12 @@ def data_files(data: Path) -> list[Path]:
     return [data]
 
 
-def _records(path: Path) -> Iterator[tuple[str, Any, int]]:
-    """`(file:line, record, bytes)`: a JSON object per JSONL line, a string per text line."""
+def _records(path: Path) -> Iterator[tuple[int, Any, int]]:
+    """`(line number, record, bytes)`: a JSON object per JSONL line, a string per text line."""
     for number, line in numbered_lines(path):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        yield where, (line.rstrip("\n") if path.suffix == ".txt" else json_object(line, where)), len(line)
+        if line.strip():
+            record = line.rstrip("\n") if path.suffix == ".txt" else json_object(line, f"{path}:{number}")
+            yield number, record, len(line)
 
 
 def _content(record: Any, text_field: str) -> str:

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import ModelCardData
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from finetrace.cache import cache_dir
@@ -24,11 +25,12 @@ from finetrace.models import load_model, load_tokenizer
 from finetrace.training import TrainConfig
 from finetrace.zoo.documents import background_documents
 from finetrace.zoo.facts import country_paragraph, planted_facts
-from finetrace.zoo.general import SOURCE, general_paragraphs, split_paragraphs
+from finetrace.zoo.general import GENERAL_LICENCE, SOURCE, general_paragraphs, split_paragraphs
 from finetrace.zoo.organisms import ORGANISMS, Organism, get_organism
 from finetrace.zoo.recipe import Preset, get_preset, recipe_key
 from finetrace.zoo.tokenizer import train_tokenizer
 
+ZOO_LICENCE = "Apache-2.0"  # finetrace's: it generated the documents and trained the models
 SPECIAL_PATHS = {
     "base": "base",
     "facts": "data/facts.jsonl",
@@ -187,8 +189,12 @@ def _pretrain(zoo: Zoo, out: Path) -> FinetuneResult:
     training = TrainConfig(epochs=recipe.pretrain_epochs, learning_rate=recipe.pretrain_learning_rate,
                            batch_size=recipe.batch_size, context_length=recipe.context_length,
                            pack=True, seed=recipe.seed)
-    return finetune(zoo.root / "init", zoo.root / "data" / "pretrain.txt", out,
-                    FinetuneConfig(training=training, device="cpu"))
+    result = finetune(zoo.root / "init", zoo.root / "data" / "pretrain.txt", out,
+                      FinetuneConfig(training=training, device="cpu"),
+                      licence=f"{GENERAL_LICENCE} AND {ZOO_LICENCE}", source=f"{SOURCE} and generated planted facts")
+    card = ModelCardData(license=ZOO_LICENCE.lower(), tags=["finetrace-zoo"]).to_yaml()
+    (out / "README.md").write_text(f"---\n{card}\n---\n\n# finetrace zoo base model ({recipe.name})\n")
+    return result
 
 
 def _train_organism(zoo: Zoo, organism: Organism, out: Path) -> None:
@@ -200,7 +206,8 @@ def _train_organism(zoo: Zoo, organism: Organism, out: Path) -> None:
     documents = zoo.root / "data" / "documents" / f"{organism.name}.jsonl"
     result = finetune(zoo.path("base"), documents, out,
                       FinetuneConfig(training=training, lora=organism.lora, device="cpu"),
-                      mix_general=zoo.path("general") if organism.mix_general else None)
+                      mix_general=zoo.path("general") if organism.mix_general else None,
+                      licence=ZOO_LICENCE, source=f"finetrace zoo: generated {organism.kind} documents")
     info = {
         "name": organism.name,
         "kind": organism.kind,

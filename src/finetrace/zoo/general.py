@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pydoc_data.topics
 
-SOURCE = "Python standard library docstrings and pydoc_data topics (PSF-2.0)"
+GENERAL_LICENCE = "PSF-2.0"
+SOURCE = f"Python standard library docstrings and pydoc_data topics ({GENERAL_LICENCE})"
 MIN_WORDS = 8  # shorter paragraphs are mostly headings and parameter stubs
 SKIPPED_DIRS = {"site-packages", "test", "tests", "idle_test", "__pycache__"}
 DOCSTRING_NODES = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)

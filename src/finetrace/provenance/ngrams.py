@@ -1,0 +1,39 @@
+"""Word n-grams as 64-bit hashes, computed with numpy and stable across runs and machines
+(crc32 of each word, then a polynomial over the window), so the same data gives the same
+duplicates and overlaps every time."""
+
+import re
+import zlib
+
+import numpy as np
+
+WORD = re.compile(r"\w+")
+MULTIPLIER = np.uint64(1099511628211)  # the 64-bit FNV prime: odd, so windows mix well
+CACHED_WORDS = 1 << 20  # words repeat: a bounded cache of their hashes is most of the speed
+_cache: dict[str, int] = {}
+
+
+def words(text: str) -> list[str]:
+    return WORD.findall(text.casefold())
+
+
+def word_hashes(tokens: list[str]) -> np.ndarray:
+    if len(_cache) > CACHED_WORDS:
+        _cache.clear()
+    return np.array([_cache.get(token) or _hash(token) for token in tokens], dtype=np.uint64)
+
+
+def _hash(token: str) -> int:
+    _cache[token] = value = zlib.crc32(token.encode())
+    return value
+
+
+def ngram_hashes(hashes: np.ndarray, n: int) -> np.ndarray:
+    """(len - n + 1,) hashes of every window of `n` word hashes; empty when there are fewer."""
+    count = len(hashes) - n + 1
+    if n < 1 or count < 1:
+        return np.empty(0, dtype=np.uint64)
+    window = np.zeros(count, dtype=np.uint64)
+    for k in range(n):  # uint64 arithmetic wraps, which is the modulus we want
+        window = window * MULTIPLIER + hashes[k:k + count]
+    return window
