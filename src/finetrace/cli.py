@@ -21,6 +21,7 @@ from finetrace.gates import METRICS, parse_gate
 from finetrace.evals.facts import COMMON_FACTS
 from finetrace.provenance import provenance
 from finetrace.provenance.contamination import evaluation_sets
+from finetrace.provenance.scan import provenance_metrics
 from finetrace.summary import print_audit, print_diff, print_forget, print_provenance
 from finetrace.finetune import MANIFEST_NAME, FinetuneConfig, LoraSettings, finetune
 from finetrace.training import TrainConfig
@@ -140,11 +141,11 @@ def provenance_command(
     """Fingerprint a dataset and scan it for duplicates, personal data, licence problems and evaluation overlap."""
     gates = tuple(parse_gate(condition) for condition in fail_on or ())
     evaluations = evaluation_sets(facts or COMMON_FACTS, corpus, corpus_items)
-    report = provenance(data, licence, source, base, evaluations, redact)
-    out.write_text(json.dumps(report.to_dict(), indent=1))
-    print_provenance(console, report.to_dict())
+    report = provenance(data, licence, source, base, evaluations, redact).to_dict()
+    out.write_text(json.dumps(report, indent=1))
+    print_provenance(console, report)
     console.print(f"report: {out}")
-    _finish_gates([GateOutcome(str(gate), gate.holds(report.metrics)) for gate in gates])
+    _finish_gates([GateOutcome(str(gate), gate.holds(provenance_metrics(report))) for gate in gates])
 
 
 @zoo_app.command("build")

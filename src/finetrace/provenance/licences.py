@@ -40,16 +40,16 @@ def spdx(expression: str) -> str:
                              f"see https://spdx.org/licenses/") from None
 
 
+def _canonical(expression: str) -> str | None:
+    """`spdx(expression)`, or None when it is not an SPDX expression."""
+    try:
+        return spdx(expression)
+    except FinetraceError:
+        return None
+
+
 def _keys(expression: str) -> list[str]:
     return _licensing().license_keys(_licensing().parse(expression))
-
-
-def _is_spdx(expression: str) -> bool:
-    try:
-        spdx(expression)
-    except FinetraceError:
-        return False
-    return True
 
 
 def base_licence(base: str | Path) -> str | None:
@@ -63,7 +63,7 @@ def base_licence(base: str | Path) -> str | None:
     except Exception:  # no card, no network, not a repo: all mean the licence is unknown here
         return None
     licence = card.data.license
-    return (spdx(licence) if _is_spdx(licence) else licence) if isinstance(licence, str) else None
+    return (_canonical(licence) or licence) if isinstance(licence, str) else None
 
 
 def check_licence(data: str | None, base: str | None) -> LicenceCheck:
@@ -73,13 +73,13 @@ def check_licence(data: str | None, base: str | None) -> LicenceCheck:
         warnings.append("no licence declared for the data: pass --licence with its SPDX id")
     if base is None:
         warnings.append("the base model declares no licence in its model card")
-    elif not _is_spdx(base):
+    elif _canonical(base) is None:
         warnings.append(f"the base model's licence {base!r} is not an SPDX licence: check its terms by hand")
     if data is None:
         return LicenceCheck(data, base, warnings)
     data = spdx(data)
     data_keys = _keys(data)
-    base_keys = _keys(base) if base and _is_spdx(base) else []
+    base_keys = _keys(base) if base and _canonical(base) else []
     if any("-ND-" in key for key in data_keys):
         warnings.append(f"{data} forbids derivatives, and a fine-tune is a derivative of its data")
     if any("-NC-" in key for key in data_keys) and base_keys and not any("-NC-" in key for key in base_keys):

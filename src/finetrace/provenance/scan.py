@@ -88,11 +88,6 @@ class ProvenanceReport:
     def bytes(self) -> int:
         return sum(f.bytes for f in self.files)
 
-    @property
-    def metrics(self) -> dict[str, int]:
-        """The numbers `--fail-on` conditions test."""
-        return provenance_metrics(self.to_dict())
-
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "records": self.records, "bytes": self.bytes,
                 "pii": {**asdict(self.pii), "total": self.pii.total}}
@@ -223,12 +218,11 @@ def _scan_pii(record: Any, where: str, pii: PiiFindings, examples_per_kind: int)
     return redacted
 
 
-def _strings(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict | list):
-        for item in value.values() if isinstance(value, dict) else value:
-            yield from _strings(item)
+def _strings(value: Any) -> list[str]:
+    """Every string inside a JSON value (keys aside), in order."""
+    found = []
+    _map_strings(value, lambda text: found.append(text) or text)
+    return found
 
 
 def _map_strings(value: Any, function) -> Any:
