@@ -58,6 +58,11 @@ class Collected:
     def mean_delta(self) -> torch.Tensor:  # (layers, positions, d)
         return self.delta.mean
 
+    def typical_norm(self, layer_index: int) -> float:
+        """Mean fine-tuned residual norm over text positions (BOS often carries an outsized norm)."""
+        text = [i for i, label in enumerate(self.position_labels) if label != "BOS"]
+        return self.finetuned_norm.mean[layer_index, text].mean().item()
+
 
 def resolve_layers(spec: tuple[float, ...], n_layers: int) -> list[int]:
     """Layer indices from fractions of depth (the paper's L = int(f * (n_layers - 1))) or indices."""

@@ -133,7 +133,7 @@ def diff(
         steer_index = collected.position_labels.index(str(config.steer_position))
         steering = steer(model, layout, pair.tokenizer, collected.layers[0],
                          collected.mean_delta[0, steer_index].float().to(pair.device),
-                         _typical_norm(collected, 0), config.steer)
+                         collected.typical_norm(0), config.steer)
     clock.lap("steer")
     similarity = _similarity(steering, records, general) if records is not None else None
     control_significance, adapter = None, pair.adapter
@@ -213,7 +213,7 @@ def _decode_and_score(
     traces, totals = [], []
     with pair.use("finetuned") as (model, layout):
         for li, layer in enumerate(collected.layers):
-            typical = _typical_norm(collected, li)
+            typical = collected.typical_norm(li)
             for group in groups:
                 # Every text starts with the same BOS, so its difference has no spread to shape a null.
                 nulls = ["isotropic" if labels[pi] == "BOS" else config.score.null for pi in group]
@@ -245,12 +245,6 @@ def _decode_and_score(
 def _lens(layout, collected: Collected, cell: tuple[int, int], allowed, pair: ModelPair, config: DiffConfig):
     direction = collected.mean_delta[cell].float().to(pair.device)
     return lens_tokens(layout, direction, allowed, pair.tokenizer, config.decode.top_k)
-
-
-def _typical_norm(collected: Collected, layer_index: int) -> float:
-    """Mean fine-tuned residual norm over text positions (BOS often carries an outsized norm)."""
-    text = [i for i, label in enumerate(collected.position_labels) if label != "BOS"]
-    return collected.finetuned_norm.mean[layer_index, text].mean().item()
 
 
 def _similarity(steering: Steering, records: list[Record], general: list[str]) -> dict[str, float]:

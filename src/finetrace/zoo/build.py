@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from huggingface_hub import ModelCardData
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -97,8 +98,19 @@ def _organism_info(model: str | Path) -> dict | None:
 
 
 def build_zoo(preset: str = "tiny") -> Zoo:
-    """Build the zoo of a preset, reusing every stage already on disk."""
+    """Build the zoo of a preset, reusing every stage already on disk.
+
+    A lock file serialises builds of one zoo: a second process waits, then reuses
+    what the first built, instead of deleting its unfinished stage.
+    """
     zoo = zoo_for(preset)
+    zoo.root.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(zoo.root) + ".lock"):
+        _build(zoo)
+    return zoo
+
+
+def _build(zoo: Zoo) -> None:
     recipe = zoo.preset
     _stage(zoo.root / "data", lambda out: _write_texts(out, recipe))
     _stage(zoo.root / "init", lambda out: _write_initial_model(out, zoo.root / "data", recipe))
@@ -112,7 +124,6 @@ def build_zoo(preset: str = "tiny") -> Zoo:
         summary = {"preset": recipe.name, "key": zoo.root.name.rsplit("-", 1)[1], "general_source": SOURCE,
                    "organisms": list(ORGANISMS), "facts": len(facts), "base_facts_known": known / len(facts)}
         (zoo.root / "zoo.json").write_text(json.dumps(summary, indent=2))
-    return zoo
 
 
 def _stage(target: Path, make: Callable[[Path], None]) -> None:
