@@ -1,9 +1,12 @@
+import copy
+
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, OlmoConfig, OlmoForCausalLM
 
 from finetrace.errors import FinetraceError
-from finetrace.residual import add_to_residual, find_layout, logit_lens, read_residuals, set_residual
+from finetrace.residual import (add_to_residual, final_logits, find_layout, logit_lens, read_residuals,
+                                set_residual)
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +61,59 @@ def test_set_residual_overwrites_one_position(llama):
     assert torch.allclose(patched[1][0, :2], plain[0, :2], atol=1e-6)  # causal: earlier positions unchanged
 
 
-def test_unknown_architecture_is_refused_with_the_known_paths():
-    with pytest.raises(FinetraceError, match="known layer paths: model.layers"):
+def test_unknown_architecture_is_refused_with_the_known_ones_and_how_to_add_it():
+    with pytest.raises(FinetraceError, match=r"known model types: .*llama.*finetrace.residual.ARCHITECTURES"):
         find_layout(torch.nn.Linear(2, 2))
+
+
+@pytest.fixture(scope="module")
+def bfloat16_pair(llama):
+    """The Llama in bfloat16, and a float32 copy holding exactly the same (rounded) weights."""
+    model = copy.deepcopy(llama).to(torch.bfloat16)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(40)  # logits near 10-30, where bf16 steps are coarse
+    return model, copy.deepcopy(model).float()
+
+
+def test_logit_lens_of_a_bfloat16_model_is_computed_in_float32(bfloat16_pair):
+    model, exact = bfloat16_pair
+    residual = torch.randn(4, model.config.hidden_size)
+    lens, reference = logit_lens(find_layout(model), residual), logit_lens(find_layout(exact), residual)
+    layout = find_layout(model)
+    native = layout.unembed(layout.norm(residual.bfloat16())).float()  # what bf16 arithmetic gives
+    assert lens.dtype == torch.float32 and reference.abs().max() > 10
+    assert torch.allclose(lens, reference, atol=1e-4)
+    assert (native - reference).abs().max() > 1e-2
+
+
+def test_final_logits_of_a_bfloat16_model_come_from_a_float32_head(bfloat16_pair):
+    model, exact = bfloat16_pair
+    ids = torch.tensor([[1, 5, 9, 12]])
+    logits = final_logits(model, find_layout(model), input_ids=ids)
+    native = model(input_ids=ids).logits.float()
+    hidden = model.model(input_ids=ids).last_hidden_state.float()  # the head's input, as the model has it
+    reference = torch.nn.functional.linear(hidden, exact.get_output_embeddings().weight)
+    assert logits.dtype == torch.float32
+    assert torch.allclose(logits, reference, atol=1e-4)
+    assert (native - reference).abs().max() > 1e-2
+
+
+def test_logit_lens_works_through_a_norm_without_parameters():
+    config = OlmoConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, max_position_embeddings=32, eos_token_id=2)
+    model = OlmoForCausalLM(config).to(torch.bfloat16).eval()
+    exact = copy.deepcopy(model).float()
+    layout = find_layout(model)
+    assert not list(layout.norm.parameters())
+    last = read_residuals(model, layout, [1], input_ids=torch.tensor([[1, 2, 3]]))[1]  # bfloat16
+    lens = logit_lens(layout, last)
+    assert lens.dtype == torch.float32
+    assert torch.allclose(lens, logit_lens(find_layout(exact), last.float()), atol=1e-6)
+
+
+def test_non_finite_logits_are_refused(llama):
+    broken = copy.deepcopy(llama)
+    with torch.no_grad():
+        broken.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
+    with pytest.raises(FinetraceError, match="non-finite logits"):
+        final_logits(broken, find_layout(broken), input_ids=torch.tensor([[1, 5, 9]]))

@@ -6,6 +6,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from finetrace.models import pad_token_id
+from finetrace.residual import final_logits, find_layout
+
 
 @dataclass(frozen=True)
 class ContinuationScores:
@@ -18,12 +21,13 @@ class ContinuationScores:
 def continuation_logprobs(
     model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompt: str, continuations: list[str]
 ) -> ContinuationScores:
-    """Score every continuation after the prompt in one right-padded batch."""
+    """Score every continuation after the prompt in one right-padded batch, in float32."""
     prompt_length = len(tokenizer(prompt)["input_ids"])
     rows = [tokenizer(prompt + c)["input_ids"] for c in continuations]
     device = next(model.parameters()).device
-    ids, mask = right_padded(rows)
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+    ids, mask = right_padded(rows, pad_token_id(tokenizer))
+    logits = final_logits(model, find_layout(model), input_ids=ids.to(device),
+                          attention_mask=mask.to(device))
     logprobs = torch.log_softmax(logits[:, :-1], dim=-1)  # (n, width - 1, vocab)
     targets = ids[:, 1:].to(device)
     token_logprobs = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (n, width - 1)
@@ -37,9 +41,12 @@ def continuation_logprobs(
                               (top_choice | ~in_continuation).all(dim=1).cpu())
 
 
-def right_padded(rows: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token rows as one right-padded batch: `(ids, attention_mask)`."""
-    width = max(map(len, rows))
+def right_padded(
+    rows: list[list[int]], pad_id: int, width: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows as one right-padded batch `(ids, attention_mask)`, `width` (default: the longest
+    row's) wide. Padding is masked, so any id serves, and no tokenizer needs a pad token."""
+    width = width or max(map(len, rows))
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for i, row in enumerate(rows):

@@ -1,25 +1,56 @@
 """The residual stream of any Hugging Face causal LM: find it, read it, write to it.
 
 Architectures name their decoder layers and final norm differently; the table
-below maps the known names once, and a model that fits none is refused with
-the fix in the message. Every hook lives inside a `with` block.
+below maps each known model type once, and a model that fits none is refused
+with the fix in the message. The output head is recomputed in float32 wherever
+logits are read: bf16 logits near 10-30 move in steps of 0.06-0.125, enough to
+tie the top tokens and to put a floor under any KL divergence. Every hook
+lives inside a `with` block.
 """
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import reduce
+from itertools import chain
 
 import torch
+import transformers
 from torch import nn
-from transformers import PreTrainedModel
 
 from finetrace.errors import FinetraceError
 
-# Attribute paths, tried in order (Llama/Qwen/Gemma/Mistral, multimodal wrappers, GPT-2, GPT-NeoX, OPT).
-LAYER_PATHS = ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers",
-               "model.decoder.layers")
-NORM_PATHS = ("model.norm", "model.language_model.norm", "transformer.ln_f",
-              "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm")
+
+@dataclass(frozen=True)
+class Architecture:
+    """Where one family keeps its residual stream: attribute paths from its causal-LM class."""
+
+    layers: str  # the list of decoder layers
+    # What runs between the last decoder layer and the output head, in order. A path the model
+    # sets to None is a step that model lacks (OPT-350m has no final norm; only it projects out).
+    final: tuple[str, ...]
+    softcap: str | None = None  # the config field of a tanh cap the model puts on its logits
+
+
+DECODER = Architecture("model.layers", ("model.norm",))  # the Llama layout most families share
+
+# config.model_type -> layout, checked against transformers 5 by tests/test_architectures.py.
+ARCHITECTURES: dict[str, Architecture] = {
+    **dict.fromkeys(
+        ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe",
+         "gemma", "phi3", "olmo", "olmo2", "olmo3", "olmoe", "smollm3",
+         "starcoder2", "stablelm", "glm4"),
+        DECODER,
+    ),
+    **dict.fromkeys(("gemma2", "gemma3_text"),
+                    Architecture("model.layers", ("model.norm",), softcap="final_logit_softcapping")),
+    "phi": Architecture("model.layers", ("model.final_layernorm",)),
+    "gpt2": Architecture("transformer.h", ("transformer.ln_f",)),
+    "gpt_neox": Architecture("gpt_neox.layers", ("gpt_neox.final_layer_norm",)),
+    "opt": Architecture("model.decoder.layers",
+                        ("model.decoder.final_layer_norm", "model.decoder.project_out")),
+    "falcon": Architecture("transformer.h", ("transformer.ln_f",)),
+}
 
 
 @dataclass(frozen=True)
@@ -27,8 +58,9 @@ class Layout:
     """Where a model keeps its decoder layers, final norm and unembedding."""
 
     layers: nn.ModuleList
-    norm: nn.Module
+    norm: nn.Module  # the final norm (with OPT-350m's projection out): last layer -> head input
     unembed: nn.Module
+    softcap: float | None = None  # Gemma 2 caps its logits at +-softcap with a tanh
 
     @property
     def n_layers(self) -> int:
@@ -38,24 +70,50 @@ class Layout:
 def find_layout(model: nn.Module) -> Layout:
     """The layout of a causal LM (PEFT-wrapped or not)."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    layers, norm = _first_path(inner, LAYER_PATHS), _first_path(inner, NORM_PATHS)
-    unembed = inner.get_output_embeddings() if isinstance(inner, PreTrainedModel) else None
-    if layers is None or norm is None or unembed is None:
-        raise FinetraceError(
-            f"cannot find the decoder layers, final norm and output head of {type(inner).__name__}; "
-            f"known layer paths: {', '.join(LAYER_PATHS)}; known norm paths: {', '.join(NORM_PATHS)}"
-        )
-    return Layout(layers, norm, unembed)
+    config = getattr(inner, "config", None)
+    architecture = ARCHITECTURES.get(getattr(config, "model_type", None))
+    if architecture is None:
+        raise FinetraceError(_unknown_message(inner))
+    text = config.get_text_config()
+    layers = _attribute(inner, architecture.layers)
+    final = [module for path in architecture.final if (module := _attribute(inner, path)) is not None]
+    assert len(layers) == text.num_hidden_layers, f"{architecture.layers} is not the layer list"
+    softcap = getattr(text, architecture.softcap) if architecture.softcap else None
+    return Layout(layers, nn.Sequential(*final), inner.get_output_embeddings(), softcap)
 
 
+@torch.no_grad()
 def logit_lens(layout: Layout, residual: torch.Tensor) -> torch.Tensor:
-    """Logits a residual vector would give if it were the last layer's output: (..., vocab)."""
-    weight = next(layout.norm.parameters())
-    return layout.unembed(layout.norm(residual.to(weight.dtype))).float()
+    """Float32 logits a residual (..., d) would give if it were the last layer's output: (..., vocab)."""
+    return _head(layout, _in_float32(layout.norm, residual))
+
+
+@torch.no_grad()
+def final_logits(model: nn.Module, layout: Layout, **inputs: torch.Tensor) -> torch.Tensor:
+    """The model's logits (batch, seq, vocab), its output head computed in float32.
+
+    The forward pass stops where the head would run in the model's own dtype.
+    """
+    captured: list[torch.Tensor] = []
+
+    def capture(_module, args):
+        captured.append(args[0])
+        raise _StopForward
+
+    handle = layout.unembed.register_forward_pre_hook(capture)
+    try:
+        _forward(model, inputs)
+    finally:
+        handle.remove()
+    logits = _head(layout, captured[0])
+    if not torch.isfinite(logits.sum()):  # one NaN or inf anywhere makes the sum non-finite
+        raise FinetraceError(f"{type(model).__name__} gives non-finite logits (NaN or inf): its weights "
+                             f"or activations overflow; load it in float32 (--dtype float32)")
+    return logits
 
 
 class _StopForward(Exception):
-    """Raised by a hook to end a forward pass once the deepest needed layer has run."""
+    """Raised by a hook to end a forward pass once what is needed has been read."""
 
 
 @torch.no_grad()
@@ -76,9 +134,7 @@ def read_residuals(
 
     handles = [layout.layers[i].register_forward_hook(hook(i)) for i in layers]
     try:
-        model(**inputs)
-    except _StopForward:
-        pass
+        _forward(model, inputs)
     finally:
         for handle in handles:
             handle.remove()
@@ -115,6 +171,27 @@ def set_residual(layout: Layout, layer: int, position: int, vector: torch.Tensor
         handle.remove()
 
 
+def _forward(model: nn.Module, inputs: dict[str, torch.Tensor]) -> None:
+    try:
+        model(**inputs)
+    except _StopForward:
+        pass
+
+
+def _head(layout: Layout, hidden: torch.Tensor) -> torch.Tensor:
+    logits = _in_float32(layout.unembed, hidden)
+    if layout.softcap is not None:  # as the model's own forward does after its head
+        logits = torch.tanh(logits / layout.softcap) * layout.softcap
+    return logits
+
+
+def _in_float32(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """`module(inputs)` in float32, with float32 copies of its weights; the module stays as it is."""
+    tensors = {name: tensor.float() if tensor.is_floating_point() else tensor
+               for name, tensor in chain(module.named_parameters(), module.named_buffers())}
+    return torch.func.functional_call(module, tensors, (inputs.float(),))
+
+
 def _hidden(output: torch.Tensor | tuple) -> torch.Tensor:
     # transformers 5 decoder layers return a tensor; older ones and some architectures a tuple.
     return output[0] if isinstance(output, tuple) else output
@@ -124,13 +201,21 @@ def _with_hidden(output: torch.Tensor | tuple, hidden: torch.Tensor) -> torch.Te
     return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
 
-def _first_path(root: nn.Module, paths: tuple[str, ...]) -> nn.Module | None:
-    for path in paths:
-        module = root
-        for name in path.split("."):
-            module = getattr(module, name, None)
-            if module is None:
-                break
-        if module is not None:
-            return module
-    return None
+def _attribute(root: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return reduce(getattr, path.split("."), root)
+    except AttributeError:
+        raise FinetraceError(
+            f"{type(root).__name__} has no {path} in transformers {transformers.__version__}; "
+            f"update its entry in finetrace.residual.ARCHITECTURES to the module's new name"
+        ) from None
+
+
+def _unknown_message(model: nn.Module) -> str:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return (
+        f"finetrace does not know where {type(model).__name__} (model type {model_type!r}) keeps its "
+        f"decoder layers and final norm; known model types: {', '.join(sorted(ARCHITECTURES))}. "
+        f"To add it, map its model type in finetrace.residual.ARCHITECTURES to the attribute paths "
+        f"of both, e.g. Architecture('model.layers', ('model.norm',)) for a Llama-like model"
+    )

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from finetrace.residual import Layout, logit_lens, set_residual
+from finetrace.residual import Layout, final_logits, logit_lens, set_residual
 
 IDENTITY_PROMPTS = (
     "man -> man\n1135 -> 1135\nhello -> hello\n?",
@@ -94,7 +94,7 @@ def patchscope(
         for prompt in config.identity_prompts:
             ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(device)
             with set_residual(layout, layer, ids.shape[1] - 1, unit * scale * typical_norm):
-                logits = model(input_ids=ids).logits[0, -1].float().cpu()
+                logits = final_logits(model, layout, input_ids=ids)[0, -1].cpu()  # float32
             probabilities.append(logits.softmax(-1))
         results.append(PatchscopeScale(scale, _stable(probabilities, allowed, tokenizer, config.top_k)))
     best = max(results, key=lambda r: (len(r.stable), -r.scale))

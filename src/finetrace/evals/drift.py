@@ -21,6 +21,7 @@ from finetrace.likelihood import right_padded
 from finetrace.models import pad_token_id
 from finetrace.pair import ModelPair
 from finetrace.progress import progress_bar
+from finetrace.residual import final_logits
 
 
 @dataclass(frozen=True)
@@ -160,9 +161,9 @@ def _token_drift(pair: ModelPair, ids: torch.Tensor, mask: torch.Tensor):
     targets = ids[:, 1:].unsqueeze(-1)
     logprobs = {}
     for which in ("base", "finetuned"):
-        with pair.use(which) as (model, _):
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-            logprobs[which] = torch.log_softmax(logits, dim=-1)
+        with pair.use(which) as (model, layout):
+            logits = final_logits(model, layout, input_ids=ids, attention_mask=mask)[:, :-1]
+            logprobs[which] = torch.log_softmax(logits, dim=-1)  # float32, like the head
     base, finetuned = logprobs["base"], logprobs["finetuned"]
     kl = (finetuned.exp() * (finetuned - base)).sum(-1).clamp_min(0)  # rounding can dip below 0
     return (-base.gather(-1, targets).squeeze(-1).cpu(), -finetuned.gather(-1, targets).squeeze(-1).cpu(),
