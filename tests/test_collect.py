@@ -1,5 +1,6 @@
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from finetrace import FinetraceError
 from finetrace.adl import collect as collect_module
@@ -7,7 +8,15 @@ from finetrace.adl.collect import CollectConfig, collect, resolve_layers
 from finetrace.pair import load_pair
 from finetrace.residual import read_residuals
 
-from conftest import TEXTS
+from conftest import TEXTS, save_random_llama
+from tokenizer_shapes import TokenizerShape, build_tokenizer
+
+# Tokenizers as real families ship them, none with a pad token.
+SHAPES = {
+    "gpt2": TokenizerShape(False, eos="<|endoftext|>", bos="<|endoftext|>"),  # declares a BOS, adds none
+    "llama": TokenizerShape(False, eos="</s>", prepends="<s>", bos="<s>"),
+    "unnamed-bos": TokenizerShape(False, eos="</s>", prepends="<s>"),  # prepends one no bos_token names
+}
 
 
 @pytest.fixture
@@ -33,21 +42,58 @@ def test_identical_models_give_an_exactly_zero_difference(tiny_model, corpus, tm
     assert torch.all(result.base_norm.mean > 0)
 
 
-def test_first_k_tokens_give_the_same_means_as_full_sequences(tiny_model, tiny_finetuned, corpus, tmp_path):
-    pair = load_pair(tiny_model, tiny_finetuned, device="cpu")
-    result = collect(pair, corpus, CollectConfig(layers=(1,), positions=4, batch_size=16), tmp_path)
-    texts = corpus.read_text().splitlines()
+def _reference_deltas(pair, texts: list[str], layer: int, length: int) -> torch.Tensor:
+    """The reference way: each whole text as the tokenizer encodes it, every activation kept."""
     deltas = []
-    for text in texts:  # the reference way: whole sequences, every activation kept
+    for text in texts:
         ids = pair.tokenizer(text, return_tensors="pt")["input_ids"]
         residual = {}
         for which in ("base", "finetuned"):
             with pair.use(which) as (model, layout):
-                residual[which] = read_residuals(model, layout, [1], input_ids=ids)[1][0]
-        assert ids.shape[1] > 5
-        deltas.append((residual["finetuned"] - residual["base"])[:5])
-    reference = torch.stack(deltas).double().mean(0)  # (positions, d)
+                residual[which] = read_residuals(model, layout, [layer], input_ids=ids)[layer][0]
+        assert ids.shape[1] > length
+        deltas.append((residual["finetuned"] - residual["base"])[:length])
+    return torch.stack(deltas).double().mean(0)  # (positions, d)
+
+
+def test_first_k_tokens_give_the_same_means_as_full_sequences(tiny_model, tiny_finetuned, corpus, tmp_path):
+    pair = load_pair(tiny_model, tiny_finetuned, device="cpu")
+    result = collect(pair, corpus, CollectConfig(layers=(1,), positions=4, batch_size=16), tmp_path)
+    reference = _reference_deltas(pair, corpus.read_text().splitlines(), 1, 5)
     assert torch.allclose(result.mean_delta[0], reference, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_tokenizers_without_a_pad_token_label_the_bos_they_prepend(shape, corpus, tmp_path):
+    tokenizer = build_tokenizer(SHAPES[shape], TEXTS)
+    assert tokenizer.pad_token is None
+    base = save_random_llama(tmp_path / "base", tokenizer, seed=0)
+    other = save_random_llama(tmp_path / "other", tokenizer, seed=1)
+    pair = load_pair(base, other, device="cpu")
+    result = collect(pair, corpus, CollectConfig(layers=(1,), positions=3, batch_size=16), tmp_path / "out")
+    adds_bos = SHAPES[shape].prepends is not None
+    assert result.position_labels == ["BOS"] * adds_bos + ["0", "1", "2"]
+    reference = _reference_deltas(pair, corpus.read_text().splitlines(), 1, 3 + adds_bos)
+    assert torch.allclose(result.mean_delta[0], reference, atol=1e-6)
+
+
+def test_the_attention_sink_stays_out_of_the_typical_norm(corpus, tmp_path):
+    tokenizer = build_tokenizer(SHAPES["gpt2"], TEXTS)
+    base = save_random_llama(tmp_path / "base", tokenizer)
+    result = collect(load_pair(base, base, device="cpu"), corpus, CollectConfig(layers=(1,), positions=3),
+                     tmp_path / "out")
+    assert result.sink_positions == [0] and result.position_labels[0] == "0"
+    typical = result.typical_norm(0)
+    result.finetuned_norm.total[0, 0] *= 100  # an attention sink's outsized norm
+    assert result.typical_norm(0) == typical
+    result.finetuned_norm.total[0, 1] *= 100
+    assert result.typical_norm(0) > 10 * typical
+
+
+def test_one_position_without_a_bos_is_refused(corpus, tmp_path):
+    base = save_random_llama(tmp_path / "base", build_tokenizer(SHAPES["gpt2"], TEXTS))
+    with pytest.raises(FinetraceError, match="attention sink; read 2 or more positions"):
+        collect(load_pair(base, base, device="cpu"), corpus, CollectConfig(positions=1), tmp_path / "out")
 
 
 def test_an_interrupted_run_resumes_to_the_same_numbers(tiny_model, tiny_finetuned, corpus, tmp_path, monkeypatch):
@@ -81,3 +127,42 @@ def test_sample_limit_and_empty_corpus(tiny_model, corpus, tmp_path):
     empty.write_text("\n")
     with pytest.raises(FinetraceError, match="holds no texts"):
         collect(pair, empty, CollectConfig(positions=2), tmp_path / "b")
+
+
+def _replace_weights(model_dir, tiny_tokenizer, tmp_path):
+    save_random_llama(tmp_path / "other", tiny_tokenizer, seed=7)
+    (model_dir / "model.safetensors").write_bytes((tmp_path / "other" / "model.safetensors").read_bytes())
+
+
+def _rewrite_corpus(corpus):
+    text = corpus.read_text()
+    corpus.write_text(text.replace("cat", "dog"))  # the same size, other content
+    assert len(corpus.read_text()) == len(text)
+
+
+@pytest.mark.parametrize("change", ["weights", "corpus"])
+def test_a_checkpoint_of_other_weights_or_text_is_not_resumed(change, tiny_model, tiny_tokenizer, corpus,
+                                                              tmp_path, capsys):
+    finetuned = save_random_llama(tmp_path / "finetuned", tiny_tokenizer, seed=1)
+    config = CollectConfig(layers=(1,), positions=3, batch_size=8)
+    collect(load_pair(tiny_model, finetuned, device="cpu"), corpus, config, tmp_path / "run")
+    if change == "weights":
+        _replace_weights(finetuned, tiny_tokenizer, tmp_path)
+    else:
+        _rewrite_corpus(corpus)
+    pair = load_pair(tiny_model, finetuned, device="cpu")
+    rerun = collect(pair, corpus, config, tmp_path / "run")
+    fresh = collect(pair, corpus, config, tmp_path / "fresh")
+    assert torch.equal(rerun.delta.total, fresh.delta.total)
+    assert "starting afresh" in capsys.readouterr().err
+
+
+def test_non_finite_activations_are_refused_with_where_they_appear(tiny_model, tiny_tokenizer, corpus,
+                                                                   tmp_path):
+    huge = save_random_llama(tmp_path / "huge", tiny_tokenizer)
+    weights = load_file(huge / "model.safetensors")
+    weights["model.layers.1.mlp.down_proj.weight"] *= 1e38  # finite weights, infinite activations
+    save_file(weights, huge / "model.safetensors", metadata={"format": "pt"})
+    pair = load_pair(tiny_model, huge, device="cpu")
+    with pytest.raises(FinetraceError, match="fine-tuned model's residual after layer 1 at position BOS"):
+        collect(pair, corpus, CollectConfig(layers=(0, 1), positions=3), tmp_path / "out")

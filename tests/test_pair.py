@@ -1,5 +1,6 @@
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from finetrace import FinetraceError, FinetuneConfig, LoraSettings, TrainConfig, finetune
 from finetrace.pair import load_pair
@@ -51,3 +52,26 @@ def test_different_tokenizers_are_refused(tiny_model, tmp_path):
     other = save_random_llama(tmp_path / "other", train_tokenizer(["zebra quilt"] * 50, vocab_size=400))
     with pytest.raises(FinetraceError, match="tokenizer vocabularies differ"):
         load_pair(tiny_model, other, device="cpu")
+
+
+def _poison(path, name: str) -> None:
+    weights = load_file(path)
+    weights[name][0, 0] = float("nan")
+    save_file(weights, path, metadata={"format": "pt"})
+
+
+def test_non_finite_weights_are_refused_at_load_by_name(tiny_model, tiny_tokenizer, tmp_path):
+    broken = save_random_llama(tmp_path / "broken", tiny_tokenizer)
+    _poison(broken / "model.safetensors", "model.layers.1.mlp.up_proj.weight")
+    with pytest.raises(FinetraceError, match=r"non-finite weights \(NaN or inf\) in model.layers.1.mlp.up_proj"):
+        load_pair(tiny_model, broken, device="cpu")
+
+
+def test_non_finite_adapter_weights_are_refused_by_name(tiny_model, text_data, tmp_path):
+    training = TrainConfig(steps=1, batch_size=4, context_length=64)
+    finetune(tiny_model, text_data, tmp_path / "lora", FinetuneConfig(training=training, lora=LoraSettings(rank=2)))
+    adapter = tmp_path / "lora" / "adapter_model.safetensors"
+    name = next(key for key in load_file(adapter) if "layers.0" in key and "lora_B" in key)
+    _poison(adapter, name)
+    with pytest.raises(FinetraceError, match=r"lora.*non-finite weights .* in .*layers\.0\..*lora_B"):
+        load_pair(tiny_model, tmp_path / "lora", device="cpu")

@@ -3,7 +3,8 @@
 Plain text trains on every token. Chat records train on assistant turns only:
 each turn's span is found by rendering the conversation up to it with and
 without the turn, which works for any chat template (none needs special
-`{% generation %}` markers).
+`{% generation %}` markers). A document starts with the special tokens the
+tokenizer prepends to every text (a BOS, or none) and ends with EOS.
 """
 
 from dataclasses import dataclass
@@ -12,13 +13,14 @@ from itertools import chain
 from transformers import PreTrainedTokenizerBase
 
 from finetrace.corpus import Record
+from finetrace.models import prepended_ids
 
 IGNORE_INDEX = -100  # the label PyTorch's cross-entropy skips
 
 # Used for chat data when the tokenizer brings no template of its own. Newlines are
-# written as expressions because chat templates render with trim_blocks.
+# written as expressions because chat templates render with trim_blocks. It writes no
+# BOS: GPT-2 declares one it never adds, so the tokenizer's own prefix goes first instead.
 DEFAULT_CHAT_TEMPLATE = (
-    "{{ bos_token if bos_token else '' }}"
     "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}"
     "{% if message['role'] == 'assistant' and eos_token %}{{ eos_token }}{% endif %}{{ '\\n' }}"
     "{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
@@ -51,8 +53,8 @@ def pack(examples: list[Example], block_length: int) -> list[Example]:
 
 
 def text_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    """Token ids of a document as the model sees it: the tokenizer's BOS if it adds one, then EOS."""
-    ids = tokenizer(text)["input_ids"]
+    """Token ids of a document as the model sees it: what the tokenizer prepends, the text, EOS."""
+    ids = prepended_ids(tokenizer) + tokenizer(text, add_special_tokens=False)["input_ids"]
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
     return ids
@@ -88,5 +90,6 @@ def _render_ids(
         add_generation_prompt=add_generation_prompt,
         tokenize=False,
     )
-    # The template writes BOS itself where it wants one.
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    # A tokenizer's own template writes its BOS itself where it wants one.
+    prefix = [] if tokenizer.chat_template else prepended_ids(tokenizer)
+    return prefix + tokenizer(text, add_special_tokens=False)["input_ids"]

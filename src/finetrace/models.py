@@ -1,22 +1,37 @@
 """Loading models and tokenizers from a local directory or a hub id, safely.
 
 No remote code is ever run and only safetensors weights are read (pickled
-`.bin` checkpoints can execute code when loaded).
+`.bin` checkpoints can execute code when loaded). Weights holding NaN or inf
+are refused at load, by the name of the tensor.
 """
 
+import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import LocalEntryNotFoundError
 from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from finetrace.errors import FinetraceError
+from finetrace.fingerprints import file_sha256
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # What transformers raises for a missing, unreachable, unreadable or corrupt model.
 LOAD_ERRORS = (OSError, ValueError, KeyError, SafetensorError, json.JSONDecodeError)
+
+PROBE_TEXT = "a"  # any text: only the special tokens put around it matter
+
+# Weights digests read whole files up to this size; a larger safetensors file is read as its
+# header (names, dtypes, shapes) plus evenly spaced blocks (1 MiB in all): any fine-tune of
+# the same shape changes nearly every block, and a 30 GB model costs milliseconds.
+FULL_HASH_BYTES = 256 << 20
+SAMPLED_BLOCKS, BLOCK_BYTES = 256, 4096
+CONFIG_FILES = ("config.json", "adapter_config.json")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -52,6 +67,22 @@ def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return 0
 
 
+def prepended_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The special tokens the tokenizer puts before every text: [BOS] for Llama, Gemma or OPT, none
+    for GPT-2 or Qwen. Read from what it outputs, not from `bos_token`: GPT-2 declares one it never
+    adds, and a post-processor can prepend a token no `bos_token` names."""
+    marked = tokenizer(PROBE_TEXT)["input_ids"]
+    plain = tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
+    for start in range(len(marked) - len(plain) + 1):
+        if marked[start : start + len(plain)] == plain:
+            return marked[:start]
+    raise FinetraceError(
+        f"the tokenizer encodes {PROBE_TEXT!r} as {marked} with its special tokens and as {plain} "
+        f"without them, so the tokens it adds cannot be told apart; give a tokenizer whose special "
+        f"tokens only surround the text"
+    )
+
+
 def load_model(
     name_or_path: str | Path, device: torch.device, dtype: torch.dtype = torch.float32
 ) -> PreTrainedModel:
@@ -62,7 +93,56 @@ def load_model(
         )
     except LOAD_ERRORS as error:
         raise FinetraceError(f"cannot load a model from {name_or_path}: {_first_line(error)}") from None
+    refuse_non_finite(model.named_parameters(), name_or_path)
     return model.to(device).eval()
+
+
+def refuse_non_finite(tensors: Iterable[tuple[str, torch.Tensor]], source: str | Path) -> None:
+    """Raise on the first floating-point tensor holding NaN or inf, by its name.
+
+    One float32 sum per tensor: a single NaN or inf makes it non-finite, and no
+    tensor the size of the weights is allocated."""
+    for name, tensor in tensors:
+        if tensor.is_floating_point() and not torch.isfinite(tensor.sum(dtype=torch.float32)):
+            raise FinetraceError(
+                f"{source} holds non-finite weights (NaN or inf) in {name}; results from it would be "
+                f"meaningless: retrain it or give a checkpoint saved before the fault"
+            )
+
+
+def weights_digest(name_or_path: str | Path) -> str:
+    """sha256 over the config and safetensors files a model or adapter was loaded from (a
+    directory, or a hub id's cached snapshot), cheap at any size (see `FULL_HASH_BYTES`)."""
+    directory = _local_directory(name_or_path)
+    digest = hashlib.sha256()
+    for path in sorted(directory.iterdir()):
+        if path.suffix == ".safetensors" or path.name in CONFIG_FILES:
+            digest.update(path.name.encode())
+            digest.update(_file_digest(path))
+    return digest.hexdigest()
+
+
+def _file_digest(path: Path) -> bytes:
+    size = path.stat().st_size
+    if size <= FULL_HASH_BYTES:
+        return bytes.fromhex(file_sha256(path))
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as file:
+        header_length = int.from_bytes(file.read(8), "little")  # safetensors: u64 length, JSON header
+        digest.update(file.read(header_length))
+        for block in range(SAMPLED_BLOCKS):
+            file.seek(size * block // SAMPLED_BLOCKS)
+            digest.update(file.read(BLOCK_BYTES))
+    return digest.digest()
+
+
+def _local_directory(name_or_path: str | Path) -> Path:
+    if Path(name_or_path).is_dir():
+        return Path(name_or_path)
+    try:  # a hub id: the snapshot loading just cached, without going online
+        return Path(snapshot_download(str(name_or_path), local_files_only=True))
+    except LocalEntryNotFoundError:
+        raise FinetraceError(f"{name_or_path} is neither a directory nor a cached hub model") from None
 
 
 def _first_line(error: BaseException) -> str:

@@ -15,7 +15,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from finetrace.errors import FinetraceError
-from finetrace.models import load_model, load_tokenizer, resolve_device, resolve_dtype
+from finetrace.models import load_model, load_tokenizer, refuse_non_finite, resolve_device, resolve_dtype
 from finetrace.residual import Layout, find_layout
 
 COMPARED_CONFIG = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
@@ -67,6 +67,7 @@ def load_pair(base: str | Path, finetuned: str | Path, device: str = "auto", dty
             raise FinetraceError(
                 f"adapter {finetuned} does not fit base {base}: {str(error).strip().splitlines()[0]}"
             ) from None
+        refuse_non_finite(peft.get_peft_model_state_dict(adapted).items(), finetuned)
         return ModelPair(str(base), str(finetuned), tokenizer, None, adapted, torch_device)
     finetuned_model = load_model(finetuned, torch_device, torch_dtype)
     _check_comparable(base, finetuned, base_model, finetuned_model, tokenizer, load_tokenizer(finetuned))

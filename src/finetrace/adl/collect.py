@@ -5,7 +5,13 @@ so only the first k tokens of each text go through the models (the paper reads
 positions 0-4 of longer texts; truncating changes nothing there). Both models
 see each batch, the forward pass stops after the deepest requested layer, and
 float64 running sums keep memory independent of the number of texts. The sums
-are checkpointed, so an interrupted run resumes where it stopped.
+are checkpointed, so an interrupted run resumes where it stopped, and only a
+run with the same weights, tokenizer, corpus and settings resumes them.
+
+Every text starts with the special tokens the tokenizer prepends (a BOS, or
+none), then its first k tokens; padding is masked, so no pad token is needed.
+The first position is the attention sink, with an outsized norm: the BOS, or
+the first text token for models that add none (GPT-2, Qwen).
 """
 
 import hashlib
@@ -16,9 +22,15 @@ from itertools import islice
 from pathlib import Path
 
 import torch
+from rich.console import Console
+from rich.markup import escape
+from transformers import PreTrainedTokenizerBase
 
 from finetrace.corpus import iter_texts
 from finetrace.errors import FinetraceError
+from finetrace.fingerprints import file_sha256
+from finetrace.likelihood import right_padded
+from finetrace.models import pad_token_id, prepended_ids, weights_digest
 from finetrace.pair import ModelPair
 from finetrace.progress import progress_bar
 from finetrace.residual import read_residuals
@@ -48,7 +60,7 @@ class Collected:
     """Running moments over texts, per (layer, position)."""
 
     layers: list[int]
-    position_labels: list[str]  # "BOS" for a beginning-of-sequence token, then "0", "1", ...
+    position_labels: list[str]  # "BOS" where the tokenizer prepends one, then "0", "1", ...
     delta: RunningMoments  # finetuned - base residual, cells (layers, positions), width d
     base_norm: RunningMoments  # L2 norm of the base residual, width 1
     finetuned_norm: RunningMoments  # L2 norm of the fine-tuned residual, width 1
@@ -58,10 +70,18 @@ class Collected:
     def mean_delta(self) -> torch.Tensor:  # (layers, positions, d)
         return self.delta.mean
 
+    @property
+    def sink_positions(self) -> list[int]:
+        """Positions every text spends on the attention sink: the first one, be it the BOS or,
+        for models that add none, the first text token. Their norm is outsized, many times
+        that of the others, so it stays out of `typical_norm`."""
+        return [0]
+
     def typical_norm(self, layer_index: int) -> float:
-        """Mean fine-tuned residual norm over text positions (BOS often carries an outsized norm)."""
-        text = [i for i, label in enumerate(self.position_labels) if label != "BOS"]
-        return self.finetuned_norm.mean[layer_index, text].mean().item()
+        """Mean fine-tuned residual norm over the positions that are not a sink: the scale of
+        Patchscope and steering."""
+        kept = [i for i in range(len(self.position_labels)) if i not in self.sink_positions]
+        return self.finetuned_norm.mean[layer_index, kept].mean().item()
 
 
 def resolve_layers(spec: tuple[float, ...], n_layers: int) -> list[int]:
@@ -80,10 +100,10 @@ def collect(
 ) -> Collected:
     """Mean differences over the first `config.samples` texts of `corpus`, resuming from `out`."""
     layers = resolve_layers(config.layers, pair.n_layers)
-    has_bos = _adds_bos(pair)
-    labels = (["BOS"] if has_bos else []) + [str(p) for p in range(config.positions)]
-    width = pair.finetuned_model.config.hidden_size
-    fingerprint = _fingerprint(pair, corpus, config, layers)
+    prefix = prepended_ids(pair.tokenizer)
+    labels = _position_labels(prefix, config.positions)
+    width = pair.finetuned_model.config.get_text_config().hidden_size
+    fingerprint = _fingerprint(pair, corpus, config, layers, text_field)
     state = _resume(out / CHECKPOINT_NAME, fingerprint, layers, labels) or Collected(
         layers, labels, RunningMoments.zeros((len(layers), len(labels)), width),
         RunningMoments.zeros((len(layers), len(labels)), 1),
@@ -93,32 +113,69 @@ def collect(
     remaining = -(-(config.samples - state.texts) // config.batch_size)
     with progress_bar("collecting", max(remaining, 0)) as advance:
         for number, batch in enumerate(_batches(texts, config.batch_size), start=1):
-            _accumulate(pair, state, batch, len(labels))
+            _accumulate(pair, state, batch, prefix, config.positions)
             advance()
             if number % config.checkpoint_every == 0:
                 _checkpoint(out / CHECKPOINT_NAME, state, fingerprint)
     if state.texts == 0:
         raise FinetraceError(f"corpus {corpus} holds no texts")
+    _refuse_non_finite(state)
     _checkpoint(out / CHECKPOINT_NAME, state, fingerprint)
     return state
 
 
-def _accumulate(pair: ModelPair, state: Collected, texts: list[str], length: int) -> None:
-    encoded = pair.tokenizer(texts, truncation=True, max_length=length, padding="max_length",
-                             padding_side="right", return_tensors="pt")
-    inputs = {"input_ids": encoded["input_ids"].to(pair.device),
-              "attention_mask": encoded["attention_mask"].to(pair.device)}
-    residuals = {}
-    for which in ("base", "finetuned"):
-        with pair.use(which) as (model, layout):
-            by_layer = read_residuals(model, layout, state.layers, **inputs)
-            residuals[which] = torch.stack([by_layer[i] for i in state.layers], dim=1).float()  # (B, L, T, d)
-    mask = encoded["attention_mask"].unsqueeze(1).expand(-1, len(state.layers), -1).cpu()  # (B, L, T)
-    base, finetuned = residuals["base"].cpu(), residuals["finetuned"].cpu()
-    state.delta.add(finetuned - base, mask)
-    state.base_norm.add(base.norm(dim=-1, keepdim=True), mask)
-    state.finetuned_norm.add(finetuned.norm(dim=-1, keepdim=True), mask)
+def _accumulate(pair: ModelPair, state: Collected, texts: list[str], prefix: list[int],
+                positions: int) -> None:
+    rows = [prefix + ids for ids in _text_ids(pair.tokenizer, texts, positions) if prefix + ids]
+    if rows:  # a text without a single token adds nothing
+        ids, attention = right_padded(rows, pad_token_id(pair.tokenizer), width=len(prefix) + positions)
+        base, finetuned = (_residuals(pair, which, state.layers, ids, attention)
+                           for which in ("base", "finetuned"))
+        mask = attention.unsqueeze(1).expand(-1, len(state.layers), -1)  # (B, L, T)
+        state.delta.add(finetuned - base, mask)
+        state.base_norm.add(base.norm(dim=-1, keepdim=True), mask)
+        state.finetuned_norm.add(finetuned.norm(dim=-1, keepdim=True), mask)
     state.texts += len(texts)
+
+
+def _residuals(pair: ModelPair, which: str, layers: list[int], ids: torch.Tensor,
+               attention: torch.Tensor) -> torch.Tensor:
+    """Float32 residuals of one model after each layer, (B, L, T, d), on the CPU."""
+    with pair.use(which) as (model, layout):
+        by_layer = read_residuals(model, layout, layers, input_ids=ids.to(pair.device),
+                                  attention_mask=attention.to(pair.device))
+    return torch.stack([by_layer[i] for i in layers], dim=1).float().cpu()
+
+
+def _text_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str], positions: int) -> list[list[int]]:
+    """The first `positions` tokens of each text, without special tokens."""
+    encoded = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=positions)
+    return encoded["input_ids"]
+
+
+def _position_labels(prefix: list[int], positions: int) -> list[str]:
+    if len(prefix) > 1:
+        raise FinetraceError(f"the tokenizer puts {len(prefix)} special tokens {prefix} before every "
+                             f"text; finetrace reads one BOS position at most")
+    if not prefix and positions < 2:
+        raise FinetraceError("this tokenizer adds no BOS, so text position 0 is the attention sink; "
+                             "read 2 or more positions (--positions) to have text beside it")
+    return ["BOS"] * len(prefix) + [str(p) for p in range(positions)]
+
+
+def _refuse_non_finite(state: Collected) -> None:
+    """A NaN or inf residual poisons every mean it enters: name where it came from."""
+    for what, moments in (("base model's residual", state.base_norm),
+                          ("fine-tuned model's residual", state.finetuned_norm),
+                          ("difference of the residuals", state.delta)):
+        broken = (~torch.isfinite(moments.mean)).any(-1).nonzero()
+        if len(broken):
+            layer, position = broken[0].tolist()
+            raise FinetraceError(
+                f"the {what} after layer {state.layers[layer]} at position "
+                f"{state.position_labels[position]} is not finite (NaN or inf): the model overflows "
+                f"in its dtype; load it in float32 (--dtype float32)"
+            )
 
 
 def _batches(texts: Iterator[str], size: int) -> Iterator[list[str]]:
@@ -126,18 +183,43 @@ def _batches(texts: Iterator[str], size: int) -> Iterator[list[str]]:
         yield batch
 
 
-def _adds_bos(pair: ModelPair) -> bool:
-    bos = pair.tokenizer.bos_token_id
-    return bos is not None and pair.tokenizer("a")["input_ids"][0] == bos
-
-
-def _fingerprint(pair: ModelPair, corpus: str | Path, config: CollectConfig, layers: list[int]) -> str:
-    """What a checkpoint must match to be resumed: models, corpus and settings."""
-    described = {"base": pair.base_name, "finetuned": pair.finetuned_name, "corpus": str(corpus),
-                 "layers": layers, "positions": config.positions, "samples": config.samples}
-    if Path(corpus).is_file():
-        described["corpus_bytes"] = Path(corpus).stat().st_size
+def _fingerprint(
+    pair: ModelPair, corpus: str | Path, config: CollectConfig, layers: list[int], text_field: str
+) -> str:
+    """What decides the sums, bit for bit: a checkpoint is resumed only when all of it matches."""
+    described = {
+        "base": weights_digest(pair.base_name), "finetuned": weights_digest(pair.finetuned_name),
+        "dtype": str(next(pair.finetuned_model.parameters()).dtype), "device": pair.device.type,
+        "tokenizer": _tokenizer_digest(pair.tokenizer), "corpus": _corpus_digest(corpus),
+        "text_field": text_field, "layers": layers, "positions": config.positions,
+        "samples": config.samples, "batch_size": config.batch_size,
+    }
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+
+
+def _tokenizer_digest(tokenizer: PreTrainedTokenizerBase) -> str:
+    """sha256 of the tokenizer's vocabulary and processing, and of the tokens it prepends."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        described = {"vocab": sorted(tokenizer.get_vocab().items())}
+    else:  # tokenizer.json, less the truncation and padding that each call sets anew
+        described = {k: v for k, v in json.loads(backend.to_str()).items()
+                     if k not in ("truncation", "padding")}
+    described["prepended"] = prepended_ids(tokenizer)
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+
+
+def _corpus_digest(corpus: str | Path) -> str:
+    """sha256 of a corpus file or dataset directory's bytes; a hub dataset by its id."""
+    path = Path(corpus)
+    if path.is_file():
+        return file_sha256(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return hashlib.sha256(
+            "".join(f"{p.relative_to(path)}:{file_sha256(p)}\n" for p in files).encode()
+        ).hexdigest()
+    return str(corpus)
 
 
 def _checkpoint(path: Path, state: Collected, fingerprint: str) -> None:
@@ -151,6 +233,9 @@ def _resume(path: Path, fingerprint: str, layers: list[int], labels: list[str]) 
         return None
     moments, metadata = load_moments(path, MOMENT_NAMES)
     if metadata.get("fingerprint") != fingerprint:
-        return None  # a different run's checkpoint: start afresh
+        Console(stderr=True).print(
+            f"[yellow]{escape(str(path))} holds the sums of another run (other weights, tokenizer, "
+            f"corpus or settings): starting afresh[/]", highlight=False)
+        return None
     return Collected(layers, labels, moments["delta"], moments["base_norm"], moments["finetuned_norm"],
                      int(metadata["texts"]))
