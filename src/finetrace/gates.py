@@ -2,10 +2,14 @@
 
 A condition is `METRIC OP NUMBER`, e.g. `lost_fraction>0.05`, `trace_p<0.01` or
 `pii_found>0`; the audit (or the provenance scan) fails, exit code 1, when any holds.
+A metric that is not a finite number (NaN from a broken model, an infinite
+perplexity) never passes a gate: the gate fails and says why.
 """
 
+import math
 import operator
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from finetrace.errors import FinetraceError
@@ -25,6 +29,13 @@ _CONDITION = re.compile(r"^\s*([a-z_]+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
 
 
 @dataclass(frozen=True)
+class GateOutcome:
+    condition: str
+    holds: bool | None  # True fails the run; None: the metric was not measured
+    reason: str = ""  # why a gate failed although its condition could not be tested
+
+
+@dataclass(frozen=True)
 class Gate:
     metric: str
     op: str
@@ -34,17 +45,36 @@ class Gate:
         return f"{self.metric} {self.op} {self.threshold:g}"
 
     def holds(self, metrics: dict[str, float | None]) -> bool | None:
-        """Whether the condition holds; None when the audit did not measure the metric."""
+        """Whether the gate fails the run: its condition holds, or the metric is not a finite
+        number (a comparison with NaN is always false, so NaN would pass every gate otherwise).
+        None when the run did not measure the metric."""
         value = metrics.get(self.metric)
-        return None if value is None else OPERATORS[self.op](value, self.threshold)
+        if value is None:
+            return None
+        return not math.isfinite(value) or OPERATORS[self.op](value, self.threshold)
+
+    def check(self, metrics: dict[str, float | None]) -> GateOutcome:
+        """`holds`, with the reason when the metric is not a finite number."""
+        value = metrics.get(self.metric)
+        broken = value is not None and not math.isfinite(value)
+        reason = f"{self.metric} is {value}, which passes no gate" if broken else ""
+        return GateOutcome(str(self), self.holds(metrics), reason)
 
 
-def parse_gate(text: str) -> Gate:
+def parse_gate(text: str, measured: Iterable[str] = METRICS) -> Gate:
+    """A condition such as `lost_fraction>0.05`; `measured` are the metrics the command computes."""
+    measured = tuple(measured)
     match = _CONDITION.match(text)
     if not match or match[1] not in METRICS:
         raise FinetraceError(f"--fail-on {text!r}: expected METRIC<NUMBER or METRIC>NUMBER (also <=, >=) "
-                             f"with METRIC one of {', '.join(METRICS)}")
+                             f"with METRIC one of {', '.join(measured)}")
+    if match[1] not in measured:
+        raise FinetraceError(f"--fail-on {text!r}: this command does not measure {match[1]}; "
+                             f"gate on one of {', '.join(measured)}")
     try:
-        return Gate(match[1], match[2], float(match[3]))
+        threshold = float(match[3])
     except ValueError:
         raise FinetraceError(f"--fail-on {text!r}: {match[3]!r} is not a number") from None
+    if not math.isfinite(threshold):
+        raise FinetraceError(f"--fail-on {text!r}: the threshold must be a finite number")
+    return Gate(match[1], match[2], threshold)
