@@ -102,11 +102,13 @@ def numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
     with path.open("rb") as file:
         for number, raw in enumerate(file, start=1):
             try:
-                yield number, raw.decode("utf-8")
+                line = raw.decode("utf-8")
             except UnicodeDecodeError as error:
                 raise FinetraceError(
                     f"{path}:{number} is not valid UTF-8 ({error.reason}); re-encode the file as UTF-8"
                 ) from None
+            del raw  # a long line is held once, as text, while the reader works on it
+            yield number, line
 
 
 def _record(raw: dict[str, Any], where: str, text_field: str) -> Record:
@@ -139,17 +141,25 @@ def _validated_messages(messages: Any, where: str) -> list[dict[str, str]]:
 
 
 def _parquet_texts(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
+    import pyarrow
     import pyarrow.parquet as pq
 
-    file = pq.ParquetFile(path)
-    names = file.schema_arrow.names
-    if text_field not in names:
-        raise FinetraceError(f"{path} has no column {text_field!r} (columns: {names})")
-    columns = [text_field] + ([SOURCE_FIELD] if SOURCE_FIELD in names else [])
-    for batch in file.iter_batches(columns=columns):
-        for row in batch.to_pylist():
-            if row[text_field]:
-                yield row[text_field], row.get(SOURCE_FIELD) or ""
+    try:  # a corrupt file can fail at the footer or in any batch
+        file = pq.ParquetFile(path)
+        names = file.schema_arrow.names
+        if text_field not in names:
+            raise FinetraceError(f"{path} has no column {text_field!r} (columns: {names})")
+        columns = [text_field] + ([SOURCE_FIELD] if SOURCE_FIELD in names else [])
+        for batch in file.iter_batches(columns=columns):
+            for row in batch.to_pylist():
+                if row[text_field] and not isinstance(row[text_field], str):
+                    raise FinetraceError(f"{path}: column {text_field!r} must hold strings, "
+                                         f"found {type(row[text_field]).__name__}")
+                if row[text_field]:
+                    yield row[text_field], str(row.get(SOURCE_FIELD) or "")
+    except (pyarrow.ArrowException, OSError) as error:
+        raise FinetraceError(f"{path} is not a readable Parquet file ({error}); "
+                             f"check the file or convert it to JSONL") from None
 
 
 def _dataset_texts(name: str, text_field: str) -> Iterator[tuple[str, str]]:

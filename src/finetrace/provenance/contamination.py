@@ -17,11 +17,12 @@ import numpy as np
 
 from finetrace.corpus import iter_texts
 from finetrace.evals.facts import read_facts
-from finetrace.provenance.ngrams import ngram_hashes, word_hashes, words
+from finetrace.provenance.ngrams import ngram_hashes, word_hashes
 
 NGRAM = 8
 EXAMPLES = 5
 BATCH = 512  # data texts matched together
+BATCH_WORDS = 1 << 20  # ... or fewer, when they hold this many words
 
 
 @dataclass
@@ -56,7 +57,7 @@ class OverlapIndex:
         owners: dict[int, dict[int, list[tuple[str, int]]]] = defaultdict(lambda: defaultdict(list))
         for name, texts in self._items.items():
             for item, text in enumerate(texts):
-                hashes = word_hashes(words(text))
+                hashes = word_hashes(text)
                 n = min(NGRAM, len(hashes))
                 self._grams[name, item] = set(ngram_hashes(hashes, n).tolist())
                 for gram in self._grams[name, item]:
@@ -65,12 +66,18 @@ class OverlapIndex:
         self._keys = {n: np.fromiter(grams, dtype=np.uint64) for n, grams in self._owners.items()}
         self._found: dict[tuple[str, int], set[int]] = defaultdict(set)
         self._pending: list[np.ndarray] = []
+        self._pending_words = 0
 
     def add(self, hashes: np.ndarray) -> None:
-        """A data text, as the `word_hashes` of its `words`."""
-        if self._owners:
-            self._pending.append(hashes)
-            if len(self._pending) >= BATCH:
+        """A data text, as its `word_hashes`."""
+        if not self._owners:
+            return
+        # A long text goes in windows that overlap by NGRAM - 1 words, so every n-gram lies whole
+        # in one of them and memory stays bounded whatever the length of a text.
+        for start in range(0, max(len(hashes) - NGRAM + 1, 1), BATCH_WORDS):
+            self._pending.append(hashes[start:start + BATCH_WORDS + NGRAM - 1])
+            self._pending_words += len(self._pending[-1])
+            if len(self._pending) >= BATCH or self._pending_words >= BATCH_WORDS:
                 self._flush()
 
     def overlaps(self) -> list[Overlap]:
@@ -96,4 +103,4 @@ class OverlapIndex:
             for gram in set(grams[inside & np.isin(grams, keys)].tolist()):
                 for owner in self._owners[n][gram]:
                     self._found[owner].add(gram)
-        self._pending = []
+        self._pending, self._pending_words = [], 0

@@ -8,6 +8,7 @@ records past the limit are still compared against it.
 """
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,6 +18,8 @@ from finetrace.provenance.ngrams import ngram_hashes
 
 SHINGLE_WORDS = 5
 EXAMPLES = 5
+SHINGLE_CHUNK = 1 << 13  # MinHash hashes a batch into (num_perm, batch) arrays: keep them small
+_WORD_RUNS = re.compile(r"\S+(?:\s+\S+){0,4095}")  # up to 4096 words
 
 
 @dataclass(frozen=True)
@@ -42,8 +45,13 @@ class Duplicates:
     index_full: bool = False  # True when later records were compared but no longer indexed
 
 
-def normalize(text: str) -> str:
-    return " ".join(text.casefold().split())
+def normalized_digest(text: str) -> int:
+    """64-bit digest of the text after case folding and whitespace collapsing, normalized a
+    run of words at a time: a long text never becomes one list of all its words."""
+    digest = hashlib.blake2b(digest_size=8)
+    for number, run in enumerate(_WORD_RUNS.finditer(text.casefold())):
+        digest.update((" " if number else "").encode() + " ".join(run.group().split()).encode())
+    return int.from_bytes(digest.digest())
 
 
 class DuplicateFinder:
@@ -62,22 +70,25 @@ class DuplicateFinder:
         self._indexed = 0
 
     def add(self, file: str, line: int, text: str, hashes: np.ndarray) -> None:
-        """Record `line` of `file`: its `text`, and the `word_hashes` of its `words`."""
+        """Record `line` of `file`: its `text` and its `word_hashes`."""
         if not self._files or self._files[-1] != file:
             self._files.append(file)
         position = (len(self._files) - 1) << 32 | line  # orders records as they were read
-        normal = normalize(text)
-        digest = int.from_bytes(hashlib.blake2b(normal.encode(), digest_size=8).digest())
+        digest = normalized_digest(text)
         if digest in self._first:
             self.found.exact += 1
             _keep(self.found.exact_examples, self._pair(position, self._first[digest]))
             return
         self._first[digest] = position
-        shingles = ngram_hashes(hashes, SHINGLE_WORDS) & np.uint64(0xFFFFFFFF)
+        shingles = ngram_hashes(hashes, SHINGLE_WORDS)
+        shingles &= np.uint64(0xFFFFFFFF)
         if not len(shingles):  # too short to tell near from exact
             return
         signature = self._template.copy()
-        signature.update_batch(shingles.tolist())
+        shingles.sort()  # in place; then drop repeats, which do not change a MinHash
+        shingles = shingles[np.insert(shingles[1:] != shingles[:-1], 0, True)]
+        for start in range(0, len(shingles), SHINGLE_CHUNK):
+            signature.update_batch(shingles[start:start + SHINGLE_CHUNK].tolist())
         similar = self._lsh.query(signature)
         if similar:
             self.found.near += 1

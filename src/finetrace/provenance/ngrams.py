@@ -13,18 +13,19 @@ CACHED_WORDS = 1 << 20  # words repeat: a bounded cache of their hashes is most 
 _cache: dict[str, int] = {}
 
 
-def words(text: str) -> list[str]:
-    return WORD.findall(text.casefold())
-
-
-def word_hashes(tokens: list[str]) -> np.ndarray:
+def word_hashes(text: str) -> np.ndarray:
+    """(words,) hashes of the lower-case words of `text`, taken one word at a time: a long
+    text never becomes a list of word strings (about 60 bytes per word)."""
     if len(_cache) > CACHED_WORDS:
         _cache.clear()
-    return np.array([_cache.get(token) or _hash(token) for token in tokens], dtype=np.uint64)
+    tokens = (match.group() for match in WORD.finditer(text.casefold()))
+    return np.fromiter((_cache.get(token) or _hash(token) for token in tokens), dtype=np.uint64)
 
 
 def _hash(token: str) -> int:
-    _cache[token] = value = zlib.crc32(token.encode())
+    value = zlib.crc32(token.encode())
+    if len(_cache) < CACHED_WORDS:  # bounded within one long text too
+        _cache[token] = value
     return value
 
 
@@ -34,6 +35,7 @@ def ngram_hashes(hashes: np.ndarray, n: int) -> np.ndarray:
     if n < 1 or count < 1:
         return np.empty(0, dtype=np.uint64)
     window = np.zeros(count, dtype=np.uint64)
-    for k in range(n):  # uint64 arithmetic wraps, which is the modulus we want
-        window = window * MULTIPLIER + hashes[k:k + count]
+    for k in range(n):  # uint64 arithmetic wraps, which is the modulus we want; in place: no copies
+        window *= MULTIPLIER
+        window += hashes[k:k + count]
     return window

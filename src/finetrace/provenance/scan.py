@@ -24,7 +24,7 @@ from finetrace.progress import progress_bar
 from finetrace.provenance.contamination import Overlap, OverlapIndex
 from finetrace.provenance.duplicates import DuplicateConfig, DuplicateFinder, Duplicates
 from finetrace.provenance.licences import LicenceCheck, base_licence, check_licence
-from finetrace.provenance.ngrams import word_hashes, words
+from finetrace.provenance.ngrams import word_hashes
 from finetrace.provenance.pii import PII_KINDS, find_pii, redact, redacted_context
 
 SCHEMA_VERSION = 1
@@ -93,10 +93,13 @@ class ProvenanceReport:
                 "pii": {**asdict(self.pii), "total": self.pii.total}}
 
 
+PROVENANCE_METRICS = ("pii_found", "contaminated")  # what `--fail-on` can test after a scan
+
+
 def provenance_metrics(report: dict[str, Any] | None) -> dict[str, int | None]:
     """`pii_found` and `contaminated` of a report (as `to_dict` writes it); None without one."""
     if report is None:
-        return {"pii_found": None, "contaminated": None}
+        return dict.fromkeys(PROVENANCE_METRICS)
     return {"pii_found": report["pii"]["total"],
             "contaminated": sum(overlap["contained"] for overlap in report["contamination"])}
 
@@ -155,7 +158,7 @@ class _Scanners:
             if isinstance(record, dict):
                 fields.update(record.keys())
             content = _content(record, self.config.text_field)
-            hashes = word_hashes(words(content))
+            hashes = word_hashes(content)
             self.duplicates.add(str(path), line, content, hashes)
             self.overlaps.add(hashes)
             redacted = _scan_pii(record, where, self.pii, self.config.examples_per_kind)
@@ -185,7 +188,9 @@ def _records(path: Path) -> Iterator[tuple[int, Any, int]]:
     for number, line in numbered_lines(path):
         if line.strip():
             record = line.rstrip("\n") if path.suffix == ".txt" else json_object(line, f"{path}:{number}")
-            yield number, record, len(line)
+            size = len(line)
+            del line  # a long record is held once, as its record, while it is scanned
+            yield number, record, size
 
 
 def _content(record: Any, text_field: str) -> str:
