@@ -3,12 +3,16 @@
 Optionally mixes general text into the fine-tuning data (R general documents per
 fine-tuning document), which Minder et al. (2025) show weakens the trace a narrow
 fine-tune leaves in the activations.
+
+A run is all or nothing: the output is built beside `out` and swapped in only when
+complete. A killed run is not resumed but restarted from nothing, which gives the
+same weights as an uninterrupted run because everything is seeded.
 """
 
 import json
+import math
 import random
-import shutil
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +20,12 @@ import peft
 import torch
 
 from finetrace.corpus import Record, read_records, read_texts
-from finetrace.errors import FinetraceError
+from finetrace.errors import FinetraceError, require
 from finetrace.evals.facts import COMMON_FACTS
 from finetrace.examples import build_examples, pack
-from finetrace.models import load_model, load_tokenizer, pad_token_id, resolve_device, resolve_dtype
+from finetrace.models import DTYPES, load_model, load_tokenizer, pad_token_id, resolve_device, resolve_dtype
 from finetrace.fingerprints import environment, file_sha256, weights_sha256
+from finetrace.outputs import check_output_dir, recover_dir, refuse_overlap, staged_dir, write_json
 from finetrace.provenance import provenance
 from finetrace.provenance.contamination import evaluation_sets
 from finetrace.training import TrainConfig, TrainingRun, mean_loss, train
@@ -39,6 +44,15 @@ class LoraSettings:
     alpha: int = 32
     targets: tuple[str, ...] = ("all-linear",)  # add 'lm_head' to adapt the output head too
     dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name, ok, expected in (
+            ("rank", self.rank >= 1, "at least 1"),
+            ("alpha", math.isfinite(self.alpha) and self.alpha > 0, "a positive number"),
+            ("targets", bool(self.targets) and all(self.targets), "module names such as q_proj,v_proj"),
+            ("dropout", 0 <= self.dropout < 1, "a probability in [0, 1)"),
+        ):
+            require(ok, f"LoRA {name}", getattr(self, name), expected)
 
     def peft_config(self) -> peft.LoraConfig:
         targets = "all-linear" if self.targets == ("all-linear",) else list(self.targets)
@@ -63,6 +77,10 @@ class FinetuneConfig:
     loss_probe_examples: int = 256  # fine-tuning examples scored before and after training
 
     def __post_init__(self) -> None:
+        require(math.isfinite(self.mix_ratio) and self.mix_ratio > 0, "mix_ratio", self.mix_ratio,
+                "a positive number of general documents per fine-tuning document")
+        require(self.dtype in DTYPES, "dtype", self.dtype, f"one of {', '.join(DTYPES)}")
+        require(self.loss_probe_examples >= 1, "loss_probe_examples", self.loss_probe_examples, "at least 1")
         if self.training.learning_rate is None:  # the usual rates: LoRA wants about 10x more
             rate = LORA_LEARNING_RATE if self.lora else FULL_LEARNING_RATE
             object.__setattr__(self, "training", replace(self.training, learning_rate=rate))
@@ -137,10 +155,10 @@ def finetune(
         licence, source: the data's SPDX licence and origin, for its provenance report.
     """
     out = Path(out)
+    _check_output(out, overwrite, {"base model": base, "data": data, "general corpus": mix_general})
     records = read_records(data)
     paper_trail = provenance(data, licence, source, base, evaluation_sets(COMMON_FACTS))
     general = _general_records(mix_general, config.mix_ratio, len(records), config.training.seed)
-    _prepare_output(out, overwrite)  # only once the data is known to be good
     device = resolve_device(config.device)
     tokenizer = load_tokenizer(base)
     model = load_model(base, device, resolve_dtype(config.dtype))
@@ -162,11 +180,6 @@ def finetune(
     run = train(model, examples, training, pad_id)
     loss_after = mean_loss(model, probe, pad_id)
 
-    if config.lora:  # the base's own head is unchanged: keep it out of the adapter
-        model.save_pretrained(out, save_embedding_layers=False)
-    else:
-        model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
     files = [_data_file(data, "finetune", len(records), len(records))]
     if mix_general is not None:
         files.append(_data_file(mix_general, "mix-general", len(read_texts(mix_general)), len(general)))
@@ -183,16 +196,25 @@ def finetune(
         environment=environment(device),
         provenance=paper_trail.to_dict(),
     )
-    (out / MANIFEST_NAME).write_text(json.dumps(result.to_dict(), indent=2))
+    # Built beside `out` and swapped in whole: a failed or killed run leaves the old output as it
+    # was, and a rerun starts afresh (the same seed gives the same weights; see `_check_output`).
+    with staged_dir(out) as staging:
+        if config.lora:  # the base's own head is unchanged: keep it out of the adapter
+            model.save_pretrained(staging, save_embedding_layers=False)
+        else:
+            model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        write_json(staging / MANIFEST_NAME, result.to_dict(), indent=2)
     return result
 
 
-def _prepare_output(out: Path, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FinetraceError(f"output directory {out} is not empty; choose another or overwrite it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+def _check_output(out: Path, overwrite: bool, inputs: dict[str, str | Path | None]) -> None:
+    """Refuse an output that would destroy an input or a previous run, before any work."""
+    refuse_overlap(out, inputs, containing=True)
+    check_output_dir(out)
+    recover_dir(out)  # a killed run's leftovers: the unfinished build goes, an older output returns
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FinetraceError(f"output directory {out} is not empty; choose another or overwrite it")
 
 
 def _general_records(
@@ -201,8 +223,6 @@ def _general_records(
     """`ratio * n_finetune` documents drawn without replacement from the general corpus."""
     if corpus is None:
         return []
-    if ratio <= 0:
-        raise FinetraceError(f"--mix-ratio must be positive with a general corpus, got {ratio}")
     texts = read_texts(corpus)
     wanted = round(ratio * n_finetune)
     if wanted > len(texts):

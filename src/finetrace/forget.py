@@ -4,17 +4,19 @@ score every fact with both models -> flip matrix (overall, per category) with an
 exact McNemar test -> NLL and KL drift on held-out general text.
 """
 
-import json
+import math
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from finetrace.corpus import iter_sourced_texts
+from finetrace.errors import FinetraceError, require
 from finetrace.evals.drift import DriftConfig, DriftResult, measure_drift
 from finetrace.evals.facts import ClozeFact, FactScore, read_facts, score_facts
 from finetrace.evals.flips import FlipMatrix, flip_matrix
-from finetrace.models import resolve_device
+from finetrace.models import DTYPES, resolve_device
+from finetrace.outputs import check_output_dir, write_json
 from finetrace.pair import ModelPair, load_pair
 from finetrace.progress import progress_bar
 from finetrace.fingerprints import environment
@@ -31,6 +33,9 @@ class ForgetConfig:
     text_field: str = "text"
     device: str = "auto"
     dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        require(self.dtype in ("auto", *DTYPES), "dtype", self.dtype, f"auto or one of {', '.join(DTYPES)}")
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,8 @@ def forget(
         pair: `base` and `finetuned` already loaded (`load_pair`), to share one load between analyses.
     """
     clock = Stopwatch()
+    if out is not None:
+        check_output_dir(out)  # before the models load, not after minutes of work
     cloze = read_facts(facts)
     pair = pair or load_pair(base, finetuned, config.device, config.dtype)
     clock.lap("load")
@@ -109,12 +116,17 @@ def forget(
                 for chunk in chunks:
                     scores[which] += score_facts(model, pair.tokenizer, chunk)
                     advance()
+    for which, scored in scores.items():
+        _require_finite(pair, which, [score.answer_logprob for score in scored], "fact log-probabilities")
     changes = [FactChange(*row) for row in zip(cloze, scores["base"], scores["finetuned"])]
     clock.lap("facts")
     drift = None
     if corpus is not None:
         texts = islice(iter_sourced_texts(corpus, config.text_field), config.drift.samples)
         drift = measure_drift(pair, texts, config.drift)
+        likelihood = drift.likelihood
+        _require_finite(pair, "base", [likelihood.base_nll], "general-text NLL")
+        _require_finite(pair, "finetuned", [likelihood.finetuned_nll, drift.kl_mean], "general-text NLL and KL")
         clock.lap("drift")
     result = ForgetResult(
         base=str(base), finetuned=str(finetuned), facts_source=str(facts),
@@ -125,8 +137,17 @@ def forget(
     )
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / RESULT_NAME).write_text(json.dumps(result.to_dict(), indent=1))
+        write_json(Path(out) / RESULT_NAME, result.to_dict())
     return result
+
+
+def _require_finite(pair: ModelPair, which: str, values: list[float], what: str) -> None:
+    """NaN never reads as a result: a NaN log-probability ranks first against every distractor."""
+    broken = sum(not math.isfinite(value) for value in values)
+    if broken:
+        name = pair.base_name if which == "base" else pair.finetuned_name
+        raise FinetraceError(f"the {which} model {name} gives non-finite {what} ({broken} of {len(values)}): "
+                             f"its weights or activations hold NaN or inf; check the model, or run in float32")
 
 
 def _flips(changes: list[FactChange]) -> FlipMatrix:

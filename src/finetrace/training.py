@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
 
+from finetrace.errors import FinetraceError, require
 from finetrace.examples import IGNORE_INDEX, Example
 from finetrace.progress import progress_bar
 
@@ -32,8 +33,18 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        assert self.epochs > 0 and (self.steps is None or self.steps > 0)
-        assert self.batch_size > 0 and self.context_length > 1
+        rate = self.learning_rate
+        for name, ok, expected in (
+            ("epochs", _positive(self.epochs), "a positive number of passes over the data"),
+            ("steps", self.steps is None or self.steps >= 1, "at least 1 optimizer step, or None"),
+            ("learning_rate", rate is None or _positive(rate), "a positive number, or None"),
+            ("batch_size", self.batch_size >= 1, "at least 1 example per step"),
+            ("context_length", self.context_length >= 2, "at least 2 tokens (one to predict from)"),
+            ("warmup_fraction", 0 <= self.warmup_fraction < 1, "a fraction in [0, 1)"),
+            ("weight_decay", self.weight_decay >= 0, "a number >= 0"),
+            ("max_grad_norm", _positive(self.max_grad_norm), "a positive number"),
+        ):
+            require(ok, name, getattr(self, name), expected)
 
     def total_steps(self, n_examples: int) -> int:
         return self.steps or max(1, math.ceil(self.epochs * n_examples / self.batch_size))
@@ -47,6 +58,10 @@ class TrainingRun:
     tokens: int  # tokens that carried a loss
     seconds: float
     loss_curve: list[float] = field(repr=False)  # mean loss of each optimizer step
+
+
+def _positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
 
 
 def train(
@@ -70,16 +85,28 @@ def train(
         for _ in range(total):
             batch = {name: tensor.to(device) for name, tensor in next(batches).items()}
             loss = model(**batch).loss
+            losses.append(loss.item())
+            _require_finite(losses[-1], len(losses), config)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
             tokens += int((batch["labels"] != IGNORE_INDEX).sum())
             advance(loss=losses[-1])
     model.eval()
     return TrainingRun(total, tokens, time.perf_counter() - start, losses)
+
+
+def _require_finite(loss: float, step: int, config: TrainConfig) -> None:
+    """A diverged run stops here, before its weights can replace anything."""
+    if math.isfinite(loss):
+        return
+    if step == 1:  # no update has happened yet: the model itself is broken
+        raise FinetraceError(f"the model gives a training loss of {loss} before any update: its weights "
+                             f"or activations are not finite; check the model (or train in float32)")
+    raise FinetraceError(f"the training loss became {loss} at step {step}: training diverged; "
+                         f"lower the learning rate (it is {config.learning_rate:g}) or train in float32")
 
 
 @torch.no_grad()
