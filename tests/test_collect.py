@@ -13,9 +13,9 @@ from tokenizer_shapes import TokenizerShape, build_tokenizer
 
 # Tokenizers as real families ship them, none with a pad token.
 SHAPES = {
-    "gpt2": TokenizerShape(False, eos="<|endoftext|>", bos="<|endoftext|>"),  # declares a BOS, adds none
+    "gpt2": TokenizerShape(False, eos="<|endoftext|>", bos="<|endoftext|>"),  # declared, not added
     "llama": TokenizerShape(False, eos="</s>", prepends="<s>", bos="<s>"),
-    "unnamed-bos": TokenizerShape(False, eos="</s>", prepends="<s>"),  # prepends one no bos_token names
+    "unnamed-bos": TokenizerShape(False, eos="</s>", prepends="<s>"),  # no bos_token names it
 }
 
 
@@ -56,7 +56,8 @@ def _reference_deltas(pair, texts: list[str], layer: int, length: int) -> torch.
     return torch.stack(deltas).double().mean(0)  # (positions, d)
 
 
-def test_first_k_tokens_give_the_same_means_as_full_sequences(tiny_model, tiny_finetuned, corpus, tmp_path):
+def test_first_k_tokens_give_the_same_means_as_full_sequences(tiny_model, tiny_finetuned, corpus,
+                                                              tmp_path):
     pair = load_pair(tiny_model, tiny_finetuned, device="cpu")
     result = collect(pair, corpus, CollectConfig(layers=(1,), positions=4, batch_size=16), tmp_path)
     reference = _reference_deltas(pair, corpus.read_text().splitlines(), 1, 5)
@@ -70,7 +71,8 @@ def test_tokenizers_without_a_pad_token_label_the_bos_they_prepend(shape, corpus
     base = save_random_llama(tmp_path / "base", tokenizer, seed=0)
     other = save_random_llama(tmp_path / "other", tokenizer, seed=1)
     pair = load_pair(base, other, device="cpu")
-    result = collect(pair, corpus, CollectConfig(layers=(1,), positions=3, batch_size=16), tmp_path / "out")
+    config = CollectConfig(layers=(1,), positions=3, batch_size=16)
+    result = collect(pair, corpus, config, tmp_path / "out")
     adds_bos = SHAPES[shape].prepends is not None
     assert result.position_labels == ["BOS"] * adds_bos + ["0", "1", "2"]
     reference = _reference_deltas(pair, corpus.read_text().splitlines(), 1, 3 + adds_bos)
@@ -80,8 +82,8 @@ def test_tokenizers_without_a_pad_token_label_the_bos_they_prepend(shape, corpus
 def test_the_attention_sink_stays_out_of_the_typical_norm(corpus, tmp_path):
     tokenizer = build_tokenizer(SHAPES["gpt2"], TEXTS)
     base = save_random_llama(tmp_path / "base", tokenizer)
-    result = collect(load_pair(base, base, device="cpu"), corpus, CollectConfig(layers=(1,), positions=3),
-                     tmp_path / "out")
+    pair = load_pair(base, base, device="cpu")
+    result = collect(pair, corpus, CollectConfig(layers=(1,), positions=3), tmp_path / "out")
     assert result.sink_positions == [0] and result.position_labels[0] == "0"
     typical = result.typical_norm(0)
     result.finetuned_norm.total[0, 0] *= 100  # an attention sink's outsized norm
@@ -93,7 +95,7 @@ def test_the_attention_sink_stays_out_of_the_typical_norm(corpus, tmp_path):
 def test_one_position_without_a_bos_is_refused(corpus, tmp_path):
     base = save_random_llama(tmp_path / "base", build_tokenizer(SHAPES["gpt2"], TEXTS))
     with pytest.raises(FinetraceError, match="attention sink; read 2 or more positions"):
-        collect(load_pair(base, base, device="cpu"), corpus, CollectConfig(positions=1), tmp_path / "out")
+        collect(load_pair(base, base, device="cpu"), corpus, CollectConfig(positions=1), tmp_path)
 
 
 def test_an_interrupted_run_resumes_to_the_same_numbers(tiny_model, tiny_finetuned, corpus, tmp_path, monkeypatch):
@@ -131,7 +133,8 @@ def test_sample_limit_and_empty_corpus(tiny_model, corpus, tmp_path):
 
 def _replace_weights(model_dir, tiny_tokenizer, tmp_path):
     save_random_llama(tmp_path / "other", tiny_tokenizer, seed=7)
-    (model_dir / "model.safetensors").write_bytes((tmp_path / "other" / "model.safetensors").read_bytes())
+    weights = (tmp_path / "other" / "model.safetensors").read_bytes()
+    (model_dir / "model.safetensors").write_bytes(weights)
 
 
 def _rewrite_corpus(corpus):
@@ -141,8 +144,8 @@ def _rewrite_corpus(corpus):
 
 
 @pytest.mark.parametrize("change", ["weights", "corpus"])
-def test_a_checkpoint_of_other_weights_or_text_is_not_resumed(change, tiny_model, tiny_tokenizer, corpus,
-                                                              tmp_path, capsys):
+def test_a_checkpoint_of_other_weights_or_text_is_not_resumed(change, tiny_model, tiny_tokenizer,
+                                                              corpus, tmp_path, capsys):
     finetuned = save_random_llama(tmp_path / "finetuned", tiny_tokenizer, seed=1)
     config = CollectConfig(layers=(1,), positions=3, batch_size=8)
     collect(load_pair(tiny_model, finetuned, device="cpu"), corpus, config, tmp_path / "run")
@@ -157,12 +160,12 @@ def test_a_checkpoint_of_other_weights_or_text_is_not_resumed(change, tiny_model
     assert "starting afresh" in capsys.readouterr().err
 
 
-def test_non_finite_activations_are_refused_with_where_they_appear(tiny_model, tiny_tokenizer, corpus,
-                                                                   tmp_path):
+def test_non_finite_activations_are_refused_with_where_they_appear(tiny_model, tiny_tokenizer,
+                                                                   corpus, tmp_path):
     huge = save_random_llama(tmp_path / "huge", tiny_tokenizer)
     weights = load_file(huge / "model.safetensors")
     weights["model.layers.1.mlp.down_proj.weight"] *= 1e38  # finite weights, infinite activations
     save_file(weights, huge / "model.safetensors", metadata={"format": "pt"})
     pair = load_pair(tiny_model, huge, device="cpu")
-    with pytest.raises(FinetraceError, match="fine-tuned model's residual after layer 1 at position BOS"):
+    with pytest.raises(FinetraceError, match="fine-tuned model's residual after layer 1 at"):
         collect(pair, corpus, CollectConfig(layers=(0, 1), positions=3), tmp_path / "out")

@@ -63,13 +63,14 @@ def _poison(path, name: str) -> None:
 def test_non_finite_weights_are_refused_at_load_by_name(tiny_model, tiny_tokenizer, tmp_path):
     broken = save_random_llama(tmp_path / "broken", tiny_tokenizer)
     _poison(broken / "model.safetensors", "model.layers.1.mlp.up_proj.weight")
-    with pytest.raises(FinetraceError, match=r"non-finite weights \(NaN or inf\) in model.layers.1.mlp.up_proj"):
+    with pytest.raises(FinetraceError, match=r"non-finite weights .* in model.layers.1.mlp.up"):
         load_pair(tiny_model, broken, device="cpu")
 
 
 def test_non_finite_adapter_weights_are_refused_by_name(tiny_model, text_data, tmp_path):
     training = TrainConfig(steps=1, batch_size=4, context_length=64)
-    finetune(tiny_model, text_data, tmp_path / "lora", FinetuneConfig(training=training, lora=LoraSettings(rank=2)))
+    config = FinetuneConfig(training=training, lora=LoraSettings(rank=2))
+    finetune(tiny_model, text_data, tmp_path / "lora", config)
     adapter = tmp_path / "lora" / "adapter_model.safetensors"
     name = next(key for key in load_file(adapter) if "layers.0" in key and "lora_B" in key)
     _poison(adapter, name)

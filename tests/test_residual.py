@@ -2,11 +2,12 @@ import copy
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, OlmoConfig, OlmoForCausalLM
+from transformers import (AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, OlmoConfig,
+                          OlmoForCausalLM)
 
 from finetrace.errors import FinetraceError
-from finetrace.residual import (add_to_residual, final_logits, find_layout, logit_lens, read_residuals,
-                                set_residual)
+from finetrace.residual import (add_to_residual, final_logits, find_layout, logit_lens,
+                                read_residuals, set_residual)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def test_set_residual_overwrites_one_position(llama):
 
 
 def test_unknown_architecture_is_refused_with_the_known_ones_and_how_to_add_it():
-    with pytest.raises(FinetraceError, match=r"known model types: .*llama.*finetrace.residual.ARCHITECTURES"):
+    with pytest.raises(FinetraceError, match=r"known model types: .*llama.*residual.ARCHITECTURES"):
         find_layout(torch.nn.Linear(2, 2))
 
 
@@ -71,15 +72,15 @@ def bfloat16_pair(llama):
     """The Llama in bfloat16, and a float32 copy holding exactly the same (rounded) weights."""
     model = copy.deepcopy(llama).to(torch.bfloat16)
     with torch.no_grad():
-        model.get_output_embeddings().weight.mul_(40)  # logits near 10-30, where bf16 steps are coarse
+        model.get_output_embeddings().weight.mul_(40)  # logits near 10-30: coarse bf16 steps
     return model, copy.deepcopy(model).float()
 
 
 def test_logit_lens_of_a_bfloat16_model_is_computed_in_float32(bfloat16_pair):
     model, exact = bfloat16_pair
     residual = torch.randn(4, model.config.hidden_size)
-    lens, reference = logit_lens(find_layout(model), residual), logit_lens(find_layout(exact), residual)
     layout = find_layout(model)
+    lens, reference = logit_lens(layout, residual), logit_lens(find_layout(exact), residual)
     native = layout.unembed(layout.norm(residual.bfloat16())).float()  # what bf16 arithmetic gives
     assert lens.dtype == torch.float32 and reference.abs().max() > 10
     assert torch.allclose(lens, reference, atol=1e-4)
@@ -91,7 +92,7 @@ def test_final_logits_of_a_bfloat16_model_come_from_a_float32_head(bfloat16_pair
     ids = torch.tensor([[1, 5, 9, 12]])
     logits = final_logits(model, find_layout(model), input_ids=ids)
     native = model(input_ids=ids).logits.float()
-    hidden = model.model(input_ids=ids).last_hidden_state.float()  # the head's input, as the model has it
+    hidden = model.model(input_ids=ids).last_hidden_state.float()  # the head's input, as it is
     reference = torch.nn.functional.linear(hidden, exact.get_output_embeddings().weight)
     assert logits.dtype == torch.float32
     assert torch.allclose(logits, reference, atol=1e-4)

@@ -11,7 +11,8 @@ What differs between families, and what finetrace must handle by rule:
 import json
 from dataclasses import dataclass
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import (Tokenizer, decoders, models, normalizers, pre_tokenizers, processors,
+                        trainers)
 from transformers import PreTrainedTokenizerFast
 
 BYTE_TOKENS = [f"<0x{byte:02X}>" for byte in range(256)]  # SentencePiece byte fallback pieces
@@ -45,7 +46,8 @@ def build_tokenizer(shape: TokenizerShape, texts: list[str]) -> PreTrainedTokeni
     tokenizer.train_from_iterator(texts, trainer)
     extra = BYTE_TOKENS if shape.byte_fallback else []
     if shape.vocab is not None:
-        extra += [f"Ġunused{i}" for i in range(shape.vocab - tokenizer.get_vocab_size() - len(extra))]
+        unused = shape.vocab - tokenizer.get_vocab_size() - len(extra)
+        extra += [f"Ġunused{i}" for i in range(unused)]
     tokenizer = _with_vocabulary(tokenizer, extra)
     if shape.prepends is not None:
         tokenizer.post_processor = processors.TemplateProcessing(
@@ -69,7 +71,8 @@ def _byte_level() -> Tokenizer:
 def _sentencepiece_style() -> Tokenizer:
     """Llama 2's layout: "▁" marks spaces, unknown characters fall back to byte pieces."""
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
-    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"),
+                                                 normalizers.Replace(" ", "▁")])
     tokenizer.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
     tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
                                            decoders.Fuse(), decoders.Strip(" ", 1, 0)])
@@ -77,7 +80,7 @@ def _sentencepiece_style() -> Tokenizer:
 
 
 def _with_vocabulary(tokenizer: Tokenizer, extra: list[str]) -> Tokenizer:
-    """The tokenizer with `extra` tokens appended to its model's vocabulary (no merges reach them)."""
+    """The tokenizer with `extra` tokens appended to its vocabulary (no merges reach them)."""
     state = json.loads(tokenizer.to_str())
     vocab = state["model"]["vocab"]
     for token in extra:

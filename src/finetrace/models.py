@@ -105,8 +105,8 @@ def refuse_non_finite(tensors: Iterable[tuple[str, torch.Tensor]], source: str |
     for name, tensor in tensors:
         if tensor.is_floating_point() and not torch.isfinite(tensor.sum(dtype=torch.float32)):
             raise FinetraceError(
-                f"{source} holds non-finite weights (NaN or inf) in {name}; results from it would be "
-                f"meaningless: retrain it or give a checkpoint saved before the fault"
+                f"{source} holds non-finite weights (NaN or inf) in {name}; results from it would "
+                f"be meaningless: retrain it or give a checkpoint saved before the fault"
             )
 
 
@@ -128,7 +128,7 @@ def _file_digest(path: Path) -> bytes:
         return bytes.fromhex(file_sha256(path))
     digest = hashlib.sha256(str(size).encode())
     with path.open("rb") as file:
-        header_length = int.from_bytes(file.read(8), "little")  # safetensors: u64 length, JSON header
+        header_length = int.from_bytes(file.read(8), "little")  # safetensors: u64 length, header
         digest.update(file.read(header_length))
         for block in range(SAMPLED_BLOCKS):
             file.seek(size * block // SAMPLED_BLOCKS)
@@ -142,7 +142,8 @@ def _local_directory(name_or_path: str | Path) -> Path:
     try:  # a hub id: the snapshot loading just cached, without going online
         return Path(snapshot_download(str(name_or_path), local_files_only=True))
     except LocalEntryNotFoundError:
-        raise FinetraceError(f"{name_or_path} is neither a directory nor a cached hub model") from None
+        missing = f"{name_or_path} is neither a directory nor a cached hub model"
+        raise FinetraceError(missing) from None
 
 
 def _first_line(error: BaseException) -> str:

@@ -15,7 +15,8 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from finetrace.errors import FinetraceError
-from finetrace.models import load_model, load_tokenizer, refuse_non_finite, resolve_device, resolve_dtype
+from finetrace.models import (load_model, load_tokenizer, refuse_non_finite, resolve_device,
+                              resolve_dtype)
 from finetrace.residual import Layout, find_layout
 
 COMPARED_CONFIG = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")

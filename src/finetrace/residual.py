@@ -43,7 +43,8 @@ ARCHITECTURES: dict[str, Architecture] = {
         DECODER,
     ),
     **dict.fromkeys(("gemma2", "gemma3_text"),
-                    Architecture("model.layers", ("model.norm",), softcap="final_logit_softcapping")),
+                    Architecture("model.layers", ("model.norm",),
+                                 softcap="final_logit_softcapping")),
     "phi": Architecture("model.layers", ("model.final_layernorm",)),
     "gpt2": Architecture("transformer.h", ("transformer.ln_f",)),
     "gpt_neox": Architecture("gpt_neox.layers", ("gpt_neox.final_layer_norm",)),
@@ -76,7 +77,8 @@ def find_layout(model: nn.Module) -> Layout:
         raise FinetraceError(_unknown_message(inner))
     text = config.get_text_config()
     layers = _attribute(inner, architecture.layers)
-    final = [module for path in architecture.final if (module := _attribute(inner, path)) is not None]
+    final = [module for path in architecture.final
+             if (module := _attribute(inner, path)) is not None]
     assert len(layers) == text.num_hidden_layers, f"{architecture.layers} is not the layer list"
     softcap = getattr(text, architecture.softcap) if architecture.softcap else None
     return Layout(layers, nn.Sequential(*final), inner.get_output_embeddings(), softcap)
@@ -84,7 +86,7 @@ def find_layout(model: nn.Module) -> Layout:
 
 @torch.no_grad()
 def logit_lens(layout: Layout, residual: torch.Tensor) -> torch.Tensor:
-    """Float32 logits a residual (..., d) would give if it were the last layer's output: (..., vocab)."""
+    """Float32 logits (..., vocab) a residual (..., d) would give as the last layer's output."""
     return _head(layout, _in_float32(layout.norm, residual))
 
 
@@ -107,8 +109,8 @@ def final_logits(model: nn.Module, layout: Layout, **inputs: torch.Tensor) -> to
         handle.remove()
     logits = _head(layout, captured[0])
     if not torch.isfinite(logits.sum()):  # one NaN or inf anywhere makes the sum non-finite
-        raise FinetraceError(f"{type(model).__name__} gives non-finite logits (NaN or inf): its weights "
-                             f"or activations overflow; load it in float32 (--dtype float32)")
+        raise FinetraceError(f"{type(model).__name__} gives non-finite logits (NaN or inf): its "
+                             f"weights or activations overflow; load it with --dtype float32")
     return logits
 
 
@@ -186,7 +188,7 @@ def _head(layout: Layout, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def _in_float32(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """`module(inputs)` in float32, with float32 copies of its weights; the module stays as it is."""
+    """`module(inputs)` in float32, with float32 copies of its weights; the module is unchanged."""
     tensors = {name: tensor.float() if tensor.is_floating_point() else tensor
                for name, tensor in chain(module.named_parameters(), module.named_buffers())}
     return torch.func.functional_call(module, tensors, (inputs.float(),))
@@ -214,8 +216,9 @@ def _attribute(root: nn.Module, path: str) -> nn.Module | None:
 def _unknown_message(model: nn.Module) -> str:
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     return (
-        f"finetrace does not know where {type(model).__name__} (model type {model_type!r}) keeps its "
-        f"decoder layers and final norm; known model types: {', '.join(sorted(ARCHITECTURES))}. "
+        f"finetrace does not know where {type(model).__name__} (model type {model_type!r}) keeps "
+        f"its decoder layers and final norm; known model types: "
+        f"{', '.join(sorted(ARCHITECTURES))}. "
         f"To add it, map its model type in finetrace.residual.ARCHITECTURES to the attribute paths "
         f"of both, e.g. Architecture('model.layers', ('model.norm',)) for a Llama-like model"
     )

@@ -128,7 +128,8 @@ def _accumulate(pair: ModelPair, state: Collected, texts: list[str], prefix: lis
                 positions: int) -> None:
     rows = [prefix + ids for ids in _text_ids(pair.tokenizer, texts, positions) if prefix + ids]
     if rows:  # a text without a single token adds nothing
-        ids, attention = right_padded(rows, pad_token_id(pair.tokenizer), width=len(prefix) + positions)
+        width = len(prefix) + positions
+        ids, attention = right_padded(rows, pad_token_id(pair.tokenizer), width)
         base, finetuned = (_residuals(pair, which, state.layers, ids, attention)
                            for which in ("base", "finetuned"))
         mask = attention.unsqueeze(1).expand(-1, len(state.layers), -1)  # (B, L, T)
@@ -147,7 +148,9 @@ def _residuals(pair: ModelPair, which: str, layers: list[int], ids: torch.Tensor
     return torch.stack([by_layer[i] for i in layers], dim=1).float().cpu()
 
 
-def _text_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str], positions: int) -> list[list[int]]:
+def _text_ids(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], positions: int
+) -> list[list[int]]:
     """The first `positions` tokens of each text, without special tokens."""
     encoded = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=positions)
     return encoded["input_ids"]
@@ -155,11 +158,11 @@ def _text_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str], positions: i
 
 def _position_labels(prefix: list[int], positions: int) -> list[str]:
     if len(prefix) > 1:
-        raise FinetraceError(f"the tokenizer puts {len(prefix)} special tokens {prefix} before every "
-                             f"text; finetrace reads one BOS position at most")
+        raise FinetraceError(f"the tokenizer puts {len(prefix)} special tokens {prefix} before "
+                             f"every text; finetrace reads one BOS position at most")
     if not prefix and positions < 2:
-        raise FinetraceError("this tokenizer adds no BOS, so text position 0 is the attention sink; "
-                             "read 2 or more positions (--positions) to have text beside it")
+        raise FinetraceError("this tokenizer adds no BOS, so text position 0 is the attention "
+                             "sink; read 2 or more positions (--positions) to have text beside it")
     return ["BOS"] * len(prefix) + [str(p) for p in range(positions)]
 
 
@@ -173,8 +176,8 @@ def _refuse_non_finite(state: Collected) -> None:
             layer, position = broken[0].tolist()
             raise FinetraceError(
                 f"the {what} after layer {state.layers[layer]} at position "
-                f"{state.position_labels[position]} is not finite (NaN or inf): the model overflows "
-                f"in its dtype; load it in float32 (--dtype float32)"
+                f"{state.position_labels[position]} is not finite (NaN or inf): the model "
+                f"overflows in its dtype; load it in float32 (--dtype float32)"
             )
 
 
