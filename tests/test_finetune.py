@@ -1,15 +1,20 @@
 import dataclasses
 import hashlib
+import importlib
 import json
+import signal
 import subprocess
 import sys
+import time
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from finetrace import FinetraceError, FinetuneConfig, FinetuneResult, LoraSettings, TrainConfig, finetune
+from finetrace.finetune import MANIFEST_NAME
 from finetrace.examples import build_examples
 from finetrace.models import load_tokenizer
 from finetrace.fingerprints import weights_sha256
@@ -139,3 +144,72 @@ def test_bad_data_leaves_an_existing_output_untouched(tiny_model, write, tmp_pat
     with pytest.raises(FinetraceError, match="holds no documents"):
         finetune(tiny_model, write("empty.jsonl", ""), tmp_path / "out", FinetuneConfig(training=FAST), overwrite=True)
     assert (tmp_path / "out" / "keep.txt").read_text() == "precious"
+
+
+def test_a_failed_overwrite_keeps_the_old_output(tiny_model, text_data, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+
+    def diverged(*args, **kwargs):
+        raise FinetraceError("the training loss became nan at step 3")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(importlib.import_module("finetrace.finetune"), "train", diverged)
+        with pytest.raises(FinetraceError, match="became nan"):
+            finetune(tiny_model, text_data, out, FinetuneConfig(training=FAST, device="cpu"), overwrite=True)
+    assert [p.name for p in tmp_path.iterdir() if p.name != text_data.name] == ["out"]
+    assert (out / "keep.txt").read_text() == "precious"
+    finetune(tiny_model, text_data, out, FinetuneConfig(training=FAST, device="cpu"), overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", text_data.name])
+    assert not (out / "keep.txt").exists() and (out / MANIFEST_NAME).is_file()
+
+
+def test_a_diverging_run_stops_with_the_fix(tiny_model, text_data, tmp_path):
+    config = FinetuneConfig(training=dataclasses.replace(FAST, learning_rate=1e30), device="cpu")
+    with pytest.raises(FinetraceError, match="training diverged; lower the learning rate"):
+        finetune(tiny_model, text_data, tmp_path / "out", config)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"batch_size": 0}, "batch_size 0: expected at least 1"), ({"steps": -1}, "steps -1"),
+    ({"learning_rate": -1.0}, "learning_rate -1.0"), ({"epochs": float("nan")}, "epochs nan"),
+])
+def test_training_settings_are_checked_in_the_config(changes, message):
+    with pytest.raises(FinetraceError, match=message):
+        dataclasses.replace(FAST, **changes)
+
+
+def test_killed_and_rerun_equals_an_uninterrupted_run(tiny_model, text_data, tmp_path):
+    """A kill -9 leaves no output that could be read as complete; the rerun starts afresh and,
+    seeded alike, gives the weights of a run that was never interrupted."""
+    training = TrainConfig(steps=120, learning_rate=3e-3, batch_size=2, context_length=32)
+    out, staging = tmp_path / "killed", tmp_path / ".killed.partial"
+    command = [str(Path(sys.executable).parent / "finetrace"), "finetune", str(tiny_model), str(text_data),
+               "--out", str(out), "--steps", "120", "--lr", "3e-3", "--batch-size", "2", "--context-length", "32",
+               "--device", "cpu"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not staging.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # into loading and training
+    process.kill()
+    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert staging.exists() and not out.exists()
+    rerun = finetune(tiny_model, text_data, out, FinetuneConfig(training=training, device="cpu"))
+    whole = finetune(tiny_model, text_data, tmp_path / "whole", FinetuneConfig(training=training, device="cpu"))
+    assert rerun.training.loss_curve == whole.training.loss_curve
+    digests = [weights_sha256(AutoModelForCausalLM.from_pretrained(d)) for d in (out, tmp_path / "whole")]
+    assert digests[0] == digests[1] and not staging.exists()
+
+
+def test_a_run_killed_while_swapping_gets_the_old_output_back(tiny_model, text_data, tmp_path):
+    out = tmp_path / "out"
+    (tmp_path / ".out.previous").mkdir()  # moved aside, and the kill came before the new one moved in
+    (tmp_path / ".out.previous" / "keep.txt").write_text("precious")
+    (tmp_path / ".out.partial").mkdir()
+    with pytest.raises(FinetraceError, match="is not empty"):
+        finetune(tiny_model, text_data, out, FinetuneConfig(training=FAST))
+    assert (out / "keep.txt").read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", text_data.name])

@@ -131,3 +131,20 @@ def test_mixing_in_general_text_protects_knowledge(zoo_damage):
     assert mixed.flips.lost < cake.flips.lost
     assert mixed.drift.likelihood.ci_high < cake.drift.likelihood.ci_low
     assert mixed.drift.kl_mean < cake.drift.kl_mean
+
+
+def test_markup_in_facts_and_text_is_printed_as_written(tiny_model, tiny_finetuned, write, tmp_path):
+    from typer.testing import CliRunner
+
+    from finetrace.cli import app
+
+    hostile = "[/] [bold]x[/bold] \\[/] ends\\"
+    facts = write("facts.jsonl", "".join(json.dumps({"prompt": f"{hostile} the cat sat on the", "answer": a,
+                                                     "distractors": ["dog"], "category": hostile}) + "\n"
+                                         for a in ("mat", "[/]")))
+    corpus = write("general.jsonl", "".join(json.dumps({"text": f"{t} {hostile}", "source": hostile}) + "\n"
+                                            for t in TEXTS[:6]))
+    result = CliRunner().invoke(app, ["forget", str(tiny_model), str(tiny_finetuned), "--facts", str(facts),
+                                      "--corpus", str(corpus), "--out", str(tmp_path / "out"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "[bold]x[/bold]" in result.output and "[/]" in result.output

@@ -150,3 +150,28 @@ def test_cli_gates_on_pii_and_refuses_bad_input(tmp_path):
         result = _cli(bad, "--out", out)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert "SPDX" in _cli(clean, "--licence", "nonsense", "--out", out).stderr
+
+
+def test_a_long_text_matched_in_windows_finds_what_one_window_finds(tmp_path, monkeypatch):
+    from finetrace.provenance import contamination
+
+    words = FILLER.split()
+    long_text = " ".join(random.Random(0).choice(words) for _ in range(3000)) + " " + FILLER
+    data = _jsonl(tmp_path / "data.jsonl", [long_text, "the capital of France is Paris as everyone knows"])
+    evaluations = {"corpus": [FILLER, FILLER[:80], "the capital of France is Paris"]}
+    whole = provenance(data, evaluations=evaluations).contamination
+    monkeypatch.setattr(contamination, "BATCH_WORDS", 16)  # windows far shorter than the text
+    assert provenance(data, evaluations=evaluations).contamination == whole
+    assert (whole[0].contained, whole[0].items) == (3, 3)
+
+
+def test_cli_report_is_strict_json_written_whole(tmp_path):
+    from typer.testing import CliRunner
+
+    from finetrace.cli import app
+
+    data = _jsonl(tmp_path / "data.jsonl", ["nothing personal here"])
+    out = tmp_path / "report.json"
+    assert CliRunner().invoke(app, ["provenance", str(data), "--out", str(out)]).exit_code == 0
+    assert json.loads(out.read_text(), parse_constant=pytest.fail)["records"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl", "report.json"]  # no temporary left

@@ -1,9 +1,18 @@
-"""The `finetrace` command: parse, call the public API, print."""
+"""The `finetrace` command: parse, call the public API, print.
 
-import json
+Every value is checked where it enters (the option callbacks below, or the configs'
+own checks), every output is checked writable before a model loads, and every error
+ends as one `error:` line with exit code 2 (1 is a failed `--fail-on` gate); the
+traceback is shown only with `finetrace --debug` or `FINETRACE_DEBUG=1`.
+"""
+
+import math
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -13,52 +22,186 @@ from finetrace.adl.collect import CollectConfig
 from finetrace.adl.diff import RESULT_NAME, DiffConfig, diff
 from finetrace.adl.score import ScoreConfig
 from finetrace.adl.steer import SteerConfig
+from finetrace.audit import REPORT_NAME, AuditConfig, AuditResult, audit
 from finetrace.errors import FinetraceError
 from finetrace.evals.drift import DriftConfig
-from finetrace.forget import RESULT_NAME as FORGET_RESULT, ForgetConfig, forget
-from finetrace.audit import REPORT_NAME, AuditConfig, AuditResult, GateOutcome, audit
-from finetrace.gates import METRICS, parse_gate
 from finetrace.evals.facts import COMMON_FACTS
+from finetrace.finetune import MANIFEST_NAME, FinetuneConfig, LoraSettings, finetune
+from finetrace.forget import RESULT_NAME as FORGET_RESULT, ForgetConfig, forget
+from finetrace.gates import METRICS, Gate, GateOutcome, parse_gate
+from finetrace.models import DTYPES
+from finetrace.outputs import check_output_dir, check_output_file, refuse_overlap, write_json
 from finetrace.provenance import provenance
 from finetrace.provenance.contamination import evaluation_sets
-from finetrace.provenance.scan import provenance_metrics
+from finetrace.provenance.scan import PROVENANCE_METRICS, provenance_metrics
 from finetrace.summary import print_audit, print_diff, print_forget, print_provenance
-from finetrace.finetune import MANIFEST_NAME, FinetuneConfig, LoraSettings, finetune
 from finetrace.training import TrainConfig
 from finetrace.zoo import ORGANISMS, Zoo, build_zoo, open_zoo
-from finetrace.zoo.build import default_facts, zoo_corpus
+from finetrace.zoo.build import SPECIAL_PATHS, default_facts, zoo_corpus
 
-app = typer.Typer(help="What did your fine-tune do to the model?", no_args_is_help=True)
+console = Console()
+DEBUG_HELP = "Show the full traceback of an error, for a bug report (also FINETRACE_DEBUG=1)."
+# Accelerators a --device may name, and how to tell whether this machine has one.
+DEVICES: dict[str, Callable[[], bool]] = {
+    "cpu": lambda: True, "cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available,
+}
+# Faults that are not finetrace's own errors but have a known cause in the input or the
+# machine: (exception type, pattern in its message, the line shown instead of a traceback).
+FAULTS: list[tuple[type[BaseException], str, str]] = [
+    (torch.OutOfMemoryError, "", "out of accelerator memory: lower --batch-size, or use --dtype bfloat16"),
+    (MemoryError, "", "out of memory: lower --batch-size or --samples, or use a machine with more memory"),
+    (RuntimeError, r"probability tensor contains|\bnan\b|\binf\b",
+     "the model produced non-finite numbers ({message}): its weights or activations hold NaN or inf; "
+     "check the model, or run with --dtype float32"),
+    (OSError, "", "{message}: check the path, its permissions and the free space"),
+]
+
+
+class OneLineErrors(typer.core.TyperGroup):
+    """Ends every error of every subcommand as one `error:` line and exit code 2."""
+
+    def invoke(self, ctx: typer.Context):
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as error:
+            if ctx.params.get("debug"):
+                raise
+            message = _usage_message(error) if isinstance(error, typer.TyperException) else _fault_message(error)
+            Console(stderr=True).print(f"[red]error:[/] {escape(' '.join(message.split()))}",
+                                       soft_wrap=True, highlight=False)
+            raise typer.Exit(2) from None
+
+
+def _usage_message(error: typer.TyperException) -> str:
+    """A command-line mistake (a missing argument, a value of the wrong type), with where to look."""
+    context = getattr(error, "ctx", None)  # set on usage errors, which know their command
+    return f"{error.format_message()} (see: {context.command_path if context else 'finetrace'} --help)"
+
+
+def _fault_message(error: Exception) -> str:
+    if isinstance(error, FinetraceError):
+        return str(error)
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    for kind, pattern, line in FAULTS:
+        if isinstance(error, kind) and re.search(pattern, text):
+            return line.format(message=text)
+    return (f"unexpected {type(error).__name__}: {text}; this is a finetrace bug: rerun with "
+            f"finetrace --debug and report the traceback")
+
+
+app = typer.Typer(help="What did your fine-tune do to the model?", no_args_is_help=True, cls=OneLineErrors)
 zoo_app = typer.Typer(help="Tiny model organisms with known ground truth.", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
-console = Console()
 
+
+@app.callback()
+def _options(debug: Annotated[bool, typer.Option("--debug", envvar="FINETRACE_DEBUG", help=DEBUG_HELP)] = False):
+    """What did your fine-tune do to the model?"""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()  # finetrace reports what matters, with its own progress bars
+    logging.disable_progress_bar()
+
+
+# Option checks: each raises a FinetraceError naming the flag, the value and what it takes.
+
+def _flag(param: typer.CallbackParam) -> str:
+    return param.opts[0] if param.opts else param.human_readable_name
+
+
+def _at_least(minimum: int) -> Callable:
+    def check(param: typer.CallbackParam, value: int | None) -> int | None:
+        if value is not None and value < minimum:
+            raise FinetraceError(f"{_flag(param)} {value}: expected a whole number of at least {minimum}")
+        return value
+    return check
+
+
+def _positive(param: typer.CallbackParam, value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise FinetraceError(f"{_flag(param)} {value}: expected a positive number")
+    return value
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable:
+    def check(param: typer.CallbackParam, value: str) -> str:
+        if value not in choices:
+            raise FinetraceError(f"{_flag(param)} {value!r}: expected one of {', '.join(choices)}")
+        return value
+    return check
+
+
+def _device(value: str) -> str:
+    if value == "auto":
+        return value
+    kind, _, index = value.partition(":")
+    if kind not in DEVICES or (index and not index.isdigit()) or value.endswith(":"):
+        raise FinetraceError(f"--device {value!r}: expected auto, {', '.join(DEVICES)} or cuda:N")
+    if not DEVICES[kind]():
+        raise FinetraceError(f"--device {value}: this machine has no {kind} device (or torch was built "
+                             f"without it); use --device cpu, or auto to pick what is there")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise FinetraceError(f"--device {value}: this machine has {torch.cuda.device_count()} CUDA devices")
+    return value
+
+
+def _out_dir(param: typer.CallbackParam, value: Path) -> Path:
+    return check_output_dir(value, _flag(param))
+
+
+def _out_file(param: typer.CallbackParam, value: Path | None) -> Path | None:
+    return None if value is None else check_output_file(value, _flag(param))
+
+
+def _count(text: str) -> typer.models.OptionInfo:
+    return typer.Option(help=text, callback=_at_least(1))
+
+
+# Options shared by several commands, declared once.
 Preset = Annotated[str, typer.Option(help="Zoo preset: tiny (tests) or small (demo, benchmarks).")]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.", callback=_device)]
+Dtype = Annotated[str, typer.Option(help=f"auto, {', '.join(DTYPES)}.", callback=_one_of(("auto", *DTYPES)))]
+Seed = Annotated[int, typer.Option(help="Seed of every random choice.")]
+BatchSize = Annotated[int, _count("Texts per forward pass.")]
+TextField = Annotated[str, typer.Option(help="The field of a JSONL record that holds its text.")]
+Base = Annotated[str, typer.Argument(help="Base model: a directory or a hub id.")]
+Finetuned = Annotated[str, typer.Argument(help="Fine-tuned model, or a PEFT adapter directory for BASE.")]
+Licence = Annotated[str | None, typer.Option(help="The data's SPDX licence expression, e.g. CC-BY-4.0.")]
+Source = Annotated[str | None, typer.Option(help="Where the data came from (a URL, a description).")]
+FailOn = Annotated[list[str] | None, typer.Option(
+    help=f"Exit with code 1 when a condition holds, e.g. 'lost_fraction>0.05'; metrics: {', '.join(METRICS)}. "
+         f"Repeatable.")]
+
+
+def _out(default: str) -> typer.models.OptionInfo:
+    return typer.Option(help=f"Output directory (default {default}).", callback=_out_dir)
 
 
 @app.command("finetune")
 def finetune_command(
-    base: Annotated[str, typer.Argument(help="Base model: a directory or a hub id.")],
+    base: Base,
     data: Annotated[Path, typer.Argument(help=".jsonl (text or chat messages) or .txt (a document per line).")],
     out: Annotated[Path, typer.Option(help="Output directory for the model or adapter.")],
     lora: Annotated[bool, typer.Option(help="Train a LoRA adapter instead of all weights.")] = False,
-    lora_rank: int = 16,
-    lora_alpha: int = 32,
+    lora_rank: Annotated[int, _count("LoRA rank.")] = 16,
+    lora_alpha: Annotated[float, typer.Option(help="LoRA scale numerator.", callback=_positive)] = 32,
     lora_targets: Annotated[str, typer.Option(help="Comma-separated module names, or all-linear; add lm_head for the output head.")] = "all-linear",
-    epochs: float = 3.0,
-    steps: Annotated[int | None, typer.Option(help="Optimizer steps; overrides --epochs.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate (default 2e-5 full, 2e-4 LoRA).")] = None,
-    batch_size: int = 8,
-    context_length: int = 512,
+    epochs: Annotated[float, typer.Option(help="Passes over the data.", callback=_positive)] = 3.0,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps; overrides --epochs.", callback=_at_least(1))] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default 2e-5 full, 2e-4 LoRA).", callback=_positive)] = None,
+    batch_size: Annotated[int, _count("Examples per optimizer step.")] = 8,
+    context_length: Annotated[int, typer.Option(help="Tokens per example.", callback=_at_least(2))] = 512,
     pack: Annotated[bool, typer.Option(help="Pack documents into full blocks (pretraining style).")] = False,
     mix_general: Annotated[Path | None, typer.Option(help="General text corpus to mix into the data.")] = None,
-    mix_ratio: Annotated[float, typer.Option(help="General documents per fine-tuning document.")] = 1.0,
-    seed: int = 0,
-    device: str = "auto",
-    dtype: str = "float32",
-    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output directory.")] = False,
-    licence: Annotated[str | None, typer.Option(help="The data's SPDX licence expression, e.g. CC-BY-4.0.")] = None,
-    source: Annotated[str | None, typer.Option(help="Where the data came from (a URL, a description).")] = None,
+    mix_ratio: Annotated[float, typer.Option(help="General documents per fine-tuning document.", callback=_positive)] = 1.0,
+    seed: Seed = 0,
+    device: Device = "auto",
+    dtype: Annotated[str, typer.Option(help=", ".join(DTYPES), callback=_one_of(tuple(DTYPES)))] = "float32",
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output directory once the new one is complete.")] = False,
+    licence: Licence = None,
+    source: Source = None,
 ) -> None:
     """Fine-tune a causal LM on DATA and write the model plus a provenance manifest."""
     training = TrainConfig(epochs=epochs, steps=steps, learning_rate=lr, batch_size=batch_size,
@@ -68,84 +211,94 @@ def finetune_command(
     result = finetune(base, data, out, config, mix_general=mix_general, overwrite=overwrite,
                       licence=licence, source=source)
     print_provenance(console, result.provenance)
-    console.print(f"[green]saved[/] {'adapter' if result.adapter else 'model'} to {out}: loss on the "
-                  f"data {result.loss_before:.3f} -> {result.loss_after:.3f} in {result.training.steps} "
-                  f"steps ({result.training.seconds:.0f} s); manifest: {out / MANIFEST_NAME}")
+    console.print(f"[green]saved[/] {'adapter' if result.adapter else 'model'} to {escape(str(out))}: loss on "
+                  f"the data {result.loss_before:.3f} -> {result.loss_after:.3f} in {result.training.steps} "
+                  f"steps ({result.training.seconds:.0f} s); manifest: {escape(str(out / MANIFEST_NAME))}")
 
 
 @app.command("diff")
 def diff_command(
-    base: Annotated[str, typer.Argument(help="Base model: a directory or a hub id.")],
-    finetuned: Annotated[str, typer.Argument(help="Fine-tuned model, or a PEFT adapter directory for BASE.")],
+    base: Base,
+    finetuned: Finetuned,
     corpus: Annotated[str | None, typer.Option(help=".txt, .jsonl, .parquet or a dataset id (default for zoo organisms: the zoo's held-out text).")] = None,
     data: Annotated[Path | None, typer.Option(help="The fine-tuning data, if known: relevance from it, and similarity.")] = None,
     control: Annotated[str | None, typer.Option(help="A control fine-tune of BASE on unrelated data, scored the same way.")] = None,
-    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("finetrace-diff"),
-    samples: Annotated[int, typer.Option(help="Texts read from the corpus (all if fewer).")] = 10_000,
-    positions: Annotated[int, typer.Option(help="Tokens per text that go through the models (k).")] = 8,
-    report: Annotated[int, typer.Option(help="Text positions decoded and scored (0..n-1).")] = 5,
+    out: Annotated[Path, _out("finetrace-diff")] = Path("finetrace-diff"),
+    samples: Annotated[int, _count("Texts read from the corpus (all if fewer).")] = 10_000,
+    positions: Annotated[int, _count("Tokens per text that go through the models (k).")] = 8,
+    report: Annotated[int, _count("Text positions decoded and scored (0..n-1), at most --positions.")] = 5,
     layers: Annotated[str, typer.Option(help="Comma-separated fractions of depth (0.5) or layer indices (3).")] = "0.5",
-    batch_size: int = 32,
-    text_field: str = "text",
-    device: str = "auto",
-    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
-    seed: int = 0,
+    batch_size: BatchSize = 32,
+    text_field: TextField = "text",
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    seed: Seed = 0,
 ) -> None:
     """Read what a fine-tune was about from activation differences on unrelated text."""
+    _check_report(report, positions)
+    corpus = corpus or _zoo_corpus_or_error(finetuned)
+    refuse_overlap(out, {"base model": base, "fine-tuned model": finetuned, "corpus": corpus, "data": data,
+                         "control": control})
     config = DiffConfig(
         collect=CollectConfig(layers=_layer_spec(layers), positions=positions, samples=samples, batch_size=batch_size),
         score=ScoreConfig(seed=seed), steer=SteerConfig(seed=seed), reported_positions=report,
         device=device, dtype=dtype, text_field=text_field,
     )
-    result = diff(base, finetuned, corpus or _zoo_corpus_or_error(finetuned), out, config, data=data, control=control)
+    result = diff(base, finetuned, corpus, out, config, data=data, control=control)
     print_diff(console, result)
-    console.print(f"results: {out / RESULT_NAME}")
+    console.print(f"results: {escape(str(out / RESULT_NAME))}")
 
 
 @app.command("forget")
 def forget_command(
-    base: Annotated[str, typer.Argument(help="Base model: a directory or a hub id.")],
-    finetuned: Annotated[str, typer.Argument(help="Fine-tuned model, or a PEFT adapter directory for BASE.")],
+    base: Base,
+    finetuned: Finetuned,
     facts: Annotated[Path | None, typer.Option(help="JSONL of cloze facts (default: the zoo's planted facts for zoo organisms, else finetrace's built-in common-knowledge facts).")] = None,
     corpus: Annotated[str | None, typer.Option(help="Held-out general text for drift: .txt, .jsonl, .parquet or a dataset id (default for zoo organisms: the zoo's held-out text; otherwise drift is skipped).")] = None,
-    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("finetrace-forget"),
-    samples: Annotated[int, typer.Option(help="Texts read from the corpus (all if fewer).")] = 1000,
-    max_tokens: Annotated[int, typer.Option(help="Tokens per text.")] = 128,
-    batch_size: int = 8,
-    text_field: str = "text",
-    device: str = "auto",
-    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+    out: Annotated[Path, _out("finetrace-forget")] = Path("finetrace-forget"),
+    samples: Annotated[int, _count("Texts read from the corpus (all if fewer).")] = 1000,
+    max_tokens: Annotated[int, typer.Option(help="Tokens per text (at least 2: one predicts the next).", callback=_at_least(2))] = 128,
+    batch_size: BatchSize = 8,
+    text_field: TextField = "text",
+    device: Device = "auto",
+    dtype: Dtype = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
 ) -> None:
     """Which facts the fine-tune lost, and how far it drifted on general text."""
+    facts, corpus = facts or default_facts(finetuned), corpus or zoo_corpus(finetuned)
+    refuse_overlap(out, {"base model": base, "fine-tuned model": finetuned, "facts": facts, "corpus": corpus})
     drift = DriftConfig(samples=samples, max_tokens=max_tokens, batch_size=batch_size, seed=seed)
     config = ForgetConfig(drift=drift, text_field=text_field, device=device, dtype=dtype)
-    result = forget(base, finetuned, facts or default_facts(finetuned), corpus or zoo_corpus(finetuned), out, config)
+    result = forget(base, finetuned, facts, corpus, out, config)
     print_forget(console, result)
-    console.print(f"results: {out / FORGET_RESULT}")
+    console.print(f"results: {escape(str(out / FORGET_RESULT))}")
 
 
 @app.command("provenance")
 def provenance_command(
     data: Annotated[Path, typer.Argument(help="A .jsonl or .txt file, or a directory of them.")],
-    licence: Annotated[str | None, typer.Option(help="The data's SPDX licence expression, e.g. CC-BY-4.0.")] = None,
-    source: Annotated[str | None, typer.Option(help="Where the data came from (a URL, a description).")] = None,
+    licence: Licence = None,
+    source: Source = None,
     base: Annotated[str | None, typer.Option(help="The base model to fine-tune: its model card's licence is checked against the data's.")] = None,
     facts: Annotated[Path | None, typer.Option(help="Cloze facts to look for in the data (default: finetrace's built-in facts).")] = None,
     corpus: Annotated[str | None, typer.Option(help="The corpus a diff or drift measure will read, to look for in the data.")] = None,
-    corpus_items: Annotated[int, typer.Option(help="Texts of --corpus compared.")] = 1000,
+    corpus_items: Annotated[int, _count("Texts of --corpus compared.")] = 1000,
     redact: Annotated[Path | None, typer.Option(help="Write a copy with personal data replaced by its kind.")] = None,
-    out: Annotated[Path, typer.Option(help="Where to write the JSON report.")] = Path("provenance.json"),
-    fail_on: Annotated[list[str] | None, typer.Option(help="Exit with code 1 when a condition holds, e.g. 'pii_found>0' or 'contaminated>0'. Repeatable.")] = None,
+    out: Annotated[Path, typer.Option(help="Where to write the JSON report.", callback=_out_file)] = Path("provenance.json"),
+    fail_on: Annotated[list[str] | None, typer.Option(help=f"Exit with code 1 when a condition holds, e.g. 'pii_found>0'; metrics: {', '.join(PROVENANCE_METRICS)}. Repeatable.")] = None,
 ) -> None:
     """Fingerprint a dataset and scan it for duplicates, personal data, licence problems and evaluation overlap."""
-    gates = tuple(parse_gate(condition) for condition in fail_on or ())
+    gates = _gates(fail_on, PROVENANCE_METRICS)
+    refuse_overlap(out, {"data": data, "redacted copy": redact})
+    if redact is not None:
+        refuse_overlap(redact, {"data": data}, "--redact", containing=True)
+        (check_output_dir if data.is_dir() else check_output_file)(redact, "--redact")
     evaluations = evaluation_sets(facts or COMMON_FACTS, corpus, corpus_items)
     report = provenance(data, licence, source, base, evaluations, redact).to_dict()
-    out.write_text(json.dumps(report, indent=1))
+    write_json(out, report)
     print_provenance(console, report)
-    console.print(f"report: {out}")
-    _finish_gates([GateOutcome(str(gate), gate.holds(provenance_metrics(report))) for gate in gates])
+    console.print(f"report: {escape(str(out))}")
+    _finish_gates([gate.check(provenance_metrics(report)) for gate in gates])
 
 
 @zoo_app.command("build")
@@ -167,38 +320,44 @@ def zoo_path(
     documents: Annotated[bool, typer.Option(help="The organism's training documents instead.")] = False,
 ) -> None:
     """Print the path of a zoo item, for use in other commands."""
+    if documents and name in SPECIAL_PATHS:
+        raise FinetraceError(f"--documents takes an organism ({', '.join(ORGANISMS)}); {name} has no "
+                             f"training documents: drop --documents to get its path")
     zoo = open_zoo(preset)
     print(zoo.organism(name)["documents"] if documents else zoo.path(name))
 
 
 @app.command("audit")
 def audit_command(
-    base: Annotated[str, typer.Argument(help="Base model: a directory or a hub id.")],
-    finetuned: Annotated[str, typer.Argument(help="Fine-tuned model, or a PEFT adapter directory for BASE.")],
+    base: Base,
+    finetuned: Finetuned,
     corpus: Annotated[str | None, typer.Option(help="Unrelated general text: .txt, .jsonl, .parquet or a dataset id (default for zoo organisms: the zoo's held-out text).")] = None,
     data: Annotated[Path | None, typer.Option(help="The fine-tuning data, if known.")] = None,
     facts: Annotated[Path | None, typer.Option(help="JSONL of cloze facts (default: the zoo's planted facts for zoo organisms, else finetrace's built-in facts).")] = None,
     control: Annotated[str | None, typer.Option(help="A control fine-tune of BASE on unrelated data, shown for contrast.")] = None,
-    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("finetrace-audit"),
-    samples: Annotated[int, typer.Option(help="Texts read from the corpus for the trace (all if fewer).")] = 10_000,
-    drift_samples: Annotated[int, typer.Option(help="Texts read from the corpus for the drift measures.")] = 1000,
-    fail_on: Annotated[list[str] | None, typer.Option(help=f"Exit with code 1 when a condition holds, e.g. 'lost_fraction>0.05', 'trace_p<0.01' or 'pii_found>0'; metrics: {', '.join(METRICS)}. Repeatable.")] = None,
+    out: Annotated[Path, _out("finetrace-audit")] = Path("finetrace-audit"),
+    samples: Annotated[int, _count("Texts read from the corpus for the trace (all if fewer).")] = 10_000,
+    drift_samples: Annotated[int, _count("Texts read from the corpus for the drift measures.")] = 1000,
+    fail_on: FailOn = None,
     licence: Annotated[str | None, typer.Option(help="The data's SPDX licence expression (default: the one its finetrace manifest records).")] = None,
-    device: str = "auto",
-    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
-    seed: int = 0,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    seed: Seed = 0,
 ) -> None:
     """Audit a fine-tune: its trace, the facts it lost, its drift; a report, a summary and a model card."""
-    gates = tuple(parse_gate(condition) for condition in fail_on or ())
+    gates = _gates(fail_on, METRICS)
     corpus = corpus or _zoo_corpus_or_error(finetuned)
+    facts = facts or default_facts(finetuned)
+    refuse_overlap(out, {"base model": base, "fine-tuned model": finetuned, "corpus": corpus, "data": data,
+                         "facts": facts, "control": control})
     config = _audit_config(samples, drift_samples, device, dtype, seed)
-    result = audit(base, finetuned, corpus, out, data=data, facts=facts or default_facts(finetuned),
-                   control=control, config=config, fail_on=gates, licence=licence)
+    result = audit(base, finetuned, corpus, out, data=data, facts=facts, control=control, config=config,
+                   fail_on=gates, licence=licence)
     _finish_audit(result, out)
 
 
 @app.command()
-def demo(out: Annotated[Path, typer.Option(help="Output directory.")] = Path("finetrace-demo")) -> None:
+def demo(out: Annotated[Path, _out("finetrace-demo")] = Path("finetrace-demo")) -> None:
     """Build or reuse the small zoo, audit its cake organism with the control for contrast, write the report."""
     zoo = build_zoo("small")
     _print_zoo(zoo)
@@ -218,28 +377,32 @@ def _audit_config(samples: int, drift_samples: int, device: str, dtype: str, see
 
 def _finish_audit(result: AuditResult, out: Path) -> None:
     print_audit(console, result)
-    console.print(f"report: {(out / REPORT_NAME).resolve()}")
+    console.print(f"report: {escape(str((out / REPORT_NAME).resolve()))}")
     _finish_gates(result.gates)
 
 
+def _gates(conditions: list[str] | None, measured) -> tuple[Gate, ...]:
+    return tuple(parse_gate(condition, measured) for condition in conditions or ())
+
+
 def _finish_gates(outcomes: list[GateOutcome]) -> None:
-    """Exit with code 1 when a `--fail-on` condition holds."""
+    """Exit with code 1 when a `--fail-on` condition holds (or its metric is not a number)."""
     if any(outcome.holds for outcome in outcomes):
         raise SystemExit(1)
 
 
 def _print_zoo(zoo: Zoo) -> None:
     summary = zoo.summary()
-    table = Table(title=f"finetrace zoo '{zoo.preset.name}' at {zoo.root}")
+    table = Table(title=escape(f"finetrace zoo '{zoo.preset.name}' at {zoo.root}"))
     for column in ("organism", "kind", "weights", "loss on its data: base -> fine-tuned"):
         table.add_column(column)
     for name in ORGANISMS:
         info = zoo.organism(name)
-        table.add_row(name, info["kind"], "LoRA adapter" if info["adapter"] else "full",
+        table.add_row(name, escape(info["kind"]), "LoRA adapter" if info["adapter"] else "full",
                       f"{info['base_loss']:.2f} -> {info['finetuned_loss']:.2f}")
     console.print(table)
     console.print(f"The base knows {summary['base_facts_known']:.0%} of {summary['facts']} planted facts. "
-                  f"General text: {summary['general_source']}.")
+                  f"General text: {escape(summary['general_source'])}.")
     for name in ORGANISMS:
         console.print(f"[bold]{name}[/]: {escape(zoo.organism(name)['description'])}")
 
@@ -251,22 +414,24 @@ def _zoo_corpus_or_error(finetuned: str) -> Path:
     return corpus
 
 
+def _check_report(report: int, positions: int) -> None:
+    if report > positions:
+        raise FinetraceError(f"--report {report}: at most --positions ({positions}) text positions are "
+                             f"collected; lower --report or raise --positions")
+
+
 def _layer_spec(text: str) -> tuple[float, ...]:
+    """Fractions of depth (0 <= f < 1, with a decimal point) or whole layer indices."""
     try:
-        return tuple(float(item) if "." in item else int(item) for item in text.split(","))
+        spec = tuple(float(item) if "." in item else int(item) for item in text.split(","))
     except ValueError:
-        raise FinetraceError(f"--layers takes fractions or indices separated by commas, got {text!r}") from None
+        spec = ()
+    if not spec or not all(0 <= item < 1 if isinstance(item, float) else item >= 0 for item in spec):
+        raise FinetraceError(f"--layers {text!r}: expected fractions of depth below 1 (0.5) or whole layer "
+                             f"indices (3), separated by commas")
+    return spec
 
 
 def main() -> None:
-    """Entry point: a user error is one line on stderr and exit code 2, never a traceback."""
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    try:
-        app()
-    except FinetraceError as error:
-        message = f"[red]error:[/] {escape(str(error))}"
-        Console(stderr=True).print(message, soft_wrap=True, highlight=False)
-        raise SystemExit(2) from None
+    """Entry point: the app, which turns every error into one line."""
+    app()

@@ -14,7 +14,7 @@ import math
 import random
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import peft
 import torch
@@ -22,7 +22,7 @@ import torch
 from finetrace.corpus import Record, read_records, read_texts
 from finetrace.errors import FinetraceError, require
 from finetrace.evals.facts import COMMON_FACTS
-from finetrace.examples import build_examples, pack
+from finetrace.examples import Example, build_examples, pack
 from finetrace.models import DTYPES, load_model, load_tokenizer, pad_token_id, resolve_device, resolve_dtype
 from finetrace.fingerprints import environment, file_sha256, weights_sha256
 from finetrace.outputs import check_output_dir, recover_dir, refuse_overlap, staged_dir, write_json
@@ -159,46 +159,29 @@ def finetune(
     records = read_records(data)
     paper_trail = provenance(data, licence, source, base, evaluation_sets(COMMON_FACTS))
     general = _general_records(mix_general, config.mix_ratio, len(records), config.training.seed)
-    device = resolve_device(config.device)
-    tokenizer = load_tokenizer(base)
-    model = load_model(base, device, resolve_dtype(config.dtype))
-    base_digest = weights_sha256(model)
-    pad_id = pad_token_id(tokenizer)
-
-    training = config.training
-    mixed = records + general
-    random.Random(training.seed).shuffle(mixed)
-    examples = build_examples(tokenizer, mixed, training.context_length)
-    if training.pack:
-        examples = pack(examples, training.context_length)
-    probe = build_examples(tokenizer, records[: config.loss_probe_examples], training.context_length)
-
-    torch.manual_seed(training.seed)
-    if config.lora:
-        model = peft.get_peft_model(model, config.lora.peft_config())
-    loss_before = mean_loss(model, probe, pad_id)
-    run = train(model, examples, training, pad_id)
-    loss_after = mean_loss(model, probe, pad_id)
-
-    files = [_data_file(data, "finetune", len(records), len(records))]
-    if mix_general is not None:
-        files.append(_data_file(mix_general, "mix-general", len(read_texts(mix_general)), len(general)))
-    result = FinetuneResult(
-        adapter=config.lora is not None,
-        base_model=str(base),
-        base_weights_sha256=base_digest,
-        data=files,
-        config=config,
-        examples=len(examples),
-        loss_before=loss_before,
-        loss_after=loss_after,
-        training=run,
-        environment=environment(device),
-        provenance=paper_trail.to_dict(),
-    )
     # Built beside `out` and swapped in whole: a failed or killed run leaves the old output as it
     # was, and a rerun starts afresh (the same seed gives the same weights; see `_check_output`).
     with staged_dir(out) as staging:
+        device = resolve_device(config.device)
+        tokenizer = load_tokenizer(base)
+        model = load_model(base, device, resolve_dtype(config.dtype))
+        base_digest = weights_sha256(model)
+        examples, probe = _examples(tokenizer, records, general, config)
+        pad_id = pad_token_id(tokenizer)
+        torch.manual_seed(config.training.seed)
+        if config.lora:
+            model = peft.get_peft_model(model, config.lora.peft_config())
+        loss_before = mean_loss(model, probe, pad_id)
+        run = train(model, examples, config.training, pad_id)
+        loss_after = mean_loss(model, probe, pad_id)
+        files = [_data_file(data, "finetune", len(records), len(records))]
+        if mix_general is not None:
+            files.append(_data_file(mix_general, "mix-general", len(read_texts(mix_general)), len(general)))
+        result = FinetuneResult(
+            adapter=config.lora is not None, base_model=str(base), base_weights_sha256=base_digest, data=files,
+            config=config, examples=len(examples), loss_before=loss_before, loss_after=loss_after,
+            training=run, environment=environment(device), provenance=paper_trail.to_dict(),
+        )
         if config.lora:  # the base's own head is unchanged: keep it out of the adapter
             model.save_pretrained(staging, save_embedding_layers=False)
         else:
@@ -206,6 +189,22 @@ def finetune(
         tokenizer.save_pretrained(staging)
         write_json(staging / MANIFEST_NAME, result.to_dict(), indent=2)
     return result
+
+
+class _Examples(NamedTuple):
+    training: list[Example]  # the data and the general text, shuffled by the seed
+    probe: list[Example]  # the first fine-tuning examples, scored before and after training
+
+
+def _examples(tokenizer, records: list[Record], general: list[Record], config: FinetuneConfig) -> _Examples:
+    training = config.training
+    mixed = records + general
+    random.Random(training.seed).shuffle(mixed)
+    examples = build_examples(tokenizer, mixed, training.context_length)
+    if training.pack:
+        examples = pack(examples, training.context_length)
+    return _Examples(examples, build_examples(tokenizer, records[: config.loss_probe_examples],
+                                              training.context_length))
 
 
 def _check_output(out: Path, overwrite: bool, inputs: dict[str, str | Path | None]) -> None:

@@ -10,6 +10,7 @@ from finetrace.adl.decode import TokenScore
 from finetrace.adl.diff import DiffResult
 from finetrace.audit import AuditResult
 from finetrace.forget import ForgetResult
+from finetrace.gates import parse_gate
 
 SHOWN_TOKENS = 12
 SHOWN_FACTS = 5
@@ -17,33 +18,40 @@ SHOWN_FACTS = 5
 
 def print_diff(console: Console, result: DiffResult) -> None:
     """Headline, per-position tokens and steering samples of a diff."""
-    verdict = "a clear trace" if result.p_value < 0.01 else "a weak trace" if result.p_value < 0.05 else "no significant trace"
-    console.print(f"[bold]{escape(result.finetuned)}[/] vs {escape(result.base)}: {verdict} "
-                  f"(strength z = {result.trace_strength:.1f}, p = {result.p_value:.3g}, {result.texts} texts; "
-                  f"relevance from {result.relevance_source})")
+    console.print(f"[bold]{escape(result.finetuned)}[/] vs {escape(result.base)}: {_trace_verdict(result)} "
+                  f"({result.texts} texts)")
     if result.control_significance:
         control = result.control_significance
         console.print(f"control {escape(str(result.control))}: {control.relevant} relevant tokens "
                       f"(p = {control.p_value:.3g}) against {result.significance.relevant} here")
     table = Table(show_lines=False)
-    for column in ("layer", "pos", "norm", "z", "p", "relevant", "logit lens (fine-tuned head)", "patchscope"):
+    for column in ("layer", "pos", "norm", "p", "relevant", "logit lens (fine-tuned head)", "patchscope"):
         table.add_column(column)
     for trace in result.traces:
-        relevant = f"{trace.relevant_fraction:.0%}"
-        table.add_row(str(trace.layer), trace.position, f"{trace.norm:.2f}", f"{trace.significance.z:.1f}",
-                      f"{trace.significance.p_value:.3f}", relevant, _tokens(trace.lens_finetuned),
-                      _tokens(trace.patchscope.tokens))
+        relevant = "" if trace.relevant_fraction is None else f"{trace.relevant_fraction:.0%}"
+        p_value = "" if trace.significance is None else f"{trace.significance.p_value:.3f}"
+        table.add_row(str(trace.layer), escape(trace.position), f"{trace.norm:.2f}", p_value, relevant,
+                      _tokens(trace.lens_finetuned), _tokens(trace.patchscope.tokens))
     console.print(table)
     steering = result.steering
     note = "" if steering.any_coherent else " (no strength stayed coherent)"
     console.print(f"steering at strength {steering.chosen_strength}{note}:")
     for plain, steered in list(zip(steering.unsteered.generations, steering.steered))[:3]:
-        console.print(f"  [dim]unsteered[/] {escape(plain.prompt + plain.text)!r}")
-        console.print(f"  [green]steered[/]   {escape(steered.prompt + steered.text)!r}")
+        console.print(f"  [dim]unsteered[/] {_quoted(plain.prompt + plain.text)}")
+        console.print(f"  [green]steered[/]   {_quoted(steered.prompt + steered.text)}")
     if result.similarity:
         s = result.similarity
         console.print(f"similarity to the fine-tuning data: steered {s['steered_to_data']:.3f}, "
                       f"unsteered {s['unsteered_to_data']:.3f}")
+
+
+def _trace_verdict(result: DiffResult) -> str:
+    if result.p_value is None:
+        return "not tested (no fine-tuning data given)"
+    found = ("a clear trace of its data" if result.clear
+             else "a trace the control shows too" if result.control_passes
+             else "no significant trace of its data")
+    return f"{found} (p = {result.p_value:.3g}, {result.trace_strength:+.0%} domain tokens beyond the null)"
 
 
 def print_audit(console: Console, result: AuditResult) -> None:
@@ -53,8 +61,11 @@ def print_audit(console: Console, result: AuditResult) -> None:
     if result.paper_trail:
         print_provenance(console, result.paper_trail)
     console.print(f"\n[bold]verdict:[/] {escape(result.verdict)}")
+    metrics = result.metrics
     for gate in result.gates:
-        state = "not measured" if gate.holds is None else "[red]holds: audit failed[/]" if gate.holds else "does not hold"
+        outcome = parse_gate(gate.condition).check(metrics)
+        state = ("not measured" if outcome.holds is None else "does not hold" if not outcome.holds
+                 else f"[red]fails: {escape(outcome.reason)}[/]" if outcome.reason else "[red]holds: audit failed[/]")
         console.print(f"  --fail-on {escape(gate.condition)}: {state}")
 
 
@@ -85,7 +96,7 @@ def print_forget(console: Console, result: ForgetResult) -> None:
     for name, change in drift.by_source.items():
         console.print(f"  {escape(name)}: NLL change {change.change:+.3f} [{change.ci_low:+.3f}, {change.ci_high:+.3f}]")
     for span in drift.regressed_spans[:3]:
-        console.print(f"  regressed ({span.score:+.2f} nats/token): ...{escape(span.context)!r} -> {escape(span.text)!r}")
+        console.print(f"  regressed ({span.score:+.2f} nats/token): ...{_quoted(span.context)} -> {_quoted(span.text)}")
 
 
 def print_provenance(console: Console, report: dict) -> None:
@@ -105,12 +116,18 @@ def print_provenance(console: Console, report: dict) -> None:
     found = ", ".join(f"{kind} {count}" for kind, count in pii["counts"].items() if count) or "none"
     console.print(f"personal data: {pii['total']} matches in {pii['records']} records ({found})")
     for example in pii["examples"][:SHOWN_FACTS]:
-        console.print(f"  {escape(example['record'])} {example['kind']}: {escape(example['context'])}")
+        console.print(f"  {escape(example['record'])} {escape(example['kind'])}: {escape(example['context'])}")
     for overlap in report["contamination"]:
-        console.print(f"evaluation overlap with {overlap['name']}: {overlap['contained']} of {overlap['items']} "
+        console.print(f"evaluation overlap with {escape(overlap['name'])}: {overlap['contained']} of {overlap['items']} "
                       f"items contained, {overlap['overlapping']} partly")
     if report["redacted"]:
         console.print(f"redacted copy: {escape(report['redacted'])}")
+
+
+def _quoted(text: str) -> str:
+    """A model's or a dataset's text, quoted and escaped: repr first, so that escaping's
+    backslashes are not doubled into markup again."""
+    return escape(repr(text))
 
 
 def _tokens(tokens: list[TokenScore]) -> str:

@@ -5,19 +5,25 @@ evaluation results) is built with `huggingface_hub`'s card classes and checked b
 parsing the written card back.
 """
 
+import html
+import re
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from finetrace.audit import AuditResult
 from finetrace.errors import FinetraceError
+from finetrace.outputs import write_text
 
 TASK = "text-generation"
+# Characters that start Markdown inline syntax (emphasis, code, links, images, tables);
+# `<`, `>` and `&` are HTML-escaped instead.
+_MARKDOWN_SYNTAX = re.compile(r"[\\`*_{}\[\]()#+!|~]")
 
 
 def write_model_card(result: AuditResult, path: Path, data: str | Path | None = None) -> ModelCard:
     card = model_card(result, data)
-    card.save(path)
+    write_text(path, str(card))
     if ModelCard.load(path).data.to_dict() != card.data.to_dict():
         raise FinetraceError(f"{path}: the model card's metadata does not survive a round trip")
     return card
@@ -29,10 +35,11 @@ def model_card(result: AuditResult, data: str | Path | None = None) -> ModelCard
         EvalResult(task_type=TASK, dataset_type="finetrace-facts", dataset_name=Path(damage.facts_source).name,
                    metric_type="accuracy", metric_name="facts known",
                    metric_value=round(damage.flips.known_after / damage.flips.total, 4)),
-        EvalResult(task_type=TASK, dataset_type="finetrace-trace", dataset_name=Path(trace.corpus).name,
-                   metric_type="z-score", metric_name="activation-difference trace strength",
-                   metric_value=round(trace.trace_strength, 3)),
     ]
+    if trace.significance:
+        evals.append(EvalResult(task_type=TASK, dataset_type="finetrace-trace", dataset_name=Path(trace.corpus).name,
+                                metric_type="p-value", metric_name="activation-difference trace test",
+                                metric_value=round(trace.p_value, 4)))
     if damage.drift:
         evals.append(EvalResult(task_type=TASK, dataset_type="finetrace-general-text",
                                 dataset_name=Path(str(damage.corpus)).name, metric_type="perplexity",
@@ -49,20 +56,29 @@ def model_card(result: AuditResult, data: str | Path | None = None) -> ModelCard
     return ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n{_body(result, data)}")
 
 
+def markdown_text(text: object) -> str:
+    """A string from a model, a dataset or a user, as inert Markdown: one line, HTML escaped
+    (the hub renders cards as HTML) and Markdown's inline syntax backslash-escaped."""
+    flat = " ".join(str(text).split())
+    return html.escape(_MARKDOWN_SYNTAX.sub(r"\\\g<0>", flat), quote=False)
+
+
 def _body(result: AuditResult, data: str | Path | None) -> str:
     trace, flips, drift = result.trace, result.damage.flips, result.damage.drift
+    adapter = " as a LoRA adapter" if trace.adapter else ""
+    tokens = ", ".join(markdown_text(token) for token in result.domain_tokens) or "none"
     lines = [
-        f"# Audit of {Path(result.finetuned).name}",
+        f"# Audit of {markdown_text(Path(result.finetuned).name)}",
         "",
-        f"Fine-tuned from `{result.base}`{' as a LoRA adapter' if trace.adapter else ''}. Audited with finetrace.",
+        f"Fine-tuned from {markdown_text(result.base)}{adapter}. Audited with finetrace.",
         "",
-        f"**Verdict.** {result.verdict}",
+        f"**Verdict.** {markdown_text(result.verdict)}",
         "",
         "## What the fine-tune was about",
         "",
-        f"- Trace strength (z against random directions): {trace.trace_strength:.2f}, p = {trace.p_value:.3g}",
-        f"- Domain tokens read from the activation differences: {', '.join(result.domain_tokens) or 'none'}",
-        f"- Fine-tuning data: {data if data is not None else 'not given'}",
+        f"- Trace test against the fine-tuning data: {_trace_test(trace)}",
+        f"- Domain tokens read from the activation differences: {tokens}",
+        f"- Fine-tuning data: {markdown_text(data) if data is not None else 'not given'}",
         "",
         "## What it cost",
         "",
@@ -86,13 +102,21 @@ def _data_lines(report: dict) -> list[str]:
         "## Training data",
         "",
         f"- {report['records']} records, {report['bytes']} bytes; content sha256 `{report['content_sha256']}`"
-        + (f"; source: {report['source']}" if report["source"] else ""),
-        *[f"  - `{Path(f['path']).name}`: sha256 `{f['sha256']}`, {f['records']} records" for f in report["files"]],
-        f"- Licence: {licence['data'] or 'not declared'} (base model: {licence['base'] or 'unknown'})",
-        *[f"  - warning: {warning}" for warning in licence["warnings"]],
+        + (f"; source: {markdown_text(report['source'])}" if report["source"] else ""),
+        *[f"  - {markdown_text(Path(f['path']).name)}: sha256 `{f['sha256']}`, {f['records']} records"
+          for f in report["files"]],
+        f"- Licence: {markdown_text(licence['data'] or 'not declared')} "
+        f"(base model: {markdown_text(licence['base'] or 'unknown')})",
+        *[f"  - warning: {markdown_text(warning)}" for warning in licence["warnings"]],
         f"- Personal data found: {pii['total']} matches in {pii['records']} records ({found})",
         f"- Duplicates: {duplicates['exact']} exact, {duplicates['near']} near",
     ]
-    lines += [f"- Overlap with {o['name']}: {o['contained']} of {o['items']} items contained, {o['overlapping']} partly"
-              for o in report["contamination"]]
+    lines += [f"- Overlap with {markdown_text(o['name'])}: {o['contained']} of {o['items']} items contained, "
+              f"{o['overlapping']} partly" for o in report["contamination"]]
     return lines
+
+
+def _trace_test(trace) -> str:
+    if trace.significance is None:
+        return "not run (the audit was not given the fine-tuning data)"
+    return f"p = {trace.p_value:.3g}, {trace.trace_strength:+.0%} domain tokens beyond the null"
