@@ -18,20 +18,22 @@ SHOWN_FACTS = 5
 
 def print_diff(console: Console, result: DiffResult) -> None:
     """Headline, per-position tokens and steering samples of a diff."""
-    console.print(f"[bold]{escape(result.finetuned)}[/] vs {escape(result.base)}: {_trace_verdict(result)} "
-                  f"({result.texts} texts)")
+    verdict = "a clear trace" if result.p_value < 0.01 else "a weak trace" if result.p_value < 0.05 else "no significant trace"
+    console.print(f"[bold]{escape(result.finetuned)}[/] vs {escape(result.base)}: {verdict} "
+                  f"(strength z = {result.trace_strength:.1f}, p = {result.p_value:.3g}, {result.texts} texts; "
+                  f"relevance from {result.relevance_source})")
     if result.control_significance:
         control = result.control_significance
         console.print(f"control {escape(str(result.control))}: {control.relevant} relevant tokens "
                       f"(p = {control.p_value:.3g}) against {result.significance.relevant} here")
     table = Table(show_lines=False)
-    for column in ("layer", "pos", "norm", "p", "relevant", "logit lens (fine-tuned head)", "patchscope"):
+    for column in ("layer", "pos", "norm", "z", "p", "relevant", "logit lens (fine-tuned head)", "patchscope"):
         table.add_column(column)
     for trace in result.traces:
-        relevant = "" if trace.relevant_fraction is None else f"{trace.relevant_fraction:.0%}"
-        p_value = "" if trace.significance is None else f"{trace.significance.p_value:.3f}"
-        table.add_row(str(trace.layer), escape(trace.position), f"{trace.norm:.2f}", p_value, relevant,
-                      _tokens(trace.lens_finetuned), _tokens(trace.patchscope.tokens))
+        relevant = f"{trace.relevant_fraction:.0%}"
+        table.add_row(str(trace.layer), escape(trace.position), f"{trace.norm:.2f}", f"{trace.significance.z:.1f}",
+                      f"{trace.significance.p_value:.3f}", relevant, _tokens(trace.lens_finetuned),
+                      _tokens(trace.patchscope.tokens))
     console.print(table)
     steering = result.steering
     note = "" if steering.any_coherent else " (no strength stayed coherent)"
@@ -43,15 +45,6 @@ def print_diff(console: Console, result: DiffResult) -> None:
         s = result.similarity
         console.print(f"similarity to the fine-tuning data: steered {s['steered_to_data']:.3f}, "
                       f"unsteered {s['unsteered_to_data']:.3f}")
-
-
-def _trace_verdict(result: DiffResult) -> str:
-    if result.p_value is None:
-        return "not tested (no fine-tuning data given)"
-    found = ("a clear trace of its data" if result.clear
-             else "a trace the control shows too" if result.control_passes
-             else "no significant trace of its data")
-    return f"{found} (p = {result.p_value:.3g}, {result.trace_strength:+.0%} domain tokens beyond the null)"
 
 
 def print_audit(console: Console, result: AuditResult) -> None:
