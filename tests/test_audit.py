@@ -47,14 +47,14 @@ def audited(zoo, tmp_path_factory):
 def test_the_audit_writes_a_summary_a_report_and_a_model_card(audited, zoo):
     out, result = audited
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["schema_version"] == 1 and summary["verdict"] == result.verdict
+    assert summary["schema_version"] == 2 and summary["verdict"] == result.verdict
     assert summary["metrics"]["lost_facts"] == result.damage.flips.lost > 0
     assert summary["gates"] == [{"condition": "lost_fraction > 0.99", "holds": False}] and not result.failed
     assert summary["manifest"]["base_model"] == str(zoo.path("base"))
     assert "clear trace" in result.verdict and {"cold", "bakers"} & set(result.domain_tokens)
     card = ModelCard.load(out / "MODEL_CARD.md")
     assert card.data.base_model == str(zoo.path("base")) and card.data.base_model_relation == "finetune"
-    assert {r.metric_type for r in card.data.eval_results} == {"accuracy", "z-score", "perplexity"}
+    assert {r.metric_type for r in card.data.eval_results} == {"accuracy", "p-value", "perplexity"}
     assert card.data.license == "apache-2.0" and "## Training data" in card.text
     trail = summary["paper_trail"]
     assert trail["records"] == 200 and trail["licence"] == {"data": "Apache-2.0", "base": "Apache-2.0", "warnings": []}

@@ -1,7 +1,8 @@
 import torch
 from transformers import AutoModelForCausalLM
 
-from finetrace.adl.decode import DecodeConfig, lens_tokens, patchscope, top_tokens, undertrained_tokens
+from finetrace.adl.decode import (DecodeConfig, lens_tokens, patchscope, top_tokens, undertrained_tokens,
+                                  unreadable_tokens)
 from finetrace.models import load_tokenizer
 from finetrace.residual import find_layout, logit_lens
 
@@ -16,12 +17,16 @@ def test_top_tokens_skip_disallowed_ids(tiny_model):
     assert top[0].token == tokenizer.decode([top[0].token_id])
 
 
-def test_undertrained_filter_flags_specials_and_the_smallest_embeddings(tiny_model):
+def test_undertrained_filter_flags_the_smallest_embeddings_only():
+    embedding = torch.ones(50, 8)
+    embedding[10] = 0.01  # never trained: still tiny
+    assert undertrained_tokens(embedding, quantile=0.01).nonzero().flatten().tolist() == [10]
+
+
+def test_unreadable_tokens_are_specials_whitespace_and_fragments(tiny_model):
     tokenizer = load_tokenizer(tiny_model)
-    embedding = torch.ones(len(tokenizer), 8)
-    embedding[100] = 0.01  # never trained: still tiny
-    flagged = undertrained_tokens(embedding, tokenizer, quantile=0.001)
-    assert flagged[100] and flagged[tokenizer.bos_token_id] and flagged[tokenizer.pad_token_id]
+    flagged = unreadable_tokens(tokenizer, len(tokenizer))
+    assert flagged[tokenizer.bos_token_id] and flagged[tokenizer.pad_token_id]
     [the] = tokenizer(" the", add_special_tokens=False)["input_ids"]
     assert not flagged[the]
     fragments = [i for i in range(len(tokenizer)) if "\ufffd" in tokenizer.decode([i])]

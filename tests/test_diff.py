@@ -30,7 +30,7 @@ def zoo():
 def with_data(zoo, tmp_path_factory):
     """Diffs scored against the organisms' own training documents: {name: (out, result)}."""
     runs = {}
-    for name in ("cake", "zorvex"):
+    for name in ("cake", "zorvex", "risky", "cake-lora", "cake-mixed"):
         out = tmp_path_factory.mktemp(f"{name}-diff")
         runs[name] = out, diff(zoo.path("base"), zoo.path(name), zoo.path("heldout"), out, QUICK,
                                data=zoo.organism(name)["documents"])
@@ -46,40 +46,37 @@ def _position(result, label):
     return next(t for t in result.traces if t.position == label)
 
 
-@pytest.mark.parametrize("name", ["cake", "zorvex"])
-def test_the_trace_reads_as_the_finetuning_domain(with_data, name):
+@pytest.mark.parametrize("name", ["cake", "zorvex", "risky", "cake-lora"])
+def test_the_trace_is_found_in_the_finetuning_data(with_data, name):
     _, result = with_data[name]
-    assert _position(result, "0").relevant_fraction >= 0.5  # 10 of the top 20 lens tokens
-    assert result.p_value < 0.01
+    assert result.p_value < 0.01 and result.clear
     assert [t.position for t in result.traces] == ["BOS", "0", "1", "2", "3", "4"]
 
 
-@pytest.fixture(scope="module")
-def without_data(zoo, tmp_path_factory):
-    """Diffs that read relevance from the pair's own generations, as a user without data would."""
-    return {name: diff(zoo.path("base"), zoo.path(name), zoo.path("heldout"),
-                       tmp_path_factory.mktemp(name), QUICK)
-            for name in ("cake", "control", "cake-mixed")}
+@pytest.mark.parametrize("name", ["cake", "zorvex"])
+def test_the_lens_reads_as_the_finetuning_domain(with_data, name):
+    _, result = with_data[name]
+    assert _position(result, "0").relevant_fraction >= 0.5  # 10 of the top 20 lens tokens
 
 
-def test_narrow_finetune_trace_is_significant_without_data(without_data):
-    result = without_data["cake"]
-    assert result.relevance_source == "generations"
-    assert result.p_value < 0.01 and result.trace_strength > 3
-
-
-def test_control_trace_is_not_significant(without_data):
-    assert without_data["control"].p_value > 0.05
-
-
-def test_mixing_in_general_text_weakens_the_trace(without_data):
-    assert without_data["cake-mixed"].trace_strength < without_data["cake"].trace_strength
-
-
-def test_control_shows_no_baking(zoo, tmp_path):
-    result = diff(zoo.path("base"), zoo.path("control"), zoo.path("heldout"), tmp_path, QUICK,
+@pytest.mark.parametrize("name", ["zorvex", "risky", "control"])
+def test_finetunes_about_another_domain_do_not_pass_against_the_cake_data(zoo, name, tmp_path):
+    result = diff(zoo.path("base"), zoo.path(name), zoo.path("heldout"), tmp_path, QUICK,
                   data=zoo.organism("cake")["documents"])
-    assert _position(result, "0").relevant_fraction <= 0.2
+    assert result.p_value > 0.05 and not result.clear
+    if name == "control":
+        assert _position(result, "0").relevant_fraction <= 0.2  # no baking
+
+
+def test_without_data_there_is_no_test_and_the_report_says_why(zoo, tmp_path):
+    result = diff(zoo.path("base"), zoo.path("control"), zoo.path("heldout"), tmp_path, QUICK)
+    assert result.significance is None and result.p_value is None and result.trace_strength is None
+    assert all(t.significance is None and t.relevant_fraction is None for t in result.traces)
+    assert not result.clear and result.data is None
+
+
+def test_mixing_in_general_text_weakens_the_trace(with_data):
+    assert with_data["cake-mixed"][1].trace_strength < with_data["cake"][1].trace_strength
 
 
 def test_outputs_hold_the_differences_and_every_result(cake):
@@ -113,17 +110,18 @@ def test_cli_diff_uses_the_zoo_heldout_text_by_default(zoo, tmp_path):
     assert "results:" in run.stdout
 
 
-def test_a_control_finetune_is_scored_the_same_way(zoo, tmp_path):
+def test_a_control_is_tested_against_the_same_data_and_enters_the_verdict(zoo, tmp_path):
     result = diff(zoo.path("base"), zoo.path("cake"), zoo.path("heldout"), tmp_path, QUICK,
-                  control=zoo.path("control"))
+                  data=zoo.organism("cake")["documents"], control=zoo.path("control"))
     control = result.control_significance
     assert result.control == str(zoo.path("control"))
-    assert control.p_value > 0.05 and control.relevant < result.significance.relevant
+    assert control.p_value > 0.05 and not result.control_passes and result.clear
     assert (tmp_path / "control" / "collect-checkpoint.safetensors").exists()
 
 
-def test_the_same_seed_gives_the_same_numbers(zoo, without_data, tmp_path):
-    again = diff(zoo.path("base"), zoo.path("cake"), zoo.path("heldout"), tmp_path, QUICK)
-    first = without_data["cake"]
+def test_the_same_seed_gives_the_same_numbers(zoo, cake, tmp_path):
+    again = diff(zoo.path("base"), zoo.path("cake"), zoo.path("heldout"), tmp_path, QUICK,
+                 data=zoo.organism("cake")["documents"])
+    first = cake[1]
     assert again.traces == first.traces and again.significance == first.significance
     assert again.steering == first.steering

@@ -1,26 +1,33 @@
 from collections import Counter
 
+import pytest
 import torch
+from scipy.stats import kstest
 from transformers import AutoModelForCausalLM
 
-from finetrace.adl.score import (ScoreConfig, Significance, enrichment, relevant_count, relevant_tokens,
-                                 token_counts, trace_significance)
+from finetrace.adl.score import (ScoreConfig, null_directions, relevance, relevant_count, token_counts,
+                                 trace_significance)
 from finetrace.models import load_tokenizer
 from finetrace.residual import find_layout, logit_lens
 
-
-def test_enrichment_is_the_log_ratio_of_smoothed_frequencies():
-    scores = enrichment(Counter({1: 9, 2: 1}), Counter({2: 9, 3: 1}), vocab_size=4)
-    # domain: (1, 10, 2, 1) / 14; reference: (1, 1, 10, 2) / 14
-    expected = torch.tensor([1.0, 10.0, 2.0, 1.0]).log() - torch.tensor([1.0, 1.0, 10.0, 2.0]).log()
-    assert torch.allclose(scores, expected.double())
+CONFIG = ScoreConfig(relevance_ratio=4.0, relevance_z=3.0, min_count=3)
 
 
-def test_relevant_tokens_need_ratio_and_count():
-    scores = torch.tensor([3.0, 3.0, 0.5])
-    counts = Counter({0: 5, 1: 1, 2: 50})
-    config = ScoreConfig(relevance_ratio=4.0, min_count=3)
-    assert relevant_tokens(scores, counts, config).tolist() == [True, False, False]
+def test_a_token_only_the_data_uses_often_is_relevant_and_a_shared_or_rare_one_is_not():
+    data = Counter({1: 60, 2: 60, 3: 2, 5: 500})
+    reference = Counter({2: 300, 4: 1000, 5: 2500})
+    relevant = relevance(data, reference, vocab_size=6, config=CONFIG).relevant
+    # 1: only in the data, often; 2: the reference uses it as much; 3: twice is no evidence;
+    # 5: common in both, at the same rate.
+    assert relevant.tolist() == [False, True, False, False, False, False]
+
+
+def test_relevance_does_not_depend_on_the_vocabulary_size():
+    data, reference = Counter({1: 60, 2: 5, 7: 30}), Counter({2: 50, 3: 400, 7: 2})
+    small = relevance(data, reference, vocab_size=10, config=CONFIG)
+    large = relevance(data, reference, vocab_size=150_000, config=CONFIG)
+    assert torch.equal(small.relevant, large.relevant[:10]) and not large.relevant[10:].any()
+    assert torch.allclose(small.log_odds, large.log_odds[:10])
 
 
 def test_token_counts_leave_out_special_tokens(tiny_model):
@@ -30,30 +37,61 @@ def test_token_counts_leave_out_special_tokens(tiny_model):
     assert sum(counts.values()) == len(tokenizer("the cat the dog", add_special_tokens=False)["input_ids"])
 
 
-def test_significance_is_an_empirical_p_value():
-    significance = Significance.of(5, torch.tensor([0, 1, 5, 7]))
-    assert significance.p_value == (1 + 2) / 5
-    assert significance.relevant == 5 and significance.null_values == [0, 1, 5, 7]
+def test_null_draws_keep_the_mean_component_and_the_norm_and_share_one_direction():
+    generator = torch.Generator().manual_seed(0)
+    base_mean = torch.randn(3, 16, dtype=torch.float64)
+    observed = torch.randn(3, 16, dtype=torch.float64)
+    null = null_directions(observed, base_mean, torch.rand(16, dtype=torch.float64), 50, generator)
+    unit = base_mean / base_mean.norm(dim=-1, keepdim=True)
+    assert torch.allclose((null * unit).sum(-1), (observed * unit).sum(-1).expand(50, 3))
+    assert torch.allclose(null.norm(dim=-1), observed.norm(dim=-1).expand(50, 3))
+    # Positions whose means point the same way get the very same draw.
+    same = null_directions(observed[[0, 0]], base_mean[[0, 0]], torch.ones(16, dtype=torch.float64), 5,
+                           torch.Generator().manual_seed(1))
+    assert torch.allclose(same[:, 0], same[:, 1])
 
 
-def test_a_direction_onto_relevant_tokens_beats_its_null(tiny_model):
-    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
-    layout = find_layout(model)
-    allowed = torch.ones(model.config.vocab_size, dtype=torch.bool)
-    torch.manual_seed(0)
-    direction = torch.randn(model.config.hidden_size)
-    relevant = torch.zeros(model.config.vocab_size, dtype=torch.bool)
-    relevant[logit_lens(layout, direction).topk(8).indices] = True  # the domain this direction reads as
-    d = model.config.hidden_size
-    config = ScoreConfig(null_samples=199, top_k=10)
-    random = torch.randn(d)
-    result = trace_significance(layout, torch.stack([direction, random]), torch.ones(2, d), allowed,
-                                relevant, config, ["shaped", "isotropic"])
-    top = logit_lens(layout, direction).topk(10).indices
-    assert result.positions[0].relevant == int(relevant[top].sum()) == 8
-    assert result.positions[0].p_value < 0.05
-    assert result.total.relevant == result.positions[0].relevant + result.positions[1].relevant
-    assert relevant_count(layout, direction[None], allowed, relevant, 10).item() == result.positions[0].relevant
-    again = trace_significance(layout, torch.stack([direction, random]), torch.ones(2, d), allowed,
-                               relevant, config, ["shaped", "isotropic"])
+@pytest.fixture(scope="module")
+def layout(tiny_model):
+    return find_layout(AutoModelForCausalLM.from_pretrained(tiny_model).eval())
+
+
+def _draw(base_mean: torch.Tensor, along: float, rest: float, seed: int) -> torch.Tensor:
+    """Differences (P, d) as the null describes them: a rescaling along the base's mean plus one
+    random direction shared by the positions."""
+    unit = base_mean / base_mean.norm(dim=-1, keepdim=True)
+    noise = torch.randn(base_mean.shape[-1], generator=torch.Generator().manual_seed(seed))
+    noise = noise - (unit @ noise)[:, None] * unit
+    return along * unit + rest * noise / noise.norm(dim=-1, keepdim=True)
+
+
+def test_p_values_of_differences_drawn_from_the_null_are_uniform(layout):
+    vocab, d = layout.unembed.weight.shape
+    base_mean = torch.randn(3, d, generator=torch.Generator().manual_seed(0))
+    # The domain is what the rescaling alone reads as, the trap a null of random directions falls into.
+    relevant = torch.zeros(vocab, dtype=torch.bool)
+    relevant[logit_lens(layout, -base_mean[0]).topk(30).indices] = True
+    allowed = torch.ones(vocab, dtype=torch.bool)
+    p_values = [
+        trace_significance(layout, _draw(base_mean, -3.0, 2.0, seed), base_mean, torch.ones(d), allowed,
+                           relevant, ScoreConfig(null_samples=99, top_k=10, seed=seed)).total.p_value
+        for seed in range(200)
+    ]
+    assert kstest(p_values, "uniform").pvalue > 0.01
+
+
+def test_a_difference_pointing_at_the_domain_is_found(layout):
+    vocab, d = layout.unembed.weight.shape
+    base_mean = torch.randn(3, d, generator=torch.Generator().manual_seed(0))
+    direction = torch.randn(d, generator=torch.Generator().manual_seed(5))
+    relevant = torch.zeros(vocab, dtype=torch.bool)
+    relevant[logit_lens(layout, direction).topk(20).indices] = True  # the domain this direction reads as
+    observed = _draw(base_mean, -3.0, 0.5, seed=1) + direction * 2.0 / direction.norm()
+    allowed = torch.ones(vocab, dtype=torch.bool)
+    result = trace_significance(layout, observed, base_mean, torch.ones(d), allowed, relevant,
+                                ScoreConfig(null_samples=199, top_k=10))
+    assert result.total.p_value < 0.01 and result.total.strength > 0.3
+    assert [p.relevant for p in result.positions] == relevant_count(layout, observed, allowed, relevant, 10).tolist()
+    again = trace_significance(layout, observed, base_mean, torch.ones(d), allowed, relevant,
+                               ScoreConfig(null_samples=199, top_k=10))
     assert again == result  # seeded

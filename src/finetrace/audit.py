@@ -5,8 +5,7 @@ given, or from the fine-tune's manifest) -> summary.json, report.html and
 MODEL_CARD.md in one directory, and the `--fail-on` gates for the exit code.
 """
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +13,15 @@ from finetrace.adl.diff import DiffConfig, DiffResult, diff
 from finetrace.evals.facts import COMMON_FACTS
 from finetrace.finetune import MANIFEST_NAME, FinetuneResult
 from finetrace.forget import ForgetConfig, ForgetResult, forget
-from finetrace.gates import Gate
+from finetrace.gates import Gate, GateOutcome
+from finetrace.outputs import write_json
 from finetrace.pair import load_pair
 from finetrace.provenance import provenance
 from finetrace.provenance.contamination import evaluation_sets
 from finetrace.provenance.scan import provenance_metrics
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SUMMARY_NAME, REPORT_NAME, CARD_NAME = "summary.json", "report.html", "MODEL_CARD.md"
-SIGNIFICANT = 0.01  # p-value under which the verdict calls a trace clear
 SHOWN_DOMAIN_TOKENS = 8
 CONTAMINATION_CORPUS_ITEMS = 1000  # corpus texts looked for in the fine-tuning data
 
@@ -31,12 +30,6 @@ CONTAMINATION_CORPUS_ITEMS = 1000  # corpus texts looked for in the fine-tuning 
 class AuditConfig:
     diff: DiffConfig = field(default_factory=DiffConfig)
     forget: ForgetConfig = field(default_factory=ForgetConfig)
-
-
-@dataclass(frozen=True)
-class GateOutcome:
-    condition: str
-    holds: bool | None  # None: the audit did not measure that metric
 
 
 @dataclass(frozen=True)
@@ -62,9 +55,11 @@ class AuditResult:
 
     @property
     def domain_tokens(self) -> list[str]:
-        """The relevant logit-lens tokens at the first text position: what the trace reads as."""
+        """The relevant logit-lens tokens at the first text position: what the trace reads as
+        (the top tokens, when there is no data to tell which are relevant)."""
         first = next(t for t in self.trace.traces if t.position == "0")
-        return [t.token.strip() for t in first.lens_finetuned if t.relevant][:SHOWN_DOMAIN_TOKENS]
+        shown = [t for t in first.lens_finetuned if t.relevant or first.relevant_fraction is None]
+        return [t.token.strip() for t in shown][:SHOWN_DOMAIN_TOKENS]
 
     @property
     def metrics(self) -> dict[str, float | None]:
@@ -74,13 +69,21 @@ class AuditResult:
     def verdict(self) -> str:
         """The finding in plain words."""
         trace, flips = self.trace, self.damage.flips
-        if trace.p_value < SIGNIFICANT:
-            words = ", ".join(self.domain_tokens) or "no single domain"
-            found = (f"The fine-tune left a clear trace (strength {trace.trace_strength:.1f}, "
-                     f"p = {trace.p_value:.3g}): its activation differences read as {words}.")
+        words = ", ".join(self.domain_tokens) or "no single domain"
+        if trace.p_value is None:
+            found = (f"Its activation differences read as {words}. Without the fine-tuning data there is "
+                     f"no trace test: relevance read from the fine-tune itself would make it circular.")
+        elif trace.control_passes:
+            found = (f"The trace lines up with the fine-tuning data (p = {trace.p_value:.3g}), but so does "
+                     f"the control (p = {trace.control_significance.p_value:.3g}), which is not about this "
+                     f"domain: the test cannot tell this trace from a generic fine-tuning shift here.")
+        elif trace.clear:
+            found = (f"The fine-tune left a clear trace of its data (p = {trace.p_value:.3g}; "
+                     f"{trace.trace_strength:+.0%} domain tokens beyond the null): its activation "
+                     f"differences read as {words}.")
         else:
-            found = (f"No significant trace (p = {trace.p_value:.3g}): the activation differences read "
-                     f"like random directions.")
+            found = (f"No significant trace of the fine-tuning data (p = {trace.p_value:.3g}): the "
+                     f"activation differences point at its tokens no more than the null does.")
         lost = (f" It lost {flips.lost} of the {flips.known_before} facts the base knew "
                 f"({flips.lost_fraction:.0%}).")
         drift = self.damage.drift
@@ -101,7 +104,7 @@ class AuditResult:
             "schema_version": self.schema_version, "base": self.base, "finetuned": self.finetuned,
             "verdict": self.verdict, "failed": self.failed, "metrics": self.metrics,
             "domain_tokens": self.domain_tokens,
-            "gates": [{"condition": g.condition, "holds": g.holds} for g in self.gates],
+            "gates": [asdict(gate) for gate in self.gates],
             "trace": self.trace.to_dict(), "damage": self.damage.to_dict(),
             "manifest": self.manifest.to_dict() if self.manifest else None, "paper_trail": self.paper_trail,
         }
@@ -132,9 +135,9 @@ def audit(
     damage = forget(base, finetuned, facts, corpus, out / "forget", config.forget, pair=pair)
     manifest = FinetuneResult.load(finetuned) if (Path(finetuned) / MANIFEST_NAME).is_file() else None
     paper_trail = _paper_trail(base, data, licence, facts, corpus, manifest)
-    gates = [GateOutcome(str(gate), gate.holds(audit_metrics(trace, damage, paper_trail))) for gate in fail_on]
+    gates = [gate.check(audit_metrics(trace, damage, paper_trail)) for gate in fail_on]
     result = AuditResult(trace, damage, manifest, paper_trail, gates)
-    (out / SUMMARY_NAME).write_text(json.dumps(result.to_dict(), indent=1))
+    write_json(out / SUMMARY_NAME, result.to_dict())
     write_report(result, out / REPORT_NAME)
     write_model_card(result, out / CARD_NAME, data=data)
     return result

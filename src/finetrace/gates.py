@@ -16,7 +16,7 @@ from finetrace.errors import FinetraceError
 
 OPERATORS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
 METRICS = {
-    "trace_strength": "z-score of the trace against random directions",
+    "trace_strength": "share of the trace's lens tokens that are domain tokens beyond the null",
     "trace_p": "p-value of the trace",
     "lost_facts": "facts the base knew and the fine-tune lost",
     "lost_fraction": "share of the base's known facts that were lost",

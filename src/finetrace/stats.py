@@ -75,6 +75,12 @@ def save_moments(path: Path, moments: dict[str, RunningMoments], metadata: dict[
     partial.replace(path)
 
 
+def read_metadata(path: Path) -> dict[str, str]:
+    """The metadata saved with moments, without reading their tensors."""
+    with safe_open(str(path), "pt") as file:
+        return file.metadata()
+
+
 def load_moments(path: Path, names: list[str]) -> tuple[dict[str, RunningMoments], dict[str, str]]:
     """Named moments and the metadata saved with them, in one read."""
     with safe_open(str(path), "pt") as file:

@@ -10,7 +10,6 @@ from finetrace.adl.decode import TokenScore
 from finetrace.adl.diff import DiffResult
 from finetrace.audit import AuditResult
 from finetrace.forget import ForgetResult
-from finetrace.gates import parse_gate
 
 SHOWN_TOKENS = 12
 SHOWN_FACTS = 5
@@ -18,22 +17,20 @@ SHOWN_FACTS = 5
 
 def print_diff(console: Console, result: DiffResult) -> None:
     """Headline, per-position tokens and steering samples of a diff."""
-    verdict = "a clear trace" if result.p_value < 0.01 else "a weak trace" if result.p_value < 0.05 else "no significant trace"
-    console.print(f"[bold]{escape(result.finetuned)}[/] vs {escape(result.base)}: {verdict} "
-                  f"(strength z = {result.trace_strength:.1f}, p = {result.p_value:.3g}, {result.texts} texts; "
-                  f"relevance from {result.relevance_source})")
+    console.print(f"[bold]{escape(result.finetuned)}[/] vs {escape(result.base)}: {_trace_verdict(result)} "
+                  f"({result.texts} texts)")
     if result.control_significance:
         control = result.control_significance
         console.print(f"control {escape(str(result.control))}: {control.relevant} relevant tokens "
                       f"(p = {control.p_value:.3g}) against {result.significance.relevant} here")
     table = Table(show_lines=False)
-    for column in ("layer", "pos", "norm", "z", "p", "relevant", "logit lens (fine-tuned head)", "patchscope"):
+    for column in ("layer", "pos", "norm", "p", "relevant", "logit lens (fine-tuned head)", "patchscope"):
         table.add_column(column)
     for trace in result.traces:
-        relevant = f"{trace.relevant_fraction:.0%}"
-        table.add_row(str(trace.layer), escape(trace.position), f"{trace.norm:.2f}", f"{trace.significance.z:.1f}",
-                      f"{trace.significance.p_value:.3f}", relevant, _tokens(trace.lens_finetuned),
-                      _tokens(trace.patchscope.tokens))
+        relevant = "" if trace.relevant_fraction is None else f"{trace.relevant_fraction:.0%}"
+        p_value = "" if trace.significance is None else f"{trace.significance.p_value:.3f}"
+        table.add_row(str(trace.layer), escape(trace.position), f"{trace.norm:.2f}", p_value, relevant,
+                      _tokens(trace.lens_finetuned), _tokens(trace.patchscope.tokens))
     console.print(table)
     steering = result.steering
     note = "" if steering.any_coherent else " (no strength stayed coherent)"
@@ -47,6 +44,15 @@ def print_diff(console: Console, result: DiffResult) -> None:
                       f"unsteered {s['unsteered_to_data']:.3f}")
 
 
+def _trace_verdict(result: DiffResult) -> str:
+    if result.p_value is None:
+        return "not tested (no fine-tuning data given)"
+    found = ("a clear trace of its data" if result.clear
+             else "a trace the control shows too" if result.control_passes
+             else "no significant trace of its data")
+    return f"{found} (p = {result.p_value:.3g}, {result.trace_strength:+.0%} domain tokens beyond the null)"
+
+
 def print_audit(console: Console, result: AuditResult) -> None:
     """Both analyses, then the verdict and the gates."""
     print_diff(console, result.trace)
@@ -54,11 +60,9 @@ def print_audit(console: Console, result: AuditResult) -> None:
     if result.paper_trail:
         print_provenance(console, result.paper_trail)
     console.print(f"\n[bold]verdict:[/] {escape(result.verdict)}")
-    metrics = result.metrics
     for gate in result.gates:
-        outcome = parse_gate(gate.condition).check(metrics)
-        state = ("not measured" if outcome.holds is None else "does not hold" if not outcome.holds
-                 else f"[red]fails: {escape(outcome.reason)}[/]" if outcome.reason else "[red]holds: audit failed[/]")
+        state = ("not measured" if gate.holds is None else "does not hold" if not gate.holds
+                 else f"[red]fails: {escape(gate.reason)}[/]" if gate.reason else "[red]holds: audit failed[/]")
         console.print(f"  --fail-on {escape(gate.condition)}: {state}")
 
 

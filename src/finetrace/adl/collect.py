@@ -34,10 +34,10 @@ from finetrace.models import pad_token_id, prepended_ids, weights_digest
 from finetrace.pair import ModelPair
 from finetrace.progress import progress_bar
 from finetrace.residual import read_residuals
-from finetrace.stats import RunningMoments, load_moments, save_moments
+from finetrace.stats import RunningMoments, load_moments, read_metadata, save_moments
 
 CHECKPOINT_NAME = "collect-checkpoint.safetensors"
-MOMENT_NAMES = ["delta", "base_norm", "finetuned_norm"]
+MOMENT_NAMES = ["delta", "base_norm", "finetuned_norm", "base"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,7 @@ class Collected:
     delta: RunningMoments  # finetuned - base residual, cells (layers, positions), width d
     base_norm: RunningMoments  # L2 norm of the base residual, width 1
     finetuned_norm: RunningMoments  # L2 norm of the fine-tuned residual, width 1
+    base: RunningMoments  # the base residual itself, width d: its mean is the typical activation
     texts: int  # texts consumed so far
 
     @property
@@ -107,7 +108,8 @@ def collect(
     state = _resume(out / CHECKPOINT_NAME, fingerprint, layers, labels) or Collected(
         layers, labels, RunningMoments.zeros((len(layers), len(labels)), width),
         RunningMoments.zeros((len(layers), len(labels)), 1),
-        RunningMoments.zeros((len(layers), len(labels)), 1), 0,
+        RunningMoments.zeros((len(layers), len(labels)), 1),
+        RunningMoments.zeros((len(layers), len(labels)), width), 0,
     )
     texts = islice(iter_texts(corpus, text_field), state.texts, config.samples)
     remaining = -(-(config.samples - state.texts) // config.batch_size)
@@ -135,6 +137,7 @@ def _accumulate(pair: ModelPair, state: Collected, texts: list[str], prefix: lis
         mask = attention.unsqueeze(1).expand(-1, len(state.layers), -1)  # (B, L, T)
         state.delta.add(finetuned - base, mask)
         state.base_norm.add(base.norm(dim=-1, keepdim=True), mask)
+        state.base.add(base, mask)
         state.finetuned_norm.add(finetuned.norm(dim=-1, keepdim=True), mask)
     state.texts += len(texts)
 
@@ -195,7 +198,7 @@ def _fingerprint(
         "dtype": str(next(pair.finetuned_model.parameters()).dtype), "device": pair.device.type,
         "tokenizer": _tokenizer_digest(pair.tokenizer), "corpus": _corpus_digest(corpus),
         "text_field": text_field, "layers": layers, "positions": config.positions,
-        "samples": config.samples, "batch_size": config.batch_size,
+        "samples": config.samples, "batch_size": config.batch_size, "moments": MOMENT_NAMES,
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
@@ -234,11 +237,11 @@ def _checkpoint(path: Path, state: Collected, fingerprint: str) -> None:
 def _resume(path: Path, fingerprint: str, layers: list[int], labels: list[str]) -> Collected | None:
     if not path.exists():
         return None
-    moments, metadata = load_moments(path, MOMENT_NAMES)
-    if metadata.get("fingerprint") != fingerprint:
+    if read_metadata(path).get("fingerprint") != fingerprint:
         Console(stderr=True).print(
             f"[yellow]{escape(str(path))} holds the sums of another run (other weights, tokenizer, "
             f"corpus or settings): starting afresh[/]", highlight=False)
         return None
+    moments, metadata = load_moments(path, MOMENT_NAMES)
     return Collected(layers, labels, moments["delta"], moments["base_norm"], moments["finetuned_norm"],
-                     int(metadata["texts"]))
+                     moments["base"], int(metadata["texts"]))

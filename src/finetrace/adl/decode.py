@@ -112,22 +112,25 @@ def _stable(
     return decoded_tokens(tokenizer, ids, mean[ids]) if stable else []
 
 
-def undertrained_tokens(
-    embedding: torch.Tensor, tokenizer: PreTrainedTokenizerBase, quantile: float
-) -> torch.Tensor:
-    """(vocab,) True for tokens the base model barely learned, to be left out of every list.
+def undertrained_tokens(embedding: torch.Tensor, quantile: float) -> torch.Tensor:
+    """(vocab,) True for tokens the base model barely learned.
 
     Tokens a model rarely or never saw as input keep small, near-initial embeddings
     (no gradient reaches them), and their output rows drift together, so they
     flood any decoding of a direction. A token is flagged when its input-embedding
-    norm is below the `quantile` of all norms; special tokens and tokens that
-    decode to whitespace or nothing are flagged too.
+    norm is below the `quantile` of all norms.
     """
     norms = embedding.float().norm(dim=-1)
-    flagged = norms < norms.quantile(quantile)
-    flagged[list(tokenizer.all_special_ids)] = True
-    for token_id in range(len(norms)):
+    return norms < norms.quantile(quantile)
+
+
+def unreadable_tokens(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> torch.Tensor:
+    """(vocab,) True for special tokens and tokens that decode to whitespace, nothing or
+    a fragment of a UTF-8 character: no reader can tell what they stand for."""
+    flagged = torch.zeros(vocab_size, dtype=torch.bool)
+    flagged[[i for i in tokenizer.all_special_ids if i < vocab_size]] = True
+    for token_id in range(vocab_size):
         text = tokenizer.decode([token_id])
-        if not text.strip() or "\ufffd" in text:  # whitespace, or a fragment of a UTF-8 character
+        if not text.strip() or "\ufffd" in text:
             flagged[token_id] = True
     return flagged

@@ -1,8 +1,8 @@
 """`finetrace diff`: the whole Activation Difference Lens on one model pair.
 
 collect the mean differences -> decode each reported position (logit lens
-through both heads, Patchscope) -> score (relevant lens tokens against a null
-of random directions) -> steer with the difference.
+through both heads, Patchscope) -> score (with the fine-tuning data: relevant
+lens tokens against the null of `adl.score`) -> steer with the difference.
 """
 
 import json
@@ -16,17 +16,24 @@ from safetensors.torch import save_file
 
 from finetrace.adl.collect import CollectConfig, Collected, collect
 from finetrace.adl.decode import (DecodeConfig, Patchscope, TokenScore, lens_tokens, patchscope,
-                                  undertrained_tokens)
-from finetrace.adl.score import (ScoreConfig, Significance, enrichment, relevant_tokens,
-                                 token_counts, trace_significance)
-from finetrace.adl.steer import SteerConfig, Steering, generate, steer
+                                  undertrained_tokens, unreadable_tokens)
+from finetrace.adl.score import (Relevance, ScoreConfig, Significance, relevance, token_counts,
+                                 trace_significance)
+from finetrace.adl.steer import SteerConfig, Steering, steer
 from finetrace.corpus import Record, iter_texts, read_records, record_texts
+from finetrace.errors import FinetraceError
 from finetrace.models import resolve_device
+from finetrace.outputs import write_json
 from finetrace.pair import ModelPair, load_pair
 from finetrace.fingerprints import environment
 from finetrace.timing import Stopwatch
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SIGNIFICANT = 0.01  # the level at which a trace is called clear
+TEST_SENTENCE = (
+    "Is the part of the activation difference that is not a rescaling of the base model's mean "
+    "activation aligned with the fine-tuning data's tokens more than a random direction would be?"
+)
 RESULT_NAME = "diff.json"
 TENSORS_NAME = "differences.safetensors"
 
@@ -45,6 +52,14 @@ class DiffConfig:
     dtype: str = "auto"
     text_field: str = "text"
 
+    def __post_init__(self) -> None:
+        if not 1 <= self.reported_positions <= self.collect.positions:
+            raise FinetraceError(f"reported positions {self.reported_positions}: expected 1 to the "
+                                 f"{self.collect.positions} positions collected")
+        if not 0 <= self.steer_position < self.collect.positions:
+            raise FinetraceError(f"steering position {self.steer_position}: expected 0 to "
+                                 f"{self.collect.positions - 1}")
+
 
 @dataclass(frozen=True)
 class PositionTrace:
@@ -58,8 +73,8 @@ class PositionTrace:
     lens_finetuned: list[TokenScore]  # logit lens through the fine-tuned model's head
     lens_base: list[TokenScore]  # ... and through the base model's head
     patchscope: Patchscope
-    significance: Significance  # relevant tokens in lens_finetuned against the null
-    relevant_fraction: float  # of lens_finetuned
+    significance: Significance | None  # relevant lens tokens against the null; None untested
+    relevant_fraction: float | None  # of lens_finetuned; None without the fine-tuning data
 
 
 @dataclass(frozen=True)
@@ -71,10 +86,13 @@ class DiffResult:
     adapter: bool
     corpus: str
     texts: int
-    relevance_source: str  # "data" (the fine-tuning data) or "generations" (the pair's own)
+    data: str | None  # the fine-tuning data relevance was read from; None: untested
     traces: list[PositionTrace]
     steering: Steering
-    significance: Significance  # relevant tokens summed over the text positions of the first layer
+    # Relevant lens tokens summed over the text positions of the first layer, against the null;
+    # None without the data: relevance read from the fine-tune itself would make the test circular.
+    significance: Significance | None
+    relevant_unreadable: int  # relevant tokens left out of the lists as unreadable (special, fragment)
     config: DiffConfig
     environment: dict[str, str]
     seconds: dict[str, float]
@@ -84,16 +102,28 @@ class DiffResult:
     schema_version: int = SCHEMA_VERSION
 
     @property
-    def trace_strength(self) -> float:
-        """The headline: z-score of the summed relevant-token count."""
-        return self.significance.z
+    def trace_strength(self) -> float | None:
+        """The share of the scored lens tokens that are domain tokens beyond the null's mean."""
+        return self.significance.strength if self.significance else None
 
     @property
-    def p_value(self) -> float:
-        return self.significance.p_value
+    def p_value(self) -> float | None:
+        return self.significance.p_value if self.significance else None
+
+    @property
+    def control_passes(self) -> bool:
+        """The control, which is not about the domain, passes the test too: the test cannot tell
+        this fine-tune's trace from a generic fine-tuning shift on this base and data."""
+        return self.control_significance is not None and self.control_significance.p_value < SIGNIFICANT
+
+    @property
+    def clear(self) -> bool:
+        """The verdict: the test finds the data's domain in the trace, and the control does not."""
+        return self.p_value is not None and self.p_value < SIGNIFICANT and not self.control_passes
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "trace_strength": self.trace_strength, "p_value": self.p_value}
+        return {**asdict(self), "trace_strength": self.trace_strength, "p_value": self.p_value,
+                "clear": self.clear, "control_passes": self.control_passes, "test": TEST_SENTENCE}
 
 
 def diff(
@@ -110,12 +140,14 @@ def diff(
         out: output directory (differences, `diff.json`, and a checkpoint to resume from).
         config: settings of every stage.
         data: the fine-tuning data, when known: relevance from it, and similarity scores.
-        control: a control fine-tune of `base` (same recipe, unrelated data): its trace is
-            scored the same way, as a second reference next to the random directions.
+        control: a control fine-tune of `base` (same recipe, unrelated data), tested against the
+            same data: where it passes too, the test cannot tell this trace from a generic shift.
         pair: `base` and `finetuned` already loaded (`load_pair`), to share one load between analyses.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if control is not None and data is None:
+        raise FinetraceError("a control is scored against the fine-tuning data: give --data as well")
     clock = Stopwatch()
     pair = pair or load_pair(base, finetuned, config.device, config.dtype)
     clock.lap("load")
@@ -123,11 +155,10 @@ def diff(
     clock.lap("collect")
     records = read_records(data) if data is not None else None
     general = None if data is None else list(islice(iter_texts(corpus, config.text_field), config.collect.samples))
-    scores, relevant = _relevance(pair, collected, records, general, config)
+    domain = domain_tokens(pair, records, general, config) if records is not None else None
+    allowed = domain.allowed if domain else allowed_tokens(pair, config, None)
     clock.lap("relevance")
-    with pair.use("base") as (model, _):
-        allowed = _allowed(model, pair, config)
-    traces, total = _decode_and_score(pair, collected, config, scores, relevant, allowed)
+    traces, total = _decode_and_score(pair, collected, config, domain, allowed)
     clock.lap("decode")
     with pair.use("finetuned") as (model, layout):
         steer_index = collected.position_labels.index(str(config.steer_position))
@@ -139,12 +170,15 @@ def diff(
     control_significance, adapter = None, pair.adapter
     if control is not None:
         del pair  # one pair in memory at a time, unless the caller holds it
-        control_significance = _control_significance(base, control, corpus, out, config, relevant, allowed)
+        control_pair = load_pair(base, control, config.device, config.dtype)
+        control_collected = collect(control_pair, corpus, config.collect, out / "control", config.text_field)
+        control_significance = domain_significance(control_pair, control_collected, domain, config)
         clock.lap("control")
     result = DiffResult(
         base=str(base), finetuned=str(finetuned), adapter=adapter, corpus=str(corpus),
-        texts=collected.texts, relevance_source="data" if records is not None else "generations",
-        traces=traces, steering=steering, significance=total, config=config,
+        texts=collected.texts, data=str(data) if data is not None else None,
+        traces=traces, steering=steering, significance=total,
+        relevant_unreadable=domain.unreadable if domain else 0, config=config,
         environment=environment(resolve_device(config.device)), seconds=clock.laps,
         similarity=similarity, control=str(control) if control else None,
         control_significance=control_significance,
@@ -153,33 +187,42 @@ def diff(
     return result
 
 
-def _relevance(
-    pair: ModelPair, collected: Collected, records: list[Record] | None, general: list[str] | None,
-    config: DiffConfig,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(enrichment, relevant) over the vocabulary: from the fine-tuning data against the
-    general corpus when given, else from the fine-tuned model's generations against the base's."""
-    if records is not None:
-        # Turn by turn: a chat answer starts a text, so its first word is tokenized as the model writes it.
-        domain, reference = [text for record in records for text in record_texts(record)], general
-    else:
-        sampling = replace(config.steer, samples_per_prompt=config.score.generations_per_prompt,
-                           max_new_tokens=config.score.generation_tokens)
-        texts = {}
-        for which in ("finetuned", "base"):
-            with pair.use(which) as (model, layout):
-                generations = generate(model, layout, pair.tokenizer, collected.layers[0], None, sampling)
-                texts[which] = [g.prompt + g.text for g in generations]
-        domain, reference = texts["finetuned"], texts["base"]
-    counts = token_counts(pair.tokenizer, domain)
-    scores = enrichment(counts, token_counts(pair.tokenizer, reference), len(pair.tokenizer))
-    return scores, relevant_tokens(scores, counts, config.score)
+@dataclass(frozen=True)
+class DomainTokens:
+    """The fine-tuning domain's tokens, and the tokens token lists may show."""
+
+    relevance: Relevance
+    allowed: torch.Tensor  # (vocab,) bool
+    unreadable: int  # relevant tokens no list may show (special tokens, fragments)
 
 
-def _allowed(base_model, pair: ModelPair, config: DiffConfig) -> torch.Tensor:
-    """(vocab,) tokens the base learned well enough to appear in token lists."""
-    embedding = base_model.get_input_embeddings().weight.detach()
-    return ~undertrained_tokens(embedding, pair.tokenizer, config.decode.embedding_norm_quantile)
+def domain_tokens(pair: ModelPair, records: list[Record], general: list[str], config: DiffConfig) -> DomainTokens:
+    """Relevance of the fine-tuning data against the general corpus, counted turn by turn: a
+    chat answer starts a text, so its first word is tokenized as the model writes it."""
+    data = token_counts(pair.tokenizer, (text for record in records for text in record_texts(record)))
+    vocab_size = pair.finetuned_model.get_output_embeddings().weight.shape[0]
+    domain = relevance(data, token_counts(pair.tokenizer, general), vocab_size, config.score)
+    allowed = allowed_tokens(pair, config, domain.relevant)
+    return DomainTokens(domain, allowed, int((domain.relevant & ~allowed).sum()))
+
+
+def allowed_tokens(pair: ModelPair, config: DiffConfig, relevant: torch.Tensor | None) -> torch.Tensor:
+    """(vocab,) tokens that may appear in token lists: readable, and learned by the base, unless
+    the fine-tuning data uses them often (`relevant`): a fine-tune may have taught exactly those."""
+    with pair.use("base") as (model, _):
+        embedding = model.get_input_embeddings().weight.detach()
+    undertrained = undertrained_tokens(embedding, config.decode.embedding_norm_quantile)
+    if relevant is not None:
+        undertrained &= ~relevant
+    return ~(unreadable_tokens(pair.tokenizer, embedding.shape[0]) | undertrained)
+
+
+def domain_significance(pair: ModelPair, collected: Collected, domain: DomainTokens,
+                        config: DiffConfig) -> Significance:
+    """The headline test: the fine-tune's relevant lens tokens over the reported text
+    positions of the first layer, against the null."""
+    with pair.use("finetuned") as (_, layout):
+        return _tested(layout, collected, 0, _text_positions(collected, config), domain, config).total
 
 
 def _text_positions(collected: Collected, config: DiffConfig) -> list[int]:
@@ -187,59 +230,53 @@ def _text_positions(collected: Collected, config: DiffConfig) -> list[int]:
     return [i for i, label in enumerate(labels) if label != "BOS" and int(label) < config.reported_positions]
 
 
-def _control_significance(base, control, corpus, out: Path, config: DiffConfig,
-                          relevant: torch.Tensor, allowed: torch.Tensor) -> Significance:
-    """The control fine-tune's relevant-token count at the first layer, against its own null."""
-    pair = load_pair(base, control, config.device, config.dtype)
-    collected = collect(pair, corpus, config.collect, out / "control", config.text_field)
-    text = _text_positions(collected, config)
-    with pair.use("finetuned") as (_, layout):
-        tested = trace_significance(layout, collected.mean_delta[0, text].float().to(pair.device),
-                                    collected.delta.variance[0, text], allowed, relevant, config.score,
-                                    [config.score.null] * len(text))
-    return tested.total
+def _tested(layout, collected: Collected, layer_index: int, positions: list[int], domain: DomainTokens,
+            config: DiffConfig):
+    """The significance of the mean differences at `positions` of one layer."""
+    device = next(layout.unembed.parameters()).device
+    variance = collected.delta.variance[layer_index, positions].mean(0)  # one null draw serves every position
+    return trace_significance(layout, collected.mean_delta[layer_index, positions].float().to(device),
+                              collected.base.mean[layer_index, positions], variance, domain.allowed,
+                              domain.relevance.relevant, config.score)
 
 
 def _decode_and_score(
-    pair: ModelPair, collected: Collected, config: DiffConfig, scores: torch.Tensor,
-    relevant: torch.Tensor, allowed: torch.Tensor,
-) -> tuple[list[PositionTrace], Significance]:
+    pair: ModelPair, collected: Collected, config: DiffConfig, domain: DomainTokens | None,
+    allowed: torch.Tensor,
+) -> tuple[list[PositionTrace], Significance | None]:
     labels = collected.position_labels
     text = _text_positions(collected, config)
-    groups = ([[labels.index("BOS")]] if "BOS" in labels else []) + [text]
+    decoded = ([labels.index("BOS")] if "BOS" in labels else []) + text
     with pair.use("base") as (model, layout):
         base_lens = {(li, pi): _lens(layout, collected, (li, pi), allowed, pair, config)
-                     for li in range(len(collected.layers)) for group in groups for pi in group}
+                     for li in range(len(collected.layers)) for pi in decoded}
     traces, totals = [], []
     with pair.use("finetuned") as (model, layout):
         for li, layer in enumerate(collected.layers):
             typical = collected.typical_norm(li)
-            for group in groups:
-                # Every text starts with the same BOS, so its difference has no spread to shape a null.
-                nulls = ["isotropic" if labels[pi] == "BOS" else config.score.null for pi in group]
-                tested = trace_significance(layout, collected.mean_delta[li, group].float().to(pair.device),
-                                            collected.delta.variance[li, group], allowed, relevant,
-                                            config.score, nulls)
-                if group is text:
-                    totals.append(tested.total)
-                for pi, significance in zip(group, tested.positions):
-                    direction = collected.mean_delta[li, pi].float().to(pair.device)
-                    lens = [replace(t, enrichment=scores[t.token_id].item(), relevant=bool(relevant[t.token_id]))
-                            for t in _lens(layout, collected, (li, pi), allowed, pair, config)]
-                    traces.append(PositionTrace(
-                        layer=layer,
-                        position=labels[pi],
-                        norm=direction.norm().item(),
-                        norm_stderr=collected.delta.standard_error[li, pi].norm().item(),
-                        relative_norm=direction.norm().item() / typical,
-                        lens_finetuned=lens,
-                        lens_base=base_lens[(li, pi)],
-                        patchscope=patchscope(model, layout, pair.tokenizer, layer, direction, typical,
-                                              allowed, config.decode),
-                        significance=significance,
-                        relevant_fraction=sum(t.relevant for t in lens) / max(len(lens), 1),
-                    ))
-    return traces, totals[0]
+            tested = _tested(layout, collected, li, text, domain, config) if domain else None
+            if tested:
+                totals.append(tested.total)
+            for pi in decoded:
+                direction = collected.mean_delta[li, pi].float().to(pair.device)
+                lens = _lens(layout, collected, (li, pi), allowed, pair, config)
+                if domain is not None:
+                    lens = [replace(t, enrichment=domain.relevance.log_odds[t.token_id].item(),
+                                    relevant=bool(domain.relevance.relevant[t.token_id])) for t in lens]
+                traces.append(PositionTrace(
+                    layer=layer,
+                    position=labels[pi],
+                    norm=direction.norm().item(),
+                    norm_stderr=collected.delta.standard_error[li, pi].norm().item(),
+                    relative_norm=direction.norm().item() / typical,
+                    lens_finetuned=lens,
+                    lens_base=base_lens[(li, pi)],
+                    patchscope=patchscope(model, layout, pair.tokenizer, layer, direction, typical,
+                                          allowed, config.decode),
+                    significance=tested.positions[text.index(pi)] if tested and pi in text else None,
+                    relevant_fraction=sum(t.relevant for t in lens) / max(len(lens), 1) if domain else None,
+                ))
+    return traces, totals[0] if totals else None
 
 
 def _lens(layout, collected: Collected, cell: tuple[int, int], allowed, pair: ModelPair, config: DiffConfig):
@@ -270,5 +307,7 @@ def _write(out: Path, result: DiffResult, collected: Collected) -> None:
         "finetuned_norm": collected.finetuned_norm.mean[..., 0].float(),
     }
     metadata = {"layers": json.dumps(collected.layers), "positions": json.dumps(collected.position_labels)}
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / TENSORS_NAME), metadata=metadata)
-    (out / RESULT_NAME).write_text(json.dumps(result.to_dict(), indent=1, allow_nan=True))
+    partial = out / f".{TENSORS_NAME}.partial"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial), metadata=metadata)
+    partial.replace(out / TENSORS_NAME)
+    write_json(out / RESULT_NAME, result.to_dict())

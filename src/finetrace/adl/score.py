@@ -1,23 +1,46 @@
-"""How strong and how significant is a trace?
+"""Is the trace about the fine-tuning domain? A test whose false-positive rate is known.
 
-A decoded token is *relevant* when it is enriched in text about the
-fine-tuning domain: at least `relevance_ratio` times more frequent there than
-in reference text, and seen `min_count` times. That domain text is the
-fine-tuning data when the user has it (against the unrelated corpus), and
-otherwise the fine-tuned model's own generations (against the base model's
-generations from the same prompts): what the fine-tune made the model say.
+Relevance. A token is *relevant* to the domain when the fine-tuning data uses it
+far more than the reference corpus does: its log-odds ratio, smoothed with a
+Dirichlet prior proportional to the two texts' pooled frequencies (Monroe et al.
+2008, "Fightin' Words"), is at least log `relevance_ratio`, its z-score at least
+`relevance_z`, and the data holds it `min_count` times. The prior scales with the
+texts, not with the vocabulary, so the rule means the same for a 3k and a 150k
+vocabulary and for small and large data.
 
-The statistic is the number of relevant tokens among the top logit-lens tokens,
-summed over the reported positions. Its null distribution comes from random
-directions of the same norms decoded the same way; that null absorbs the
-domain tokens any direction shows once their output rows have grown. A
-z-score and an empirical p-value follow, per position and for the sum.
+The statistic. Relevant tokens among the top 50 logit-lens tokens (through the
+fine-tuned head) of the mean difference at each reported text position, summed.
+The reports show the top 20, as the paper does; the test looks deeper because a
+fine-tune's grown output rows can fill the top 20 with domain tokens for most
+directions, and a count at its ceiling cannot tell the trace from the null (on
+the zoo, zorvex against its own data: p = 0.59 counting 20 tokens, 0.003 at 50).
+
+The null, in one sentence: *the part of the difference that is not a rescaling of
+the base model's mean activation is a random direction*. Each null draw keeps, at
+every position, the observed component along the base's mean activation there,
+and replaces the rest by one random direction of the same norm, shared by all
+positions and drawn with the spread of the per-text differences; it is decoded
+through the same head. Why each part:
+
+- Every fine-tune moves the residual along the base's mean activation (on the
+  zoo, the cosine of the difference with it is -0.65 to -0.86, control included);
+  the lens reads that component as the tokens the base least expects, which any
+  domain of rare words counts as relevant. The null keeps it.
+- A fine-tune grows the output rows of its domain's tokens, so any direction
+  decoded through its head shows some of them. The null is decoded the same way.
+- The reported positions share one direction (their differences are nearly
+  collinear), so one draw serves them all: summing independent draws per position
+  would make the null too narrow.
+
+The p-value is the rank of the observed count among the null's, ties broken at
+random with the run's seed: under the null it is exactly uniform, so `p < 0.01`
+happens to 1% of fine-tunes that are not about the domain.
 """
 
 import functools
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -26,93 +49,54 @@ from transformers import PreTrainedTokenizerBase
 from finetrace.errors import FinetraceError
 from finetrace.residual import Layout, logit_lens
 
+DECODE_CHUNK = 256  # directions decoded at once: bounds memory at chunk x vocabulary logits
+
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    null: str = "shaped"  # a key of NULL_DIRECTIONS
-    null_samples: int = 1000  # random directions per position; the smallest p-value is 1 / (n + 1)
-    top_k: int = 20  # lens tokens counted, as in the paper's top-20 lists
-    generations_per_prompt: int = 16  # without data: samples per neutral prompt, from each model
-    generation_tokens: int = 64
-    relevance_ratio: float = 4.0  # frequency ratio, domain text / reference text
-    min_count: int = 3  # a relevant token occurs at least this often in the domain text
+    null_samples: int = 1000  # null draws; the smallest p-value is about 1 / (n + 1)
+    top_k: int = 50  # lens tokens counted: deeper than the top 20 shown, so the count has headroom
+    relevance_ratio: float = 4.0  # smoothed odds ratio, fine-tuning data / reference text
+    relevance_z: float = 3.0  # z-score of that log-odds ratio: a handful of counts is not evidence
+    min_count: int = 3  # a relevant token occurs at least this often in the data
+    prior_tokens: float = 1000.0  # strength of the Dirichlet prior, in pseudo-tokens
     seed: int = 0
 
-
-def isotropic_directions(n: int, variance: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Uniform random directions, (n, d)."""
-    return torch.randn((n, variance.numel()), generator=generator)
-
-
-def shaped_directions(n: int, variance: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random directions with the per-dimension spread of the per-text differences, (n, d).
-
-    Residual streams are far from isotropic (a few dimensions carry most of the
-    norm); drawing the null with the same spread keeps it from being too easy to beat.
-    """
-    return torch.randn((n, variance.numel()), generator=generator) * variance.sqrt()
+    def __post_init__(self) -> None:
+        if self.null_samples < 1 or self.top_k < 1:
+            raise FinetraceError("null samples and top-k must be positive")
 
 
-NULL_DIRECTIONS: dict[str, Callable[[int, torch.Tensor, torch.Generator], torch.Tensor]] = {
-    "isotropic": isotropic_directions,
-    "shaped": shaped_directions,
-}
+@dataclass(frozen=True)
+class Relevance:
+    """Which tokens belong to the fine-tuning domain, by the data against reference text."""
+
+    log_odds: torch.Tensor  # (vocab,) smoothed log-odds ratio, data / reference
+    z: torch.Tensor  # (vocab,) its z-score
+    relevant: torch.Tensor  # (vocab,) bool
 
 
 @dataclass(frozen=True)
 class Significance:
-    """Relevant tokens in the top-k lens of the observed direction(s) against the null."""
+    """Relevant tokens among the top lens tokens, against the null."""
 
     relevant: int  # observed count
+    counted: int  # lens tokens looked at: top-k times positions
     null_mean: float
     null_std: float
-    z: float
-    p_value: float  # (1 + null draws with at least as many) / (1 + null draws)
+    p_value: float  # randomised rank among the null draws: uniform under the null
     null_values: list[int]
 
-    @classmethod
-    def of(cls, observed: int, null: torch.Tensor) -> "Significance":
-        null = null.float()
-        std = null.std().item()
-        return cls(observed, null.mean().item(), std, (observed - null.mean().item()) / max(std, 0.5),
-                   (1 + int((null >= observed).sum())) / (1 + len(null)), null.int().tolist())
+    @property
+    def strength(self) -> float:
+        """The share of the counted lens tokens that are domain tokens beyond the null's mean."""
+        return (self.relevant - self.null_mean) / self.counted
 
 
 @dataclass(frozen=True)
 class TraceSignificance:
-    positions: list[Significance]  # one per scored direction
-    total: Significance  # the count summed over them
-
-
-def trace_significance(
-    layout: Layout, directions: torch.Tensor, variances: torch.Tensor, allowed: torch.Tensor,
-    relevant: torch.Tensor, config: ScoreConfig, nulls: list[str],
-) -> TraceSignificance:
-    """Relevant-token counts of directions (P, d) against random directions of equal norm.
-
-    `variances` (P, d) shape the null directions; `nulls` names each row's null kind.
-    """
-    generator = torch.Generator().manual_seed(config.seed)
-    counts = []  # (P, 1 + null_samples): the observed direction first
-    for direction, variance, null in zip(directions, variances, nulls):
-        if null not in NULL_DIRECTIONS:
-            raise FinetraceError(f"unknown null {null!r}; known: {', '.join(NULL_DIRECTIONS)}")
-        random = NULL_DIRECTIONS[null](config.null_samples, variance.float().cpu(), generator)
-        random = random / random.norm(dim=-1, keepdim=True).clamp(min=1e-12) * direction.norm().cpu()
-        candidates = torch.cat([direction[None].float().cpu(), random]).to(direction.device)
-        counts.append(relevant_count(layout, candidates, allowed, relevant, config.top_k))
-    counts = torch.stack(counts)
-    per_position = [Significance.of(int(row[0]), row[1:]) for row in counts]
-    summed = counts.sum(0)
-    return TraceSignificance(per_position, Significance.of(int(summed[0]), summed[1:]))
-
-
-def relevant_count(
-    layout: Layout, directions: torch.Tensor, allowed: torch.Tensor, relevant: torch.Tensor, k: int
-) -> torch.Tensor:
-    """How many of each direction's top-k allowed logit-lens tokens are relevant, (n,)."""
-    logits = logit_lens(layout, directions).cpu().masked_fill(~allowed, float("-inf"))
-    return relevant[logits.topk(k, dim=-1).indices].sum(-1)
+    positions: list[Significance]  # one per tested position
+    total: Significance  # the count summed over them: the headline test
 
 
 def token_counts(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str]) -> Counter[int]:
@@ -122,22 +106,89 @@ def token_counts(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str]) -> Co
     return counts
 
 
-def enrichment(finetune_counts: Counter[int], general_counts: Counter[int], vocab_size: int) -> torch.Tensor:
-    """(vocab,) log ratio of add-one-smoothed token frequencies, fine-tuning data / general text."""
-    def log_frequency(counts: Counter[int]) -> torch.Tensor:
-        dense = torch.ones(vocab_size, dtype=torch.float64)
-        for token, count in counts.items():
-            dense[token] += count
-        return (dense / dense.sum()).log()
+def relevance(data: Counter[int], reference: Counter[int], vocab_size: int, config: ScoreConfig) -> Relevance:
+    """Log-odds with an informative Dirichlet prior, data against reference, per token."""
+    y_data, y_reference = _dense(data, vocab_size), _dense(reference, vocab_size)
+    n_data, n_reference = y_data.sum(), y_reference.sum()
+    pooled = y_data + y_reference
+    alpha = config.prior_tokens * pooled / pooled.sum().clamp(min=1)
+    seen = alpha > 0  # a token neither text holds has no odds to compare
 
-    return log_frequency(finetune_counts) - log_frequency(general_counts)
+    def log_odds(y: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        return (y + alpha).log() - (n + config.prior_tokens - y - alpha).log()
+
+    delta = torch.where(seen, log_odds(y_data, n_data) - log_odds(y_reference, n_reference), 0.0)
+    z = torch.where(seen, delta / (1 / (y_data + alpha) + 1 / (y_reference + alpha)).sqrt(), 0.0)
+    relevant = (delta >= math.log(config.relevance_ratio)) & (z >= config.relevance_z)
+    return Relevance(delta, z, relevant & (y_data >= config.min_count))
 
 
-def relevant_tokens(scores: torch.Tensor, finetune_counts: Counter[int], config: ScoreConfig) -> torch.Tensor:
-    """(vocab,) True for tokens enriched in the fine-tuning data."""
-    frequent = torch.zeros_like(scores, dtype=torch.bool)
-    frequent[[t for t, c in finetune_counts.items() if c >= config.min_count]] = True
-    return frequent & (scores >= math.log(config.relevance_ratio))
+def _dense(counts: Counter[int], vocab_size: int) -> torch.Tensor:
+    dense = torch.zeros(vocab_size, dtype=torch.float64)
+    if counts:
+        ids = torch.tensor(list(counts), dtype=torch.long)
+        dense[ids] = torch.tensor(list(counts.values()), dtype=torch.float64)
+    return dense
+
+
+def null_directions(
+    observed: torch.Tensor, base_mean: torch.Tensor, variance: torch.Tensor, n: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """(n, P, d) null draws for observed differences (P, d); see the module docstring.
+
+    `base_mean` (P, d) is the base's mean activation at each position, `variance` (d,)
+    the spread of the per-text differences.
+    """
+    unit = base_mean / base_mean.norm(dim=-1, keepdim=True).clamp(min=1e-12)  # (P, d)
+    along = (observed * unit).sum(-1, keepdim=True)  # (P, 1)
+    rest = (observed - along * unit).norm(dim=-1, keepdim=True)  # (P, 1)
+    noise = torch.randn((n, variance.numel()), generator=generator, dtype=torch.float64)
+    noise = noise * variance.double().sqrt()  # (n, d), one draw for every position
+    noise = noise[:, None] - (noise @ unit.T)[..., None] * unit  # (n, P, d), orthogonal to the mean
+    noise = noise / noise.norm(dim=-1, keepdim=True).clamp(min=1e-12) * rest
+    return (along * unit + noise).to(observed.dtype)
+
+
+def trace_significance(
+    layout: Layout, observed: torch.Tensor, base_mean: torch.Tensor, variance: torch.Tensor,
+    allowed: torch.Tensor, relevant: torch.Tensor, config: ScoreConfig,
+) -> TraceSignificance:
+    """Relevant-token counts of the observed differences (P, d) against the null, per position
+    and summed over positions."""
+    generator = torch.Generator().manual_seed(config.seed)
+    null = null_directions(observed.double().cpu(), base_mean.double().cpu(), variance.cpu(),
+                           config.null_samples, generator).float()
+    n, positions, d = null.shape
+    observed_counts = relevant_count(layout, observed.float(), allowed, relevant, config.top_k)  # (P,)
+    null_counts = relevant_count(layout, null.reshape(-1, d), allowed, relevant, config.top_k)
+    null_counts = null_counts.reshape(n, positions)  # (n, P)
+    per_position = [_significance(int(observed_counts[p]), null_counts[:, p], config.top_k, generator)
+                    for p in range(positions)]
+    total = _significance(int(observed_counts.sum()), null_counts.sum(-1), config.top_k * positions,
+                          generator)
+    return TraceSignificance(per_position, total)
+
+
+def _significance(observed: int, null: torch.Tensor, counted: int, generator: torch.Generator) -> Significance:
+    above, tied = int((null > observed).sum()), int((null == observed).sum())
+    u = torch.rand((), generator=generator, dtype=torch.float64).item()
+    p_value = (above + u * (tied + 1)) / (len(null) + 1)
+    null = null.double()
+    return Significance(observed, counted, null.mean().item(), null.std().item(), p_value,
+                        null.int().tolist())
+
+
+def relevant_count(
+    layout: Layout, directions: torch.Tensor, allowed: torch.Tensor, relevant: torch.Tensor, k: int
+) -> torch.Tensor:
+    """How many of each direction's top-k allowed logit-lens tokens are relevant: (n,) for (n, d)."""
+    device = next(layout.unembed.parameters()).device
+    counts = []
+    for chunk in directions.split(DECODE_CHUNK):
+        logits = logit_lens(layout, chunk.to(device)).cpu().masked_fill(~allowed, float("-inf"))
+        counts.append(relevant[logits.topk(k, dim=-1).indices].sum(-1))
+    return torch.cat(counts)
 
 
 def embedding_similarity(texts: list[str], references: list[str]) -> float:

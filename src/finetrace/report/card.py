@@ -35,10 +35,11 @@ def model_card(result: AuditResult, data: str | Path | None = None) -> ModelCard
         EvalResult(task_type=TASK, dataset_type="finetrace-facts", dataset_name=Path(damage.facts_source).name,
                    metric_type="accuracy", metric_name="facts known",
                    metric_value=round(damage.flips.known_after / damage.flips.total, 4)),
-        EvalResult(task_type=TASK, dataset_type="finetrace-trace", dataset_name=Path(trace.corpus).name,
-                   metric_type="z-score", metric_name="activation-difference trace strength",
-                   metric_value=round(trace.trace_strength, 3)),
     ]
+    if trace.significance:
+        evals.append(EvalResult(task_type=TASK, dataset_type="finetrace-trace", dataset_name=Path(trace.corpus).name,
+                                metric_type="p-value", metric_name="activation-difference trace test",
+                                metric_value=round(trace.p_value, 4)))
     if damage.drift:
         evals.append(EvalResult(task_type=TASK, dataset_type="finetrace-general-text",
                                 dataset_name=Path(str(damage.corpus)).name, metric_type="perplexity",
@@ -75,7 +76,7 @@ def _body(result: AuditResult, data: str | Path | None) -> str:
         "",
         "## What the fine-tune was about",
         "",
-        f"- Trace strength (z against random directions): {trace.trace_strength:.2f}, p = {trace.p_value:.3g}",
+        f"- Trace test against the fine-tuning data: {_trace_test(trace)}",
         f"- Domain tokens read from the activation differences: {tokens}",
         f"- Fine-tuning data: {markdown_text(data) if data is not None else 'not given'}",
         "",
@@ -113,3 +114,9 @@ def _data_lines(report: dict) -> list[str]:
     lines += [f"- Overlap with {markdown_text(o['name'])}: {o['contained']} of {o['items']} items contained, "
               f"{o['overlapping']} partly" for o in report["contamination"]]
     return lines
+
+
+def _trace_test(trace) -> str:
+    if trace.significance is None:
+        return "not run (the audit was not given the fine-tuning data)"
+    return f"p = {trace.p_value:.3g}, {trace.trace_strength:+.0%} domain tokens beyond the null"

@@ -11,13 +11,15 @@ from pathlib import Path
 
 from jinja2 import Environment, select_autoescape
 
+from finetrace.adl.diff import TEST_SENTENCE
 from finetrace.audit import AuditResult
+from finetrace.outputs import write_text
 
 PLOT_WIDTH, PLOT_HEIGHT, MARGIN = 560, 180, 32
 
 
 def write_report(result: AuditResult, path: Path) -> None:
-    path.write_text(render_report(result), encoding="utf-8")
+    write_text(path, render_report(result))
 
 
 def render_report(result: AuditResult) -> str:
@@ -28,7 +30,8 @@ def render_report(result: AuditResult) -> str:
     trace = result.trace
     return template.render(
         result=result, trace=trace, damage=result.damage,
-        norm_bars=_norm_bars(trace), null_histogram=_null_histogram(trace.significance),
+        norm_bars=_norm_bars(trace), test_sentence=TEST_SENTENCE,
+        null_histogram=_null_histogram(trace.significance) if trace.significance else None,
         control=trace.control_significance,
         steering_rows=list(zip(trace.steering.unsteered.generations, trace.steering.steered)),
         config=json.dumps({"diff": asdict(trace.config), "forget": asdict(result.damage.config)}, indent=1),
@@ -71,10 +74,11 @@ def _null_histogram(significance) -> dict:
     slot = (PLOT_WIDTH - 2 * MARGIN) / len(counts)
     tallest = max(counts) or 1
     bars = [{"x": MARGIN + i * slot, "width": max(slot - 1, 1),
-             "height": (PLOT_HEIGHT - 2 * MARGIN) * c / tallest, "title": f"{low + i}: {c} random directions"}
+             "height": (PLOT_HEIGHT - 2 * MARGIN) * c / tallest, "title": f"{low + i}: {c} null draws"}
             for i, c in enumerate(counts)]
     for bar in bars:
         bar["y"] = PLOT_HEIGHT - MARGIN - bar["height"]
     observed_x = MARGIN + (significance.relevant - low + 0.5) * slot
     return {"bars": bars, "observed_x": observed_x, "observed": significance.relevant, "low": low,
+            "draws": len(values),
             "high": high, "width": PLOT_WIDTH, "height": PLOT_HEIGHT, "margin": MARGIN}
