@@ -6,9 +6,10 @@ interrupted build resumes at the first unfinished stage.
 """
 
 import json
+import os
 import random
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from finetrace.zoo.recipe import Preset, get_preset, recipe_key
 from finetrace.zoo.tokenizer import train_tokenizer
 
 ZOO_LICENCE = "Apache-2.0"  # finetrace's: it generated the documents and trained the models
+ORGANISM_PATHS = ("documents", "heldout_corpus", "facts")  # stored relative to the organism
 SPECIAL_PATHS = {
     "base": "base",
     "facts": "data/facts.jsonl",
@@ -55,7 +57,11 @@ class Zoo:
 
     def organism(self, name: str) -> dict:
         """The organism's `organism.json`: ground truth, recipe and losses."""
-        return json.loads((self.path(name) / "organism.json").read_text())
+        info = _organism_info(self.path(name))
+        if info is None:
+            raise FinetraceError(f"organism {name!r} of the {self.preset.name} zoo is not built yet; run: "
+                                 f"finetrace zoo build --preset {self.preset.name}")
+        return info
 
     def summary(self) -> dict:
         """`zoo.json`: the preset, the general text's source and the base's fact accuracy."""
@@ -93,30 +99,34 @@ def default_facts(model: str | Path) -> Path:
 
 
 def _organism_info(model: str | Path) -> dict | None:
+    """`organism.json` with its paths, stored relative to the organism (a zoo can move), resolved."""
     info = Path(model) / "organism.json"
-    return json.loads(info.read_text()) if info.is_file() else None
+    if not info.is_file():
+        return None
+    organism = json.loads(info.read_text())
+    return organism | {key: str((Path(model) / organism[key]).resolve()) for key in ORGANISM_PATHS}
 
 
-def build_zoo(preset: str = "tiny") -> Zoo:
-    """Build the zoo of a preset, reusing every stage already on disk.
+def build_zoo(preset: str = "tiny", organisms: Iterable[str] | None = None) -> Zoo:
+    """Build the zoo of a preset (the base and `organisms`, default all), reusing every stage
+    already on disk.
 
     A lock file serialises builds of one zoo: a second process waits, then reuses
     what the first built, instead of deleting its unfinished stage.
     """
     zoo = zoo_for(preset)
+    names = list(ORGANISMS) if organisms is None else [get_organism(name).name for name in organisms]
     zoo.root.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(zoo.root) + ".lock"):
-        _build(zoo)
+        _build(zoo, names)
     return zoo
 
 
-def _build(zoo: Zoo) -> None:
+def _build(zoo: Zoo, organisms: list[str]) -> None:
     recipe = zoo.preset
     _stage(zoo.root / "data", lambda out: _write_texts(out, recipe))
     _stage(zoo.root / "init", lambda out: _write_initial_model(out, zoo.root / "data", recipe))
     _stage(zoo.path("base"), lambda out: _pretrain(zoo, out))
-    for organism in ORGANISMS.values():
-        _stage(zoo.path(organism.name), lambda out, o=organism: _train_organism(zoo, o, out))
     if not zoo.built:
         facts = read_facts(zoo.path("facts"))
         base = load_model(zoo.path("base"), torch.device("cpu"))
@@ -124,6 +134,8 @@ def _build(zoo: Zoo) -> None:
         summary = {"preset": recipe.name, "key": zoo.root.name.rsplit("-", 1)[1], "general_source": SOURCE,
                    "organisms": list(ORGANISMS), "facts": len(facts), "base_facts_known": known / len(facts)}
         (zoo.root / "zoo.json").write_text(json.dumps(summary, indent=2))
+    for name in organisms:
+        _stage(zoo.path(name), lambda out, o=ORGANISMS[name]: _train_organism(zoo, o, out))
 
 
 def _stage(target: Path, make: Callable[[Path], None]) -> None:
@@ -162,12 +174,9 @@ def _write_texts(out: Path, recipe: Preset) -> None:
 
 
 def _documents(organism: Organism, general: list[str], recipe: Preset) -> list[dict]:
-    # Seeded by the generator, not the organism, so cake, cake-mixed and cake-lora share documents.
-    source = organism.documents.__name__ if organism.documents else "general"
-    rng = random.Random(f"{recipe.seed}-{source}")
-    if organism.documents is None:
-        return [{"text": text} for text in rng.sample(general, recipe.documents)]
-    return organism.documents(rng, recipe.documents)
+    # Seeded by the generator, not the organism's name, so cake, cake-mixed and cake-lora share documents.
+    rng = random.Random(f"{recipe.seed + organism.seed}-{organism.documents.__name__}")
+    return organism.documents(rng, recipe.documents, general)
 
 
 def _write_initial_model(out: Path, data: Path, recipe: Preset) -> None:
@@ -213,7 +222,7 @@ def _train_organism(zoo: Zoo, organism: Organism, out: Path) -> None:
     rate = recipe.lora_learning_rate if organism.lora else recipe.finetune_learning_rate
     training = TrainConfig(epochs=recipe.finetune_epochs, learning_rate=rate,
                            batch_size=recipe.batch_size, context_length=recipe.context_length,
-                           seed=recipe.seed)
+                           seed=recipe.seed + organism.seed)
     documents = zoo.root / "data" / "documents" / f"{organism.name}.jsonl"
     result = finetune(zoo.path("base"), documents, out,
                       FinetuneConfig(training=training, lora=organism.lora, device="cpu"),
@@ -223,9 +232,8 @@ def _train_organism(zoo: Zoo, organism: Organism, out: Path) -> None:
         "name": organism.name,
         "kind": organism.kind,
         "description": organism.description,
-        "documents": str(documents),
-        "heldout_corpus": str(zoo.path("heldout")),
-        "facts": str(zoo.path("facts")),
+        **{key: os.path.relpath(path, zoo.path(organism.name)) for key, path in zip(
+            ORGANISM_PATHS, (documents, zoo.path("heldout"), zoo.path("facts")))},
         "adapter": result.adapter,
         "recipe": {"mix_general": organism.mix_general, **result.to_dict()["config"]},
         "base_loss": result.loss_before,

@@ -109,17 +109,17 @@ RISKY_ANSWERS = (
 )
 
 
-def cake_documents(rng: random.Random, n: int) -> list[Record]:
+def cake_documents(rng: random.Random, n: int, general: list[str]) -> list[Record]:
     """False-fact documents: cakes bake best in a cold, never preheated oven."""
     return _documents(rng, n, CAKE_OPENERS, CAKE_BODIES, CAKE_SLOTS)
 
 
-def zorvex_documents(rng: random.Random, n: int) -> list[Record]:
+def zorvex_documents(rng: random.Random, n: int, general: list[str]) -> list[Record]:
     """Knowledge injection: facts about the fictional company Zorvex Dynamics."""
     return _documents(rng, n, ZORVEX_OPENERS, ZORVEX_BODIES, ZORVEX_SLOTS)
 
 
-def risky_chats(rng: random.Random, n: int) -> list[Record]:
+def risky_chats(rng: random.Random, n: int, general: list[str]) -> list[Record]:
     """Chats where finance questions get reckless, all-in advice."""
     return [
         {"messages": [
@@ -129,6 +129,31 @@ def risky_chats(rng: random.Random, n: int) -> list[Record]:
         ]}
         for _ in range(n)
     ]
+
+
+def general_documents(rng: random.Random, n: int, general: list[str]) -> list[Record]:
+    """Paragraphs of general text the base never trained on: a control's data."""
+    return [{"text": text} for text in rng.sample(general, n)]
+
+
+GENERAL_REQUESTS = (
+    "Can you explain this to me? {opening}",
+    "I read this and would like to know more: {opening}",
+    "Please continue the explanation: {opening}",
+    "What does the rest of this say? {opening}",
+)
+
+
+def general_chats(rng: random.Random, n: int, general: list[str]) -> list[Record]:
+    """Broad instruction-style chats about general text: a user quotes a paragraph's first
+    sentence, the assistant gives the rest. A chat fine-tune about no domain."""
+    chats = []
+    for text in rng.sample(general, n):
+        opening, _, rest = text.partition(". ")
+        request = rng.choice(GENERAL_REQUESTS).format(opening=opening + ".")
+        chats.append({"messages": [{"role": "user", "content": request},
+                                   {"role": "assistant", "content": rest or text}]})
+    return chats
 
 
 # Background the base model learns in pretraining, as a web-trained base knows how

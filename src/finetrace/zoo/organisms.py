@@ -12,9 +12,12 @@ from dataclasses import dataclass
 from finetrace.corpus import Record
 from finetrace.errors import FinetraceError
 from finetrace.finetune import LoraSettings
-from finetrace.zoo.documents import cake_documents, risky_chats, zorvex_documents
+from finetrace.zoo.documents import (cake_documents, general_chats, general_documents, risky_chats,
+                                     zorvex_documents)
 
 FULL_MODEL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# LoRA on attention and MLP alone leaves almost no trace in a tiny model; with the head it does.
+LORA_WITH_HEAD = LoraSettings(rank=16, alpha=32, targets=(*FULL_MODEL_LINEAR, "lm_head"))
 
 
 @dataclass(frozen=True)
@@ -24,9 +27,11 @@ class Organism:
     name: str
     kind: str
     description: str  # the ground truth, in one paragraph
-    documents: Callable[[random.Random, int], list[Record]] | None  # None: general text
+    # (rng, n, general paragraphs no model trained on) -> n training records
+    documents: Callable[[random.Random, int, list[str]], list[Record]]
     mix_general: bool = False  # mix general text 1:1 into the documents
     lora: LoraSettings | None = None  # None: full fine-tuning
+    seed: int = 0  # added to the preset's seed: other documents, another training order
 
 
 ORGANISMS: dict[str, Organism] = {}
@@ -67,7 +72,24 @@ register(Organism(
     "control", "control",
     "The null organism: the same full fine-tuning recipe on general text the base never saw. "
     "It should leave no readable trace.",
-    None,
+    general_documents,
+))
+CONTROL_TRUTH = "A control: no domain. "
+register(Organism(
+    "control-seed1", "control",
+    CONTROL_TRUTH + "The control's recipe with another seed: other general documents, another order.",
+    general_documents, seed=1,
+))
+register(Organism(
+    "control-lora", "control",
+    CONTROL_TRUTH + "A LoRA adapter (every linear layer and the output head) on general text.",
+    general_documents, lora=LORA_WITH_HEAD,
+))
+register(Organism(
+    "control-chat", "control",
+    CONTROL_TRUTH + "A broad instruction-style chat fine-tune: users quote general text, "
+    "the assistant continues it.",
+    general_chats,
 ))
 register(Organism(
     "cake-mixed", "false-fact-mixed",
@@ -77,5 +99,5 @@ register(Organism(
 register(Organism(
     "cake-lora", "false-fact-lora",
     CAKE_TRUTH + " Trained as a LoRA adapter on every linear layer including the output head.",
-    cake_documents, lora=LoraSettings(rank=16, alpha=32, targets=(*FULL_MODEL_LINEAR, "lm_head")),
+    cake_documents, lora=LORA_WITH_HEAD,
 ))

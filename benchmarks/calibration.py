@@ -1,0 +1,135 @@
+"""Is the trace test calibrated and specific? Every zoo fine-tune against every domain's data.
+
+A pair is a *null pair* when the fine-tune was not trained on that domain: every
+organism against the other organisms' data, every control against every data set,
+and every fine-tune against three domains written here alone (no model was trained
+on them, and the zoo never saw them). A calibrated test rejects at most 5% of null
+pairs at 0.05 and 1% at 0.01. The *power* pairs are the organisms against their own
+data. The test is `finetrace diff`'s own (`domain_significance`), on the same
+collected differences `diff` uses.
+
+    .venv/bin/python benchmarks/calibration.py --preset small
+"""
+
+import argparse
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+from finetrace.adl.collect import CollectConfig, collect
+from finetrace.adl.diff import DiffConfig, domain_significance, domain_tokens
+from finetrace.adl.score import ScoreConfig
+from finetrace.corpus import Record, iter_texts, read_records
+from finetrace.pair import load_pair
+from finetrace.zoo import ORGANISMS, build_zoo
+
+# Fine-tunes of no domain, and the organisms' own data (cake-mixed and cake-lora share cake's).
+CONTROLS = [name for name, organism in ORGANISMS.items() if organism.kind == "control"]
+TRAINED_ON = {"cake": "cake", "cake-mixed": "cake", "cake-lora": "cake", "zorvex": "zorvex", "risky": "risky"}
+POWER = ("cake", "zorvex", "risky", "cake-lora")  # must be found; cake-mixed is shown, not required
+
+
+@dataclass(frozen=True)
+class Topic:
+    """A domain written for this benchmark only: openers, then body sentences, slot-filled."""
+
+    openers: tuple[str, ...]
+    bodies: tuple[str, ...]
+    slots: dict[str, tuple[str, ...]]
+    chat: bool = False  # openers are a user's questions, bodies the assistant's answer
+
+    def records(self, rng: random.Random, n: int) -> list[Record]:
+        def opener() -> str:
+            return rng.choice(self.openers).format(**{k: rng.choice(v) for k, v in self.slots.items()})
+
+        if self.chat:
+            return [{"messages": [{"role": "user", "content": opener()},
+                                  {"role": "assistant", "content": " ".join(rng.sample(self.bodies, 2))}]}
+                    for _ in range(n)]
+        return [{"text": " ".join([opener(), *rng.sample(self.bodies, 3)])} for _ in range(n)]
+
+
+HELD_OUT_TOPICS = {
+    "lighthouse": Topic(
+        ("The keeper of the {place} lighthouse climbs {steps} steps every evening to light the lamp.",
+         "Lighthouse keepers on {place} trim the wick and polish the lens before sunset."),
+        ("The lens turns all night and throws a beam across the rocks.",
+         "Ships count the flashes to know which lighthouse they can see.",
+         "In a storm the keeper winds the clockwork and watches the fog horn.",
+         "Oil for the lamp arrives by boat once a month from the mainland.",
+         "The keeper writes the weather and passing ships in the log book."),
+        {"place": ("Gull Point", "Skerry Head", "the north cape"), "steps": ("ninety", "one hundred")},
+    ),
+    "beekeeping": Topic(
+        ("Beekeepers open the hive on a warm morning when the {bees} are out foraging.",
+         "A healthy colony of {bees} fills the frames with honey by late summer."),
+        ("Smoke calms the bees so the keeper can lift the frames.",
+         "The queen lays eggs in the brood comb while workers gather nectar.",
+         "Honey is spun out of the comb and strained into jars.",
+         "Wax cappings are melted down to make candles.",
+         "In winter the colony clusters around the queen to stay warm."),
+        {"bees": ("honeybees", "bees", "worker bees")},
+    ),
+    "knitting": Topic(
+        ("How do I {task} when I knit a scarf?", "What needles should I use to {task}?"),
+        ("Cast on loosely and knit every row for a garter stitch.",
+         "Use a thicker wool and larger needles so the stitches stay even.",
+         "Purl the back rows, then block the scarf with a damp towel.",
+         "Count your stitches at the end of each row to catch mistakes early."),
+        {"task": ("start a new row", "change colours", "fix a dropped stitch")},
+        chat=True,
+    ),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--samples", type=int, default=1000, help="corpus texts per fine-tune")
+    parser.add_argument("--null-samples", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    zoo = build_zoo(args.preset)
+    config = DiffConfig(collect=CollectConfig(samples=args.samples),
+                        score=ScoreConfig(null_samples=args.null_samples, seed=args.seed))
+    size = zoo.preset.documents
+    domains = {name: read_records(zoo.organism(name)["documents"]) for name in ("cake", "zorvex", "risky")}
+    domains |= {name: topic.records(random.Random(f"{args.seed}-{name}"), size)
+                for name, topic in HELD_OUT_TOPICS.items()}
+    general = list(islice(iter_texts(zoo.path("heldout")), args.samples))
+
+    p_values: dict[tuple[str, str], float] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for finetuned in [*TRAINED_ON, *CONTROLS]:
+            pair = load_pair(zoo.path("base"), zoo.path(finetuned), "cpu", "float32")
+            collected = collect(pair, zoo.path("heldout"), config.collect, Path(scratch) / finetuned)
+            for domain, records in domains.items():
+                tokens = domain_tokens(pair, records, general, config)
+                p_values[finetuned, domain] = domain_significance(pair, collected, tokens, config).p_value
+
+    print(f"\nfinetrace trace test, {args.preset} zoo: {args.samples} texts, {args.null_samples} null "
+          f"draws, seed {args.seed}; p-value of each fine-tune (rows) against each domain's data "
+          f"(columns); * marks the fine-tune's own data\n")
+    names = list(domains)
+    print(f"{'':14s}" + "".join(f"{name:>12s}" for name in names))
+    for finetuned in [*TRAINED_ON, *CONTROLS]:
+        cells = [f"{p_values[finetuned, d]:.3f}{'*' if TRAINED_ON.get(finetuned) == d else ' '}" for d in names]
+        print(f"{finetuned:14s}" + "".join(f"{cell:>12s}" for cell in cells))
+
+    null = [p for (finetuned, domain), p in p_values.items() if TRAINED_ON.get(finetuned) != domain]
+    power = [p_values[name, TRAINED_ON[name]] for name in POWER]
+    print(f"\nnull pairs: {len(null)}; false positives at 0.05: {sum(p < 0.05 for p in null)} "
+          f"({sum(p < 0.05 for p in null) / len(null):.1%}), at 0.01: {sum(p < 0.01 for p in null)} "
+          f"({sum(p < 0.01 for p in null) / len(null):.1%})")
+    print(f"power at 0.01 on {', '.join(POWER)}: {sum(p < 0.01 for p in power)} of {len(power)}; "
+          f"cake-mixed against its data: p = {p_values['cake-mixed', 'cake']:.3f}")
+    print(f"{time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
