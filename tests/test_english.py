@@ -119,7 +119,8 @@ def test_every_source_records_an_spdx_licence_and_its_installed_package():
 def test_a_missing_source_names_its_install_line(monkeypatch):
     gone = dataclasses.replace(SOURCES["kjv"], files=(Path("/nonexistent/bible"),))
     monkeypatch.setitem(SOURCES, "kjv", gone)
-    with pytest.raises(FinetraceError, match="apt-get install -y --no-install-recommends bible-kj"):
+    install_line = "apt-get install -y --no-install-recommends bible-kjv"
+    with pytest.raises(FinetraceError, match=install_line):
         english_paragraphs(["wordnet", "kjv"])
     with pytest.raises(FinetraceError, match="known: wordnet, kjv, devil, docstrings"):
         english_paragraphs(["gutenberg"])
