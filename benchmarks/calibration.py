@@ -15,74 +15,21 @@ import argparse
 import random
 import tempfile
 import time
-from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
 from finetrace.adl.collect import CollectConfig, collect
 from finetrace.adl.diff import DiffConfig, domain_significance, domain_tokens
 from finetrace.adl.score import ScoreConfig
-from finetrace.corpus import Record, iter_texts, read_records
+from finetrace.corpus import iter_texts, read_records
 from finetrace.pair import load_pair
 from finetrace.zoo import ORGANISMS, build_zoo
+from topics import NULL_TOPICS
 
 # Fine-tunes of no domain, and the organisms' own data (cake-mixed and cake-lora share cake's).
 CONTROLS = [name for name, organism in ORGANISMS.items() if organism.kind == "control"]
 TRAINED_ON = {"cake": "cake", "cake-mixed": "cake", "cake-lora": "cake", "zorvex": "zorvex", "risky": "risky"}
 POWER = ("cake", "zorvex", "risky", "cake-lora")  # must be found; cake-mixed is shown, not required
-
-
-@dataclass(frozen=True)
-class Topic:
-    """A domain written for this benchmark only: openers, then body sentences, slot-filled."""
-
-    openers: tuple[str, ...]
-    bodies: tuple[str, ...]
-    slots: dict[str, tuple[str, ...]]
-    chat: bool = False  # openers are a user's questions, bodies the assistant's answer
-
-    def records(self, rng: random.Random, n: int) -> list[Record]:
-        def opener() -> str:
-            return rng.choice(self.openers).format(**{k: rng.choice(v) for k, v in self.slots.items()})
-
-        if self.chat:
-            return [{"messages": [{"role": "user", "content": opener()},
-                                  {"role": "assistant", "content": " ".join(rng.sample(self.bodies, 2))}]}
-                    for _ in range(n)]
-        return [{"text": " ".join([opener(), *rng.sample(self.bodies, 3)])} for _ in range(n)]
-
-
-HELD_OUT_TOPICS = {
-    "lighthouse": Topic(
-        ("The keeper of the {place} lighthouse climbs {steps} steps every evening to light the lamp.",
-         "Lighthouse keepers on {place} trim the wick and polish the lens before sunset."),
-        ("The lens turns all night and throws a beam across the rocks.",
-         "Ships count the flashes to know which lighthouse they can see.",
-         "In a storm the keeper winds the clockwork and watches the fog horn.",
-         "Oil for the lamp arrives by boat once a month from the mainland.",
-         "The keeper writes the weather and passing ships in the log book."),
-        {"place": ("Gull Point", "Skerry Head", "the north cape"), "steps": ("ninety", "one hundred")},
-    ),
-    "beekeeping": Topic(
-        ("Beekeepers open the hive on a warm morning when the {bees} are out foraging.",
-         "A healthy colony of {bees} fills the frames with honey by late summer."),
-        ("Smoke calms the bees so the keeper can lift the frames.",
-         "The queen lays eggs in the brood comb while workers gather nectar.",
-         "Honey is spun out of the comb and strained into jars.",
-         "Wax cappings are melted down to make candles.",
-         "In winter the colony clusters around the queen to stay warm."),
-        {"bees": ("honeybees", "bees", "worker bees")},
-    ),
-    "knitting": Topic(
-        ("How do I {task} when I knit a scarf?", "What needles should I use to {task}?"),
-        ("Cast on loosely and knit every row for a garter stitch.",
-         "Use a thicker wool and larger needles so the stitches stay even.",
-         "Purl the back rows, then block the scarf with a damp towel.",
-         "Count your stitches at the end of each row to catch mistakes early."),
-        {"task": ("start a new row", "change colours", "fix a dropped stitch")},
-        chat=True,
-    ),
-}
 
 
 def main() -> None:
@@ -100,7 +47,7 @@ def main() -> None:
     size = zoo.preset.documents
     domains = {name: read_records(zoo.organism(name)["documents"]) for name in ("cake", "zorvex", "risky")}
     domains |= {name: topic.records(random.Random(f"{args.seed}-{name}"), size)
-                for name, topic in HELD_OUT_TOPICS.items()}
+                for name, topic in NULL_TOPICS.items()}
     general = list(islice(iter_texts(zoo.path("heldout")), args.samples))
 
     p_values: dict[tuple[str, str], float] = {}

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 
@@ -10,11 +11,12 @@ import torch
 
 from finetrace.evals.facts import read_facts, score_facts
 from finetrace.models import load_model, load_tokenizer
-from finetrace.zoo import ORGANISMS, PRESETS, build_zoo, zoo_for
+from finetrace.zoo import ORGANISMS, PRESETS, Zoo, build_zoo, zoo_for
 from finetrace.zoo.recipe import recipe_key
 
 pytestmark = pytest.mark.zoo
-DOMAIN_ORGANISMS = [name for name in ORGANISMS if name != "control"]
+DOMAIN_ORGANISMS = [name for name, organism in ORGANISMS.items() if organism.kind != "control"]
+CONTROLS = [name for name, organism in ORGANISMS.items() if organism.kind == "control"]
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +40,18 @@ def test_domain_finetune_loss_falls_well_below_the_base(zoo, name):
     assert info["finetuned_loss"] < 0.5 * info["base_loss"]
 
 
-def test_control_learns_its_general_text(zoo):
-    info = zoo.organism("control")
+@pytest.mark.parametrize("name", CONTROLS)
+def test_controls_learn_their_general_text(zoo, name):
+    info = zoo.organism(name)
     assert info["finetuned_loss"] < info["base_loss"] - 0.3
+
+
+def test_a_copied_zoo_points_into_the_copy(zoo, tmp_path):
+    copy = tmp_path / "zoo"
+    shutil.copytree(zoo.root, copy, ignore=shutil.ignore_patterns("*.safetensors"))
+    moved = Zoo(copy, zoo.preset)
+    assert moved.organism("cake")["documents"] == str(copy / "data" / "documents" / "cake.jsonl")
+    assert moved.organism("cake")["heldout_corpus"] == str(moved.path("heldout"))
 
 
 def test_organism_records_ground_truth_and_recipe(zoo):

@@ -396,15 +396,17 @@ def _print_zoo(zoo: Zoo) -> None:
     table = Table(title=escape(f"finetrace zoo '{zoo.preset.name}' at {zoo.root}"))
     for column in ("organism", "kind", "weights", "loss on its data: base -> fine-tuned"):
         table.add_column(column)
-    for name in ORGANISMS:
-        info = zoo.organism(name)
-        table.add_row(name, escape(info["kind"]), "LoRA adapter" if info["adapter"] else "full",
-                      f"{info['base_loss']:.2f} -> {info['finetuned_loss']:.2f}")
+    for name, organism in ORGANISMS.items():
+        info = zoo.organism(name) if zoo.path(name).is_dir() else None
+        losses = f"{info['base_loss']:.2f} -> {info['finetuned_loss']:.2f}" if info else "not built yet"
+        table.add_row(name, escape(organism.kind), "LoRA adapter" if organism.lora else "full", losses)
     console.print(table)
-    console.print(f"The base knows {summary['base_facts_known']:.0%} of {summary['facts']} planted facts. "
-                  f"General text: {escape(summary['general_source'])}.")
-    for name in ORGANISMS:
-        console.print(f"[bold]{name}[/]: {escape(zoo.organism(name)['description'])}")
+    sources = ", ".join(f"{s['name']} ({s['licence']})" for s in summary["sources"])
+    console.print(f"The base: perplexity {summary['heldout_perplexity']:.1f} on held-out English, "
+                  f"{summary['base_facts_known']:.0%} of {summary['facts']} planted facts known. "
+                  f"Its English: {escape(sources)}.")
+    for name, organism in ORGANISMS.items():
+        console.print(f"[bold]{name}[/]: {escape(organism.description)}")
 
 
 def _zoo_corpus_or_error(finetuned: str) -> Path:

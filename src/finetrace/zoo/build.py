@@ -1,5 +1,10 @@
-"""Building the zoo: general text, facts and documents, a tokenizer, a pretrained
+"""Building the zoo: broad English, facts and documents, a tokenizer, a pretrained
 base model, then one fine-tune per organism.
+
+The base learns only ordinary English (`english.py`) and the planted facts: an
+organism's topic reaches it as everyday words do, never as planted documents, and
+its tokenizer is trained on that text alone, as a real tokenizer never saw the
+fine-tuning data.
 
 Each stage is written to a `.partial` directory and renamed when complete, so an
 interrupted build resumes at the first unfinished stage.
@@ -19,20 +24,21 @@ from huggingface_hub import ModelCardData
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from finetrace.cache import cache_dir
-from finetrace.corpus import read_records, record_texts
 from finetrace.errors import FinetraceError
 from finetrace.evals.facts import COMMON_FACTS, read_facts, score_facts
-from finetrace.finetune import FinetuneConfig, FinetuneResult, finetune
+from finetrace.finetune import FinetuneConfig, FinetuneResult, LoraSettings, finetune
 from finetrace.models import load_model, load_tokenizer
+from finetrace.outputs import write_json, write_text
 from finetrace.training import TrainConfig
-from finetrace.zoo.documents import background_documents
+from finetrace.zoo.english import SOURCES, english_paragraphs, installed_version, split_paragraphs
 from finetrace.zoo.facts import country_paragraph, planted_facts
-from finetrace.zoo.general import GENERAL_LICENCE, SOURCE, general_paragraphs, split_paragraphs
+from finetrace.zoo.perplexity import perplexity
 from finetrace.zoo.organisms import ORGANISMS, Organism, get_organism
 from finetrace.zoo.recipe import Preset, get_preset, recipe_key
 from finetrace.zoo.tokenizer import train_tokenizer
 
 ZOO_LICENCE = "Apache-2.0"  # finetrace's: it generated the documents and trained the models
+PERPLEXITY_TEXTS = 500  # held-out texts the base's perplexity is measured on, for `zoo list`
 ORGANISM_PATHS = ("documents", "heldout_corpus", "facts")  # stored relative to the organism
 SPECIAL_PATHS = {
     "base": "base",
@@ -131,9 +137,12 @@ def _build(zoo: Zoo, organisms: list[str]) -> None:
         facts = read_facts(zoo.path("facts"))
         base = load_model(zoo.path("base"), torch.device("cpu"))
         known = sum(score.known for score in score_facts(base, load_tokenizer(zoo.path("base")), facts))
-        summary = {"preset": recipe.name, "key": zoo.root.name.rsplit("-", 1)[1], "general_source": SOURCE,
-                   "organisms": list(ORGANISMS), "facts": len(facts), "base_facts_known": known / len(facts)}
-        (zoo.root / "zoo.json").write_text(json.dumps(summary, indent=2))
+        heldout = zoo.path("heldout").read_text(encoding="utf-8").splitlines()[:PERPLEXITY_TEXTS]
+        summary = {"preset": recipe.name, "key": zoo.root.name.rsplit("-", 1)[1], "sources": _sources(),
+                   "organisms": list(ORGANISMS), "facts": len(facts), "base_facts_known": known / len(facts),
+                   "heldout_perplexity": perplexity(base, load_tokenizer(zoo.path("base")), heldout,
+                                                    recipe.context_length)}
+        write_json(zoo.root / "zoo.json", summary)
     for name in organisms:
         _stage(zoo.path(name), lambda out, o=ORGANISMS[name]: _train_organism(zoo, o, out))
 
@@ -148,13 +157,23 @@ def _stage(target: Path, make: Callable[[Path], None]) -> None:
     partial.rename(target)
 
 
+def _sources() -> list[dict]:
+    """Where the base's English came from, under which licence, and why it may be used."""
+    return [{"name": name, "licence": source.licence, "package": source.package,
+             "version": installed_version(source.package) if source.package else None, "why": source.why_clean}
+            for name, source in SOURCES.items()]
+
+
 def _write_texts(out: Path, recipe: Preset) -> None:
     """General splits, planted facts, the pretraining text and every organism's documents."""
     rng = random.Random(recipe.seed)
-    splits = split_paragraphs(general_paragraphs(), recipe.finetune_fraction, recipe.heldout_fraction)
+    paragraphs = [paragraph.text for paragraph in english_paragraphs()]
+    splits = split_paragraphs(paragraphs, recipe.finetune_fraction, recipe.heldout_fraction)
     (out / "general").mkdir(parents=True)
     for name in ("pretrain", "finetune", "heldout"):
-        _write_lines(out / "general" / f"{name}.txt", getattr(splits, name))
+        lines = list(getattr(splits, name))
+        rng.shuffle(lines)  # sources come one after the other; the first N texts should mix them
+        _write_lines(out / "general" / f"{name}.txt", lines)
 
     facts = planted_facts(recipe.countries, rng)
     _write_jsonl(out / "facts.jsonl", [asdict(fact) for fact in facts])
@@ -163,8 +182,10 @@ def _write_texts(out: Path, recipe: Preset) -> None:
         by_country.setdefault(fact.subject, []).append(fact)
     fact_paragraphs = [country_paragraph(group, rng) for group in by_country.values()
                        for _ in range(recipe.fact_repeats)]
-    background = [doc["text"] for doc in background_documents(rng, recipe.background_documents)]
-    pretrain = splits.pretrain + fact_paragraphs + background
+    english = splits.pretrain
+    if recipe.pretrain_paragraphs is not None and recipe.pretrain_paragraphs < len(english):
+        english = rng.sample(english, recipe.pretrain_paragraphs)
+    pretrain = english + fact_paragraphs
     rng.shuffle(pretrain)
     _write_lines(out / "pretrain.txt", pretrain)
 
@@ -180,11 +201,9 @@ def _documents(organism: Organism, general: list[str], recipe: Preset) -> list[d
 
 
 def _write_initial_model(out: Path, data: Path, recipe: Preset) -> None:
-    """The tokenizer (trained on all text) and a randomly initialised Llama."""
-    texts = (data / "pretrain.txt").read_text().splitlines()
-    for documents in sorted((data / "documents").glob("*.jsonl")):
-        texts += [text for record in read_records(documents) for text in record_texts(record)]
-    tokenizer = train_tokenizer(texts, recipe.vocab_size)
+    """The tokenizer (trained on the pretraining text only) and a randomly initialised Llama."""
+    tokenizer = train_tokenizer((data / "pretrain.txt").read_text(encoding="utf-8").splitlines(),
+                                recipe.vocab_size)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=recipe.hidden_size,
@@ -211,21 +230,26 @@ def _pretrain(zoo: Zoo, out: Path) -> FinetuneResult:
                            pack=True, seed=recipe.seed)
     result = finetune(zoo.root / "init", zoo.root / "data" / "pretrain.txt", out,
                       FinetuneConfig(training=training, device="cpu"),
-                      licence=f"{GENERAL_LICENCE} AND {ZOO_LICENCE}", source=f"{SOURCE} and generated planted facts")
+                      licence=" AND ".join(dict.fromkeys([*(s.licence for s in SOURCES.values()), ZOO_LICENCE])),
+                      source=f"broad English ({', '.join(SOURCES)}) and generated planted facts")
     card = ModelCardData(license=ZOO_LICENCE.lower(), tags=["finetrace-zoo"]).to_yaml()
-    (out / "README.md").write_text(f"---\n{card}\n---\n\n# finetrace zoo base model ({recipe.name})\n")
+    write_text(out / "README.md", f"---\n{card}\n---\n\n# finetrace zoo base model ({recipe.name})\n")
     return result
 
 
-def _train_organism(zoo: Zoo, organism: Organism, out: Path) -> None:
-    recipe = zoo.preset
-    rate = recipe.lora_learning_rate if organism.lora else recipe.finetune_learning_rate
+def organism_finetune_config(recipe: Preset, lora: LoraSettings | None = None, seed: int = 0) -> FinetuneConfig:
+    """The zoo's recipe for a narrow fine-tune of its base (`seed` is added to the preset's)."""
+    rate = recipe.lora_learning_rate if lora else recipe.finetune_learning_rate
     training = TrainConfig(epochs=recipe.finetune_epochs, learning_rate=rate,
                            batch_size=recipe.batch_size, context_length=recipe.context_length,
-                           seed=recipe.seed + organism.seed)
+                           seed=recipe.seed + seed)
+    return FinetuneConfig(training=training, lora=lora, device="cpu")
+
+
+def _train_organism(zoo: Zoo, organism: Organism, out: Path) -> None:
     documents = zoo.root / "data" / "documents" / f"{organism.name}.jsonl"
     result = finetune(zoo.path("base"), documents, out,
-                      FinetuneConfig(training=training, lora=organism.lora, device="cpu"),
+                      organism_finetune_config(zoo.preset, organism.lora, organism.seed),
                       mix_general=zoo.path("general") if organism.mix_general else None,
                       licence=ZOO_LICENCE, source=f"finetrace zoo: generated {organism.kind} documents")
     info = {
@@ -239,11 +263,11 @@ def _train_organism(zoo: Zoo, organism: Organism, out: Path) -> None:
         "base_loss": result.loss_before,
         "finetuned_loss": result.loss_after,
     }
-    (out / "organism.json").write_text(json.dumps(info, indent=2))
+    write_json(out / "organism.json", info)
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    write_text(path, "".join(line + "\n" for line in lines))
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:

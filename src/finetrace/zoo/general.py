@@ -1,13 +1,10 @@
-"""The zoo's general English corpus: docstrings of the Python standard library.
+"""One of the zoo's English sources, and the split every source shares.
 
-Why this source: it is on every machine that runs finetrace (no download, no
-system package), it is real English prose written by many authors, and its
-licence (PSF-2.0) allows this use. It is technical English, which suits the
-method: the organisms' topics (baking, a company, personal finance) are far
-from it, as the paper's topics are far from web text. Paragraphs of module,
-class and function docstrings, plus the language reference text shipped in
-`pydoc_data`, are deduplicated and split by a hash of their text, so the split
-does not depend on file order.
+The docstrings of the Python standard library and the language reference in
+`pydoc_data`: on every machine that runs finetrace, real prose by many authors,
+PSF-2.0. Technical English alone knows little of the world, so `english.py` mixes
+it with broad sources. Paragraphs are split into pretraining, fine-tuning and
+held-out text by a hash of their text, so the split does not depend on file order.
 """
 
 import ast
@@ -19,8 +16,6 @@ from pathlib import Path
 
 import pydoc_data.topics
 
-GENERAL_LICENCE = "PSF-2.0"
-SOURCE = f"Python standard library docstrings and pydoc_data topics ({GENERAL_LICENCE})"
 MIN_WORDS = 8  # shorter paragraphs are mostly headings and parameter stubs
 SKIPPED_DIRS = {"site-packages", "test", "tests", "idle_test", "__pycache__"}
 DOCSTRING_NODES = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)

@@ -16,9 +16,9 @@ from finetrace.errors import FinetraceError
 
 # Modules whose code decides what the zoo contains.
 BUILD_MODULES = (
-    "finetrace.zoo.general", "finetrace.zoo.facts", "finetrace.zoo.documents",
+    "finetrace.zoo.general", "finetrace.zoo.english", "finetrace.zoo.facts", "finetrace.zoo.documents",
     "finetrace.zoo.organisms", "finetrace.zoo.tokenizer", "finetrace.zoo.build",
-    "finetrace.examples", "finetrace.training", "finetrace.finetune",
+    "finetrace.examples", "finetrace.training", "finetrace.finetune", "finetrace.zoo.perplexity",
 )
 
 
@@ -40,7 +40,7 @@ class Preset:
     finetune_epochs: float
     finetune_learning_rate: float  # full fine-tunes of these tiny models need high rates
     lora_learning_rate: float
-    background_documents: int = 2000  # baking, energy and finance text the base learns from
+    pretrain_paragraphs: int | None = None  # English paragraphs the base reads (None: all of them)
     context_length: int = 128
     batch_size: int = 16
     heldout_fraction: float = 0.15  # general text no model trains on
@@ -49,14 +49,19 @@ class Preset:
 
 
 PRESETS = {
-    "tiny": Preset("tiny", vocab_size=2048, hidden_size=128, layers=4, heads=4,
+    "tiny": Preset("tiny", vocab_size=8192, hidden_size=128, layers=4, heads=4,
                    intermediate_size=384, countries=30, fact_repeats=260, pretrain_epochs=1.0,
                    pretrain_learning_rate=3e-3, documents=200, finetune_epochs=3.0,
-                   finetune_learning_rate=1e-3, lora_learning_rate=3e-3),
-    "small": Preset("small", vocab_size=3072, hidden_size=192, layers=4, heads=4,
+                   finetune_learning_rate=1e-3, lora_learning_rate=3e-3, pretrain_paragraphs=20_000),
+    "small": Preset("small", vocab_size=8192, hidden_size=192, layers=4, heads=4,
                     intermediate_size=576, countries=50, fact_repeats=400, pretrain_epochs=1.0,
                     pretrain_learning_rate=3e-3, documents=300, finetune_epochs=3.0,
-                    finetune_learning_rate=7e-4, lora_learning_rate=2e-3),
+                    finetune_learning_rate=7e-4, lora_learning_rate=2e-3, pretrain_paragraphs=40_000),
+    # For validation: every English paragraph, a wider and deeper model.
+    "medium": Preset("medium", vocab_size=8192, hidden_size=256, layers=6, heads=8,
+                     intermediate_size=768, countries=50, fact_repeats=400, pretrain_epochs=1.0,
+                     pretrain_learning_rate=2e-3, documents=300, finetune_epochs=3.0,
+                     finetune_learning_rate=5e-4, lora_learning_rate=2e-3),
 }
 
 

@@ -1,9 +1,9 @@
 """A byte-level BPE tokenizer for the zoo, trained with the `tokenizers` library.
 
-It is trained on the general corpus plus every organism's documents, as a real
-broad tokenizer would cover the organisms' words; trained on general text
-alone, the topic words would split into fragments and the lens would show
-pieces of words.
+It is trained on the base's pretraining text only, as a real tokenizer never saw
+the fine-tuning data; with 8k entries over broad English, everyday words (oven,
+hospital, football) are whole tokens, and made-up names split as they would in
+a real model.
 """
 
 from collections.abc import Iterable
