@@ -1,22 +1,40 @@
 """finetrace: what did your fine-tune do to the model?
 
-The public API mirrors the CLI: `finetune` builds narrow fine-tunes, `build_zoo`
-builds the model organisms the demo, the tests and the benchmarks run on.
+The public API mirrors the CLI: `audit` (the trace, the damage and the paper trail in
+one run), `diff` (the trace), `forget` (the damage), `provenance` (the data), `finetune`
+and `build_zoo`, each with its config and its result type.
 """
 
+from finetrace.adl.diff import DiffConfig, DiffResult, diff
+from finetrace.audit import AuditConfig, AuditResult, audit
 from finetrace.errors import FinetraceError
 from finetrace.finetune import FinetuneConfig, FinetuneResult, LoraSettings, finetune
+from finetrace.forget import ForgetConfig, ForgetResult, forget
+from finetrace.pair import ModelPair, load_pair
+from finetrace.provenance import provenance
 from finetrace.training import TrainConfig
 from finetrace.zoo import Zoo, build_zoo, open_zoo
 
 __all__ = [
+    "AuditConfig",
+    "AuditResult",
+    "DiffConfig",
+    "DiffResult",
     "FinetraceError",
     "FinetuneConfig",
     "FinetuneResult",
+    "ForgetConfig",
+    "ForgetResult",
     "LoraSettings",
+    "ModelPair",
     "TrainConfig",
     "Zoo",
+    "audit",
     "build_zoo",
+    "diff",
     "finetune",
+    "forget",
+    "load_pair",
     "open_zoo",
+    "provenance",
 ]
