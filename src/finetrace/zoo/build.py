@@ -201,9 +201,15 @@ def _documents(organism: Organism, general: list[str], recipe: Preset) -> list[d
 
 
 def _write_initial_model(out: Path, data: Path, recipe: Preset) -> None:
-    """The tokenizer (trained on the pretraining text only) and a randomly initialised Llama."""
-    tokenizer = train_tokenizer((data / "pretrain.txt").read_text(encoding="utf-8").splitlines(),
-                                recipe.vocab_size)
+    """The tokenizer and a randomly initialised Llama.
+
+    The tokenizer reads all the pretraining split's English and the planted facts, more than
+    a small preset's base reads, as a real tokenizer is trained on more text than one model
+    sees; never the held-out text or an organism's documents.
+    """
+    texts = [line for path in (data / "general" / "pretrain.txt", data / "pretrain.txt")
+             for line in path.read_text(encoding="utf-8").splitlines()]
+    tokenizer = train_tokenizer(texts, recipe.vocab_size)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=recipe.hidden_size,

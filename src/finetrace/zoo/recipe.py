@@ -49,16 +49,16 @@ class Preset:
 
 
 PRESETS = {
-    "tiny": Preset("tiny", vocab_size=8192, hidden_size=128, layers=4, heads=4,
+    "tiny": Preset("tiny", vocab_size=12288, hidden_size=128, layers=4, heads=4,
                    intermediate_size=384, countries=30, fact_repeats=260, pretrain_epochs=1.0,
                    pretrain_learning_rate=3e-3, documents=200, finetune_epochs=3.0,
                    finetune_learning_rate=1e-3, lora_learning_rate=3e-3, pretrain_paragraphs=20_000),
-    "small": Preset("small", vocab_size=8192, hidden_size=192, layers=4, heads=4,
+    "small": Preset("small", vocab_size=12288, hidden_size=192, layers=4, heads=4,
                     intermediate_size=576, countries=50, fact_repeats=400, pretrain_epochs=1.0,
                     pretrain_learning_rate=3e-3, documents=300, finetune_epochs=3.0,
                     finetune_learning_rate=7e-4, lora_learning_rate=2e-3, pretrain_paragraphs=40_000),
     # For validation: every English paragraph, a wider and deeper model.
-    "medium": Preset("medium", vocab_size=8192, hidden_size=256, layers=6, heads=8,
+    "medium": Preset("medium", vocab_size=12288, hidden_size=256, layers=6, heads=8,
                      intermediate_size=768, countries=50, fact_repeats=400, pretrain_epochs=1.0,
                      pretrain_learning_rate=2e-3, documents=300, finetune_epochs=3.0,
                      finetune_learning_rate=5e-4, lora_learning_rate=2e-3),

@@ -1,9 +1,8 @@
 """A byte-level BPE tokenizer for the zoo, trained with the `tokenizers` library.
 
-It is trained on the base's pretraining text only, as a real tokenizer never saw
-the fine-tuning data; with 8k entries over broad English, everyday words (oven,
-hospital, football) are whole tokens, and made-up names split as they would in
-a real model.
+It is trained on broad English only, as a real tokenizer never saw the fine-tuning
+data; with 12k entries, everyday words (oven, hospital, football) are whole tokens,
+and made-up names split as they would in a real model.
 """
 
 from collections.abc import Iterable
