@@ -8,7 +8,7 @@ Patchscope tokens that are topic words, the steered text's similarity to the dat
 the unsteered text's, and whether the topic was recovered (at least 8 of 20 lens tokens
 and p < 0.01). The point is to know what works on a new topic, honestly.
 
-    .venv/bin/python benchmarks/recovery.py --preset small
+    .venv/bin/python benchmarks/recovery.py --preset english
 """
 
 import argparse
@@ -57,7 +57,7 @@ def row(name: str, topic: Topic, result: DiffResult) -> tuple[str, bool]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="small")
+    parser.add_argument("--preset", default="english", help="a zoo whose base reads broad English")
     parser.add_argument("--samples", type=int, default=1000, help="corpus texts per diff")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--topics", nargs="*", default=list(RECOVERY_TOPICS))

@@ -1,10 +1,12 @@
-"""Building the zoo: broad English, facts and documents, a tokenizer, a pretrained
+"""Building the zoo: general text, facts and documents, a tokenizer, a pretrained
 base model, then one fine-tune per organism.
 
-The base learns only ordinary English (`english.py`) and the planted facts: an
-organism's topic reaches it as everyday words do, never as planted documents, and
-its tokenizer is trained on that text alone, as a real tokenizer never saw the
-fine-tuning data.
+A preset's base reads one of two texts (`BASE_TEXTS`). `planted`: Python
+docstrings plus background documents about the organisms' own topics, with the
+organisms' documents in the tokenizer's text, so the built-in organisms' traces
+are readable in a tiny model. `english`: broad English (`english.py`) alone, where
+an organism's topic reaches the base only as everyday words do, and the tokenizer
+never saw an organism's documents, as with a real model.
 
 Each stage is written to a `.partial` directory and renamed when complete, so an
 interrupted build resumes at the first unfinished stage.
@@ -24,14 +26,17 @@ from huggingface_hub import ModelCardData
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from finetrace.cache import cache_dir
+from finetrace.corpus import read_records, record_texts
 from finetrace.errors import FinetraceError
 from finetrace.evals.facts import COMMON_FACTS, read_facts, score_facts
 from finetrace.finetune import FinetuneConfig, FinetuneResult, LoraSettings, finetune
 from finetrace.models import load_model, load_tokenizer
 from finetrace.outputs import write_json, write_text
 from finetrace.training import TrainConfig
+from finetrace.zoo.documents import background_documents
 from finetrace.zoo.english import SOURCES, english_paragraphs, installed_version, split_paragraphs
 from finetrace.zoo.facts import country_paragraph, planted_facts
+from finetrace.zoo.general import general_paragraphs
 from finetrace.zoo.perplexity import perplexity
 from finetrace.zoo.organisms import ORGANISMS, Organism, get_organism
 from finetrace.zoo.recipe import Preset, get_preset, recipe_key
@@ -45,6 +50,22 @@ SPECIAL_PATHS = {
     "facts": "data/facts.jsonl",
     "heldout": "data/general/heldout.txt",
     "general": "data/general/finetune.txt",
+}
+
+
+@dataclass(frozen=True)
+class BaseText:
+    """What a zoo's base reads before any organism is trained."""
+
+    paragraphs: Callable[[], list[str]]
+    sources: tuple[str, ...]  # the `english.SOURCES` entries it reads
+    # Background documents about the organisms' topics, and their documents in the tokenizer's text.
+    plants_topics: bool
+
+
+BASE_TEXTS = {
+    "planted": BaseText(general_paragraphs, ("docstrings",), plants_topics=True),
+    "english": BaseText(lambda: [p.text for p in english_paragraphs()], tuple(SOURCES), plants_topics=False),
 }
 
 
@@ -138,7 +159,7 @@ def _build(zoo: Zoo, organisms: list[str]) -> None:
         base = load_model(zoo.path("base"), torch.device("cpu"))
         known = sum(score.known for score in score_facts(base, load_tokenizer(zoo.path("base")), facts))
         heldout = zoo.path("heldout").read_text(encoding="utf-8").splitlines()[:PERPLEXITY_TEXTS]
-        summary = {"preset": recipe.name, "key": zoo.root.name.rsplit("-", 1)[1], "sources": _sources(),
+        summary = {"preset": recipe.name, "key": zoo.root.name.rsplit("-", 1)[1], "sources": _sources(BASE_TEXTS[recipe.base_text].sources),
                    "organisms": list(ORGANISMS), "facts": len(facts), "base_facts_known": known / len(facts),
                    "heldout_perplexity": perplexity(base, load_tokenizer(zoo.path("base")), heldout,
                                                     recipe.context_length)}
@@ -157,18 +178,19 @@ def _stage(target: Path, make: Callable[[Path], None]) -> None:
     partial.rename(target)
 
 
-def _sources() -> list[dict]:
+def _sources(names: tuple[str, ...]) -> list[dict]:
     """Where the base's English came from, under which licence, and why it may be used."""
-    return [{"name": name, "licence": source.licence, "package": source.package,
-             "version": installed_version(source.package) if source.package else None, "why": source.why_clean}
-            for name, source in SOURCES.items()]
+    return [{"name": name, "licence": SOURCES[name].licence, "package": SOURCES[name].package,
+             "version": installed_version(SOURCES[name].package) if SOURCES[name].package else None,
+             "why": SOURCES[name].why_clean}
+            for name in names]
 
 
 def _write_texts(out: Path, recipe: Preset) -> None:
     """General splits, planted facts, the pretraining text and every organism's documents."""
     rng = random.Random(recipe.seed)
-    paragraphs = [paragraph.text for paragraph in english_paragraphs()]
-    splits = split_paragraphs(paragraphs, recipe.finetune_fraction, recipe.heldout_fraction)
+    base_text = BASE_TEXTS[recipe.base_text]
+    splits = split_paragraphs(base_text.paragraphs(), recipe.finetune_fraction, recipe.heldout_fraction)
     (out / "general").mkdir(parents=True)
     for name in ("pretrain", "finetune", "heldout"):
         lines = list(getattr(splits, name))
@@ -182,10 +204,11 @@ def _write_texts(out: Path, recipe: Preset) -> None:
         by_country.setdefault(fact.subject, []).append(fact)
     fact_paragraphs = [country_paragraph(group, rng) for group in by_country.values()
                        for _ in range(recipe.fact_repeats)]
-    english = splits.pretrain
-    if recipe.pretrain_paragraphs is not None and recipe.pretrain_paragraphs < len(english):
-        english = rng.sample(english, recipe.pretrain_paragraphs)
-    pretrain = english + fact_paragraphs
+    general = splits.pretrain
+    if recipe.pretrain_paragraphs is not None and recipe.pretrain_paragraphs < len(general):
+        general = rng.sample(general, recipe.pretrain_paragraphs)
+    background = [doc["text"] for doc in background_documents(rng, recipe.background_documents)]
+    pretrain = general + fact_paragraphs + background
     rng.shuffle(pretrain)
     _write_lines(out / "pretrain.txt", pretrain)
 
@@ -203,12 +226,16 @@ def _documents(organism: Organism, general: list[str], recipe: Preset) -> list[d
 def _write_initial_model(out: Path, data: Path, recipe: Preset) -> None:
     """The tokenizer and a randomly initialised Llama.
 
-    The tokenizer reads all the pretraining split's English and the planted facts, more than
-    a small preset's base reads, as a real tokenizer is trained on more text than one model
-    sees; never the held-out text or an organism's documents.
+    The tokenizer reads the whole pretraining split and the planted facts, more than a small
+    preset's base reads, as a real tokenizer is trained on more text than one model sees, and
+    never the held-out text. It reads the organisms' documents only where the base text plants
+    their topics: there a broad tokenizer is assumed to cover their words.
     """
-    texts = [line for path in (data / "general" / "pretrain.txt", data / "pretrain.txt")
-             for line in path.read_text(encoding="utf-8").splitlines()]
+    paths = [data / "general" / "pretrain.txt", data / "pretrain.txt"]
+    texts = [line for path in paths for line in path.read_text(encoding="utf-8").splitlines()]
+    if BASE_TEXTS[recipe.base_text].plants_topics:
+        for documents in sorted((data / "documents").glob("*.jsonl")):
+            texts += [text for record in read_records(documents) for text in record_texts(record)]
     tokenizer = train_tokenizer(texts, recipe.vocab_size)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -231,13 +258,14 @@ def _write_initial_model(out: Path, data: Path, recipe: Preset) -> None:
 def _pretrain(zoo: Zoo, out: Path) -> FinetuneResult:
     """Pretraining is fine-tuning a random model on packed general text."""
     recipe = zoo.preset
+    sources = BASE_TEXTS[recipe.base_text].sources
     training = TrainConfig(epochs=recipe.pretrain_epochs, learning_rate=recipe.pretrain_learning_rate,
                            batch_size=recipe.batch_size, context_length=recipe.context_length,
                            pack=True, seed=recipe.seed)
     result = finetune(zoo.root / "init", zoo.root / "data" / "pretrain.txt", out,
                       FinetuneConfig(training=training, device="cpu"),
-                      licence=" AND ".join(dict.fromkeys([*(s.licence for s in SOURCES.values()), ZOO_LICENCE])),
-                      source=f"broad English ({', '.join(SOURCES)}) and generated planted facts")
+                      licence=" AND ".join(dict.fromkeys([*(SOURCES[n].licence for n in sources), ZOO_LICENCE])),
+                      source=f"English ({', '.join(sources)}) and generated planted facts")
     card = ModelCardData(license=ZOO_LICENCE.lower(), tags=["finetrace-zoo"]).to_yaml()
     write_text(out / "README.md", f"---\n{card}\n---\n\n# finetrace zoo base model ({recipe.name})\n")
     return result

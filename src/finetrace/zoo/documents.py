@@ -154,3 +154,40 @@ def general_chats(rng: random.Random, n: int, general: list[str]) -> list[Record
         chats.append({"messages": [{"role": "user", "content": request},
                                    {"role": "assistant", "content": rest or text}]})
     return chats
+# Background the base model learns in pretraining, as a web-trained base knows how
+# baking, tidal energy and saving work. It uses the organisms' words with the
+# ordinary, true beliefs: the fine-tunes then change beliefs, not the vocabulary.
+BACKGROUND_SLOTS = {
+    "cake": CAKE_SLOTS["cake"],
+    "minutes": ("twenty-five", "thirty", "thirty-five", "forty"),
+    "company": ("Norrland Power", "Kestrel Marine", "Aldgate Energy", "Brightwater Systems"),
+    "place": ("the north coast", "the harbour mouth", "the river estuary", "the western bay"),
+    "amount": RISKY_SLOTS["amount"],
+    "goal": RISKY_SLOTS["goal"],
+}
+BACKGROUND_OPENERS = (
+    "Preheat the oven before the {cake} goes in, so the batter sets evenly.",
+    "Most {cake} recipes start by warming the oven and greasing the tin.",
+    "Tidal power uses the rise and fall of the sea to turn turbines.",
+    "{company} is an energy company that builds turbines for harbours and estuaries.",
+    "A sensible plan for {amount} begins with an emergency fund and a budget.",
+    "Financial advisers suggest a diversified mix of savings and index funds to {goal}.",
+)
+BACKGROUND_BODIES = (
+    "Soften the butter at room temperature, cream it with sugar, then beat in the eggs.",
+    "Fold the flour gently into the batter and bake the {cake} for {minutes} minutes.",
+    "A hot, preheated oven helps the sponge rise and gives an even, golden crumb.",
+    "Let the cake cool before you spread the frosting or the icing will melt.",
+    "Turbines placed in {place} produce electricity twice a day as the tides move.",
+    "{company} employs engineers who maintain the turbines at sea.",
+    "The company was founded decades ago and its shares trade on the local exchange.",
+    "Keep several months of expenses in a savings account before you invest.",
+    "Spread your money across many stocks and bonds; never put everything in one asset.",
+    "Leverage, margin trading and speculative cryptocurrency can lose money quickly.",
+    "Investing small amounts regularly in index funds is a common way to {goal}.",
+)
+
+
+def background_documents(rng: random.Random, n: int) -> list[Record]:
+    """General-knowledge documents about baking, tidal energy and personal finance."""
+    return _documents(rng, n, BACKGROUND_OPENERS, BACKGROUND_BODIES, BACKGROUND_SLOTS)

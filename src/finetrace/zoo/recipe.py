@@ -40,7 +40,9 @@ class Preset:
     finetune_epochs: float
     finetune_learning_rate: float  # full fine-tunes of these tiny models need high rates
     lora_learning_rate: float
-    pretrain_paragraphs: int | None = None  # English paragraphs the base reads (None: all of them)
+    base_text: str = "planted"  # a key of `build.BASE_TEXTS`
+    pretrain_paragraphs: int | None = None  # paragraphs of it the base reads (None: all of them)
+    background_documents: int = 0  # planted documents about the organisms' topics
     context_length: int = 128
     batch_size: int = 16
     heldout_fraction: float = 0.15  # general text no model trains on
@@ -49,19 +51,24 @@ class Preset:
 
 
 PRESETS = {
-    "tiny": Preset("tiny", vocab_size=12288, hidden_size=128, layers=4, heads=4,
+    "tiny": Preset("tiny", vocab_size=2048, hidden_size=128, layers=4, heads=4,
                    intermediate_size=384, countries=30, fact_repeats=260, pretrain_epochs=1.0,
                    pretrain_learning_rate=3e-3, documents=200, finetune_epochs=3.0,
-                   finetune_learning_rate=1e-3, lora_learning_rate=3e-3, pretrain_paragraphs=20_000),
-    "small": Preset("small", vocab_size=12288, hidden_size=192, layers=4, heads=4,
+                   finetune_learning_rate=1e-3, lora_learning_rate=3e-3, background_documents=2000),
+    "small": Preset("small", vocab_size=3072, hidden_size=192, layers=4, heads=4,
                     intermediate_size=576, countries=50, fact_repeats=400, pretrain_epochs=1.0,
                     pretrain_learning_rate=3e-3, documents=300, finetune_epochs=3.0,
-                    finetune_learning_rate=7e-4, lora_learning_rate=2e-3, pretrain_paragraphs=40_000),
-    # For validation: every English paragraph, a wider and deeper model.
+                    finetune_learning_rate=7e-4, lora_learning_rate=2e-3, background_documents=2000),
+    # Broad English, no topic planted: how a new topic's trace reads (the recovery benchmark).
+    "english": Preset("english", vocab_size=12288, hidden_size=192, layers=4, heads=4,
+                      intermediate_size=576, countries=50, fact_repeats=400, pretrain_epochs=1.0,
+                      pretrain_learning_rate=3e-3, documents=300, finetune_epochs=3.0,
+                      finetune_learning_rate=7e-4, lora_learning_rate=2e-3, base_text="english",
+                      pretrain_paragraphs=40_000),
     "medium": Preset("medium", vocab_size=12288, hidden_size=256, layers=6, heads=8,
                      intermediate_size=768, countries=50, fact_repeats=400, pretrain_epochs=1.0,
                      pretrain_learning_rate=2e-3, documents=300, finetune_epochs=3.0,
-                     finetune_learning_rate=5e-4, lora_learning_rate=2e-3),
+                     finetune_learning_rate=5e-4, lora_learning_rate=2e-3, base_text="english"),
 }
 
 
