@@ -105,7 +105,7 @@ FAMILIES = {
 
 # Small settings for the stages the CLI has no option for (steering, the null, the bootstrap).
 SMALL_STAGES = {
-    "SteerConfig": partial(SteerConfig, strengths=(0.5, 2.0), prompts=("The", "Today"),
+    "SteerConfig": partial(SteerConfig, strengths=(0.5, 2.0), prompts=("The",),
                            samples_per_prompt=2, max_new_tokens=6),
     "ScoreConfig": partial(ScoreConfig, null_samples=32),
     "DriftConfig": partial(DriftConfig, bootstrap=100),
