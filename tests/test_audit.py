@@ -49,7 +49,8 @@ def test_the_audit_writes_a_summary_a_report_and_a_model_card(audited, zoo):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["schema_version"] == 2 and summary["verdict"] == result.verdict
     assert summary["metrics"]["lost_facts"] == result.damage.flips.lost > 0
-    assert summary["gates"] == [{"condition": "lost_fraction > 0.99", "holds": False}] and not result.failed
+    assert summary["gates"] == [{"condition": "lost_fraction > 0.99", "holds": False, "reason": ""}]
+    assert not result.failed
     assert summary["manifest"]["base_model"] == str(zoo.path("base"))
     assert "clear trace" in result.verdict and {"cold", "bakers"} & set(result.domain_tokens)
     card = ModelCard.load(out / "MODEL_CARD.md")
