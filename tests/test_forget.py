@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from finetrace.evals.drift import DriftConfig
-from finetrace.evals.facts import COMMON_FACTS, ClozeFact, read_facts
+from finetrace.evals.facts import COMMON_FACTS, read_facts
 from finetrace.evals.flips import flip_matrix, mcnemar_exact
 from finetrace.forget import ForgetConfig, forget
 from finetrace.likelihood import continuation_logprobs
