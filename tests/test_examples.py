@@ -1,5 +1,5 @@
 from finetrace.examples import IGNORE_INDEX, build_examples, pack
-from finetrace.models import load_tokenizer
+from finetrace.models import chars_holding, load_tokenizer
 
 CHAT = [
     {"role": "system", "content": "be brief"},
@@ -47,3 +47,17 @@ def test_truncation_and_packing_keep_every_token(tiny_model):
     blocks = pack(examples, block_length=6)
     assert [len(b.input_ids) for b in blocks] == [6, 6, 6, 2]
     assert sum((b.input_ids for b in blocks), []) == sum((e.input_ids for e in examples), [])
+
+
+def test_a_huge_record_gives_the_tokens_its_full_tokenization_would(tiny_model):
+    tokenizer = load_tokenizer(tiny_model)
+    words = "the baker's ovens warmed a thousand loaves of rye before dawn ".split()
+    text = " ".join(words[i * 7 % len(words)] for i in range(50_000))  # ~300,000 characters
+    assert chars_holding(tokenizer, 64) < len(text) / 100  # the record is cut, not tokenized whole
+    full = tokenizer(text)["input_ids"][:64]
+    [example] = build_examples(tokenizer, [{"text": text}], max_length=64)
+    assert example.input_ids == full
+    chat = [{"role": "user", "content": "tell me"}, {"role": "assistant", "content": text}]
+    [clipped] = build_examples(tokenizer, [{"messages": chat}], max_length=64)
+    [whole] = build_examples(tokenizer, [{"messages": chat}], max_length=10**6)
+    assert clipped.input_ids == whole.input_ids[:64] and clipped.labels == whole.labels[:64]

@@ -13,7 +13,7 @@ from itertools import chain
 from transformers import PreTrainedTokenizerBase
 
 from finetrace.corpus import Record
-from finetrace.models import prepended_ids
+from finetrace.models import chars_holding, prepended_ids
 
 IGNORE_INDEX = -100  # the label PyTorch's cross-entropy skips
 
@@ -39,7 +39,8 @@ def build_examples(
     tokenizer: PreTrainedTokenizerBase, records: list[Record], max_length: int
 ) -> list[Example]:
     """Tokenize records (text or chat, in order), truncated to `max_length` tokens."""
-    return [_record_example(tokenizer, record, max_length) for record in records]
+    limit = chars_holding(tokenizer, max_length)
+    return [_record_example(tokenizer, _clipped(record, limit), max_length) for record in records]
 
 
 def pack(examples: list[Example], block_length: int) -> list[Example]:
@@ -58,6 +59,13 @@ def text_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
     return ids
+
+
+def _clipped(record: Record, limit: int) -> Record:
+    """The record with each text cut to `limit` characters: what lies beyond is truncated anyway."""
+    if "messages" in record:
+        return {**record, "messages": [{**m, "content": m["content"][:limit]} for m in record["messages"]]}
+    return {**record, "text": record["text"][:limit]}
 
 
 def _record_example(tokenizer: PreTrainedTokenizerBase, record: Record, max_length: int) -> Example:

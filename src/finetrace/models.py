@@ -83,6 +83,14 @@ def prepended_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     )
 
 
+def chars_holding(tokenizer: PreTrainedTokenizerBase, tokens: int) -> int:
+    """A length of text sure to hold its first `tokens` tokens: no token decodes to more characters
+    than its vocabulary entry has. Cutting a record there before tokenizing keeps those tokens (one
+    spare for the cut word) and spares tokenizing a huge record whole."""
+    longest = max(map(len, tokenizer.get_vocab()), default=1)
+    return (tokens + 1) * longest
+
+
 def load_model(
     name_or_path: str | Path, device: torch.device, dtype: torch.dtype = torch.float32
 ) -> PreTrainedModel:

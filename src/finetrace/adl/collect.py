@@ -30,7 +30,7 @@ from finetrace.corpus import iter_texts
 from finetrace.errors import FinetraceError
 from finetrace.fingerprints import file_sha256
 from finetrace.likelihood import right_padded
-from finetrace.models import pad_token_id, prepended_ids, weights_digest
+from finetrace.models import chars_holding, pad_token_id, prepended_ids, weights_digest
 from finetrace.pair import ModelPair
 from finetrace.progress import progress_bar
 from finetrace.residual import read_residuals
@@ -155,7 +155,9 @@ def _text_ids(
     tokenizer: PreTrainedTokenizerBase, texts: list[str], positions: int
 ) -> list[list[int]]:
     """The first `positions` tokens of each text, without special tokens."""
-    encoded = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=positions)
+    limit = chars_holding(tokenizer, positions)
+    encoded = tokenizer([text[:limit] for text in texts], add_special_tokens=False, truncation=True,
+                        max_length=positions)
     return encoded["input_ids"]
 
 
