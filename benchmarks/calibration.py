@@ -54,10 +54,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for finetuned in [*TRAINED_ON, *CONTROLS]:
             pair = load_pair(zoo.path("base"), zoo.path(finetuned), "cpu", "float32")
+            tokens = {domain: domain_tokens(pair, records, general, config) for domain, records in domains.items()}
             collected = collect(pair, zoo.path("heldout"), config.collect, Path(scratch) / finetuned)
-            for domain, records in domains.items():
-                tokens = domain_tokens(pair, records, general, config)
-                p_values[finetuned, domain] = domain_significance(pair, collected, tokens, config).p_value
+            for domain in domains:
+                p_values[finetuned, domain] = domain_significance(pair, collected, tokens[domain], config).p_value
 
     print(f"\nfinetrace trace test, {args.preset} zoo: {args.samples} texts, {args.null_samples} null "
           f"draws, seed {args.seed}; p-value of each fine-tune (rows) against each domain's data "

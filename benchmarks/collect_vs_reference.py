@@ -51,10 +51,10 @@ def run_reference(base: str, finetuned: str, corpus: Path, layer_fraction: float
     layer = resolve_layers((layer_fraction,), pair.n_layers)[0]
     texts = corpus.read_text().splitlines()
     kept = {"base": [], "finetuned": []}
-    for start in range(0, len(texts), batch_size):
-        encoded = pair.tokenizer(texts[start : start + batch_size], truncation=True,
-                                 max_length=REFERENCE_LENGTH, padding="max_length", return_tensors="pt")
-        for which in kept:
+    for which in kept:
+        for start in range(0, len(texts), batch_size):
+            encoded = pair.tokenizer(texts[start : start + batch_size], truncation=True,
+                                     max_length=REFERENCE_LENGTH, padding="max_length", return_tensors="pt")
             with pair.use(which) as (model, _), torch.no_grad():
                 states = model(**encoded, output_hidden_states=True).hidden_states
             kept[which].append(states[layer + 1])  # every activation of every text, (B, 128, d)

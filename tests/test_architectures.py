@@ -249,6 +249,7 @@ def test_positions_are_labelled_as_the_family_tokenizes(run):
     texts = [str(p) for p in range(REPORTED)]
     expected = ["BOS", *texts] if run.family.adds_bos else texts
     assert [trace["position"] for trace in diff["traces"]] == expected
+    assert [trace["sink"] for trace in diff["traces"]] == [True] + [False] * (len(expected) - 1)
     stored = json.loads(_metadata(run.path("diff/differences.safetensors"))["positions"])
     assert stored[: len(expected)] == expected
 

@@ -1,6 +1,8 @@
 """`finetrace audit` on the tiny zoo: the report, the summary, the model card, the gates."""
 
+import gc
 import json
+import weakref
 import shutil
 import subprocess
 import sys
@@ -9,6 +11,7 @@ from dataclasses import replace
 import pytest
 from huggingface_hub import ModelCard
 
+from finetrace import pair
 from finetrace.adl.collect import CollectConfig
 from finetrace.adl.diff import DiffConfig
 from finetrace.adl.score import ScoreConfig
@@ -35,17 +38,41 @@ def zoo():
     return build_zoo("tiny")
 
 
+class LoadProbe:
+    """Wraps model loading: how many loaded models were alive at most, at any load."""
+
+    def __init__(self, load):
+        self.load, self.loaded, self.most_alive = load, [], 0
+
+    def __call__(self, *args, **kwargs):
+        gc.collect()
+        alive = sum(ref() is not None for ref in self.loaded)
+        model = self.load(*args, **kwargs)
+        self.loaded.append(weakref.ref(model))
+        self.most_alive = max(self.most_alive, alive + 1)
+        return model
+
+
 @pytest.fixture(scope="module")
 def audited(zoo, tmp_path_factory):
     out = tmp_path_factory.mktemp("audit")
-    result = audit(zoo.path("base"), zoo.path("cake"), zoo.path("heldout"), out,
-                   data=zoo.organism("cake")["documents"], facts=zoo.path("facts"), control=zoo.path("control"),
-                   config=QUICK, fail_on=(parse_gate("lost_fraction > 0.99"),))
-    return out, result
+    with pytest.MonkeyPatch.context() as patch:
+        probe = LoadProbe(pair.load_model)
+        patch.setattr(pair, "load_model", probe)
+        result = audit(zoo.path("base"), zoo.path("cake"), zoo.path("heldout"), out,
+                       data=zoo.organism("cake")["documents"], facts=zoo.path("facts"), control=zoo.path("control"),
+                       config=QUICK, fail_on=(parse_gate("lost_fraction > 0.99"),))
+    return out, result, probe
+
+
+def test_the_audit_never_holds_two_models(audited):
+    *_, probe = audited
+    assert probe.most_alive == 1
+    assert len(probe.loaded) == 6  # base, cake; base, control (the control's trace); base, cake (the damage)
 
 
 def test_the_audit_writes_a_summary_a_report_and_a_model_card(audited, zoo):
-    out, result = audited
+    out, result, _ = audited
     summary = json.loads((out / "summary.json").read_text())
     assert summary["schema_version"] == 2 and summary["verdict"] == result.verdict
     assert summary["metrics"]["lost_facts"] == result.damage.flips.lost > 0
@@ -63,7 +90,7 @@ def test_the_audit_writes_a_summary_a_report_and_a_model_card(audited, zoo):
 
 
 def test_strings_from_models_and_data_are_escaped(audited):
-    _, result = audited
+    _, result, _ = audited
     first = result.trace.traces[0]
     poisoned_lens = [replace(first.lens_finetuned[0], token=SCRIPT), *first.lens_finetuned[1:]]
     steering = result.trace.steering
@@ -84,7 +111,7 @@ def test_the_report_renders_in_headless_chromium(audited, tmp_path):
         pytest.skip("chromium is not installed (the Makefile installs it with apt where it can)")
     from playwright.sync_api import sync_playwright
 
-    out, result = audited
+    out, result, _ = audited
     errors = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])

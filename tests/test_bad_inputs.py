@@ -187,3 +187,19 @@ def test_the_installed_entry_point_shows_the_traceback_with_debug(paths):
     run = subprocess.run([ENTRY_POINT, "--debug", "provenance", str(paths["data"]), "--out", str(paths["tmp"])],
                          capture_output=True, text=True)
     assert run.returncode != 0 and "FinetraceError" in run.stderr and "is a directory" in run.stderr
+
+
+def test_strict_refuses_an_adapter_trained_on_another_base(paths, tiny_tokenizer, monkeypatch):
+    from finetrace import FinetuneConfig, LoraSettings, TrainConfig, finetune
+
+    from conftest import save_random_llama
+
+    lora, twin = paths["tmp"] / "lora", save_random_llama(paths["tmp"] / "twin", tiny_tokenizer, seed=1)
+    finetune(paths["model"], paths["data"], lora, FinetuneConfig(
+        training=TrainConfig(steps=1, batch_size=4, context_length=64), lora=LoraSettings(rank=2)))
+    arguments = ["forget", str(twin), str(lora), "--facts", str(paths["facts"]), "--out", str(paths["fresh"])]
+    _one_error_line(CliRunner().invoke(app, [*arguments, "--strict"]), "was trained on another base")
+    assert not paths["fresh"].exists()
+    warned = CliRunner().invoke(app, arguments)
+    assert warned.exit_code == 0 and "warning: adapter" in warned.stderr
+    assert "trained on another base" in json.loads((paths["fresh"] / "forget.json").read_text())["warnings"][0]

@@ -169,3 +169,18 @@ def test_non_finite_activations_are_refused_with_where_they_appear(tiny_model, t
     pair = load_pair(tiny_model, huge, device="cpu")
     with pytest.raises(FinetraceError, match="fine-tuned model's residual after layer 1 at"):
         collect(pair, corpus, CollectConfig(layers=(0, 1), positions=3), tmp_path / "out")
+
+
+def test_a_second_fine_tune_of_the_same_base_reuses_its_pass(tiny_model, tiny_finetuned, corpus, tmp_path,
+                                                             monkeypatch):
+    config = CollectConfig(layers=(1,), positions=4, batch_size=8, checkpoint_every=1)
+    store = tmp_path / "base-residuals"
+    collect(load_pair(tiny_model, tiny_finetuned, device="cpu"), corpus, config, tmp_path / "a", base_store=store,
+            keep_base=True)
+    real_shard, calls = collect_module._base_shard, []
+    monkeypatch.setattr(collect_module, "_base_shard", lambda *a: (calls.append(1), real_shard(*a))[1])
+    itself = collect(load_pair(tiny_model, tiny_model, device="cpu"), corpus, config, tmp_path / "b",
+                     base_store=store)
+    assert calls == []  # every shard of the base's residuals was read back
+    assert itself.mean_delta.abs().max() < 1e-6 and itself.texts == 40
+    assert not store.exists()  # removed once no run keeps it

@@ -53,6 +53,7 @@ def test_the_trace_is_found_in_the_finetuning_data(with_data, name):
     _, result = with_data[name]
     assert result.p_value < 0.01 and result.clear
     assert [t.position for t in result.traces] == ["BOS", "0", "1", "2", "3", "4"]
+    assert [t.sink for t in result.traces] == [True, False, False, False, False, False]
 
 
 @pytest.mark.parametrize("name", ["cake", "zorvex"])

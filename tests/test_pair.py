@@ -1,10 +1,13 @@
+import gc
+import weakref
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from finetrace import FinetraceError, FinetuneConfig, LoraSettings, TrainConfig, finetune
 from finetrace.pair import load_pair
-from finetrace.residual import read_residuals
+from finetrace.residual import logit_lens, read_residuals
 
 from conftest import save_random_llama
 
@@ -30,6 +33,17 @@ def test_adapter_pair_holds_one_model_and_disabling_it_gives_the_base(tiny_model
     assert pair.adapter
     assert torch.allclose(_residual(pair, "base", ids), _residual(plain, "base", ids), atol=1e-6)
     assert not torch.allclose(_residual(pair, "finetuned", ids), _residual(pair, "base", ids))
+
+
+def test_a_full_pair_holds_one_model_and_keeps_the_base_readout(tiny_model, tiny_finetuned):
+    pair = load_pair(tiny_model, tiny_finetuned, device="cpu")
+    with pair.use("base") as (base, layout):
+        lens = logit_lens(layout, torch.ones(32))
+    base = weakref.ref(base)
+    with pair.use("finetuned"):
+        gc.collect()
+        assert base() is None
+        assert torch.allclose(logit_lens(pair.base_readout(), torch.ones(32)), lens, atol=1e-6)
 
 
 def test_pair_of_different_shapes_says_what_differs(tiny_model, tiny_tokenizer, tmp_path):
@@ -64,7 +78,11 @@ def test_non_finite_weights_are_refused_at_load_by_name(tiny_model, tiny_tokeniz
     broken = save_random_llama(tmp_path / "broken", tiny_tokenizer)
     _poison(broken / "model.safetensors", "model.layers.1.mlp.up_proj.weight")
     with pytest.raises(FinetraceError, match=r"non-finite weights .* in model.layers.1.mlp.up"):
-        load_pair(tiny_model, broken, device="cpu")
+        load_pair(broken, tiny_model, device="cpu")  # the base loads at once
+    pair = load_pair(tiny_model, broken, device="cpu")
+    with pytest.raises(FinetraceError, match=r"non-finite weights .* in model.layers.1.mlp.up"):
+        with pair.use("finetuned"):  # the fine-tune when it is first used
+            pass
 
 
 def test_non_finite_adapter_weights_are_refused_by_name(tiny_model, text_data, tmp_path):
@@ -76,3 +94,15 @@ def test_non_finite_adapter_weights_are_refused_by_name(tiny_model, text_data, t
     _poison(adapter, name)
     with pytest.raises(FinetraceError, match=r"lora.*non-finite weights .* in .*layers\.0\..*lora_B"):
         load_pair(tiny_model, tmp_path / "lora", device="cpu")
+
+
+def test_an_adapter_on_another_base_of_its_shape_warns_and_strict_refuses(tiny_model, tiny_tokenizer, text_data,
+                                                                          tmp_path):
+    training = TrainConfig(steps=1, batch_size=4, context_length=64)
+    finetune(tiny_model, text_data, tmp_path / "lora", FinetuneConfig(training=training, lora=LoraSettings(rank=2)))
+    assert load_pair(tiny_model, tmp_path / "lora", device="cpu").warnings == []
+    twin = save_random_llama(tmp_path / "twin", tiny_tokenizer, seed=1)  # the same shape, other weights
+    [warning] = load_pair(twin, tmp_path / "lora", device="cpu").warnings
+    assert "trained on another base" in warning
+    with pytest.raises(FinetraceError, match="trained on another base .*--strict"):
+        load_pair(twin, tmp_path / "lora", device="cpu", strict=True)

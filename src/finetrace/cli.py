@@ -164,6 +164,7 @@ Preset = Annotated[str, typer.Option(help="Zoo preset: tiny (tests) or small (de
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.", callback=_device)]
 Dtype = Annotated[str, typer.Option(help=f"auto, {', '.join(DTYPES)}.", callback=_one_of(("auto", *DTYPES)))]
 Seed = Annotated[int, typer.Option(help="Seed of every random choice.")]
+Strict = Annotated[bool, typer.Option(help="Refuse an adapter finetrace trained on another base (default: a warning).")]
 BatchSize = Annotated[int, _count("Texts per forward pass.")]
 TextField = Annotated[str, typer.Option(help="The field of a JSONL record that holds its text.")]
 Base = Annotated[str, typer.Argument(help="Base model: a directory or a hub id.")]
@@ -233,6 +234,7 @@ def diff_command(
     device: Device = "auto",
     dtype: Dtype = "auto",
     seed: Seed = 0,
+    strict: Strict = False,
 ) -> None:
     """Read what a fine-tune was about from activation differences on unrelated text."""
     _check_report(report, positions)
@@ -242,7 +244,7 @@ def diff_command(
     config = DiffConfig(
         collect=CollectConfig(layers=_layer_spec(layers), positions=positions, samples=samples, batch_size=batch_size),
         score=ScoreConfig(seed=seed), steer=SteerConfig(seed=seed), reported_positions=report,
-        device=device, dtype=dtype, text_field=text_field,
+        device=device, dtype=dtype, text_field=text_field, strict=strict,
     )
     result = diff(base, finetuned, corpus, out, config, data=data, control=control)
     print_diff(console, result)
@@ -263,12 +265,13 @@ def forget_command(
     device: Device = "auto",
     dtype: Dtype = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    strict: Strict = False,
 ) -> None:
     """Which facts the fine-tune lost, and how far it drifted on general text."""
     facts, corpus = facts or default_facts(finetuned), corpus or zoo_corpus(finetuned)
     refuse_overlap(out, {"base model": base, "fine-tuned model": finetuned, "facts": facts, "corpus": corpus})
     drift = DriftConfig(samples=samples, max_tokens=max_tokens, batch_size=batch_size, seed=seed)
-    config = ForgetConfig(drift=drift, text_field=text_field, device=device, dtype=dtype)
+    config = ForgetConfig(drift=drift, text_field=text_field, device=device, dtype=dtype, strict=strict)
     result = forget(base, finetuned, facts, corpus, out, config)
     print_forget(console, result)
     console.print(f"results: {escape(str(out / FORGET_RESULT))}")
@@ -343,6 +346,7 @@ def audit_command(
     device: Device = "auto",
     dtype: Dtype = "auto",
     seed: Seed = 0,
+    strict: Strict = False,
 ) -> None:
     """Audit a fine-tune: its trace, the facts it lost, its drift; a report, a summary and a model card."""
     gates = _gates(fail_on, METRICS)
@@ -350,7 +354,7 @@ def audit_command(
     facts = facts or default_facts(finetuned)
     refuse_overlap(out, {"base model": base, "fine-tuned model": finetuned, "corpus": corpus, "data": data,
                          "facts": facts, "control": control})
-    config = _audit_config(samples, drift_samples, device, dtype, seed)
+    config = _audit_config(samples, drift_samples, device, dtype, seed, strict)
     result = audit(base, finetuned, corpus, out, data=data, facts=facts, control=control, config=config,
                    fail_on=gates, licence=licence)
     _finish_audit(result, out)
@@ -372,10 +376,12 @@ def demo(out: Annotated[Path, _out("finetrace-demo")] = Path("finetrace-demo")) 
     _finish_audit(result, out)
 
 
-def _audit_config(samples: int, drift_samples: int, device: str, dtype: str, seed: int) -> AuditConfig:
+def _audit_config(samples: int, drift_samples: int, device: str, dtype: str, seed: int,
+                  strict: bool = False) -> AuditConfig:
     diff_config = DiffConfig(collect=CollectConfig(samples=samples), score=ScoreConfig(seed=seed),
-                             steer=SteerConfig(seed=seed), device=device, dtype=dtype)
-    forget_config = ForgetConfig(drift=DriftConfig(samples=drift_samples, seed=seed), device=device, dtype=dtype)
+                             steer=SteerConfig(seed=seed), device=device, dtype=dtype, strict=strict)
+    forget_config = ForgetConfig(drift=DriftConfig(samples=drift_samples, seed=seed), device=device, dtype=dtype,
+                                 strict=strict)
     return AuditConfig(diff=diff_config, forget=forget_config)
 
 

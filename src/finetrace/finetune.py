@@ -23,7 +23,8 @@ from finetrace.corpus import Record, read_records, read_texts
 from finetrace.errors import FinetraceError, require
 from finetrace.evals.facts import COMMON_FACTS
 from finetrace.examples import Example, build_examples, pack
-from finetrace.models import DTYPES, load_model, load_tokenizer, pad_token_id, resolve_device, resolve_dtype
+from finetrace.models import (DTYPES, load_model, load_tokenizer, pad_token_id, resolve_device, resolve_dtype,
+                              weights_digest)
 from finetrace.fingerprints import environment, file_sha256, weights_sha256
 from finetrace.outputs import check_output_dir, recover_dir, refuse_overlap, staged_dir, write_json
 from finetrace.provenance import provenance
@@ -113,6 +114,9 @@ class FinetuneResult:
     training: TrainingRun
     environment: dict[str, str]
     provenance: dict[str, Any] | None = None  # the data's provenance report (`ProvenanceReport.to_dict`)
+    # The base's files as `models.weights_digest` hashes them, whatever dtype loads them: an
+    # analysis that applies this adapter to another base can tell.
+    base_files_sha256: str = ""
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -178,9 +182,9 @@ def finetune(
         if mix_general is not None:
             files.append(_data_file(mix_general, "mix-general", len(read_texts(mix_general)), len(general)))
         result = FinetuneResult(
-            adapter=config.lora is not None, base_model=str(base), base_weights_sha256=base_digest, data=files,
-            config=config, examples=len(examples), loss_before=loss_before, loss_after=loss_after,
-            training=run, environment=environment(device), provenance=paper_trail.to_dict(),
+            adapter=config.lora is not None, base_model=str(base), base_weights_sha256=base_digest,
+            base_files_sha256=weights_digest(base), data=files, config=config, examples=len(examples),
+            loss_before=loss_before, loss_after=loss_after, training=run, environment=environment(device), provenance=paper_trail.to_dict(),
         )
         if config.lora:  # the base's own head is unchanged: keep it out of the adapter
             model.save_pretrained(staging, save_embedding_layers=False)

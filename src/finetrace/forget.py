@@ -33,6 +33,7 @@ class ForgetConfig:
     text_field: str = "text"
     device: str = "auto"
     dtype: str = "auto"
+    strict: bool = False  # refuse an adapter finetrace trained on another base (else a warning)
 
     def __post_init__(self) -> None:
         require(self.dtype in ("auto", *DTYPES), "dtype", self.dtype, f"auto or one of {', '.join(DTYPES)}")
@@ -66,6 +67,7 @@ class ForgetResult:
     config: ForgetConfig
     environment: dict[str, str]
     seconds: dict[str, float]
+    warnings: list[str] = field(default_factory=list)  # doubts about the pair (see `ModelPair.warnings`)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -83,7 +85,7 @@ class ForgetResult:
             "facts": [change.to_dict() for change in self.facts],
             "drift": self.drift.to_dict() if self.drift else None, "corpus": self.corpus,
             "config": asdict(self.config), "environment": self.environment, "seconds": self.seconds,
-            "schema_version": self.schema_version,
+            "warnings": self.warnings, "schema_version": self.schema_version,
         }
 
 
@@ -106,20 +108,12 @@ def forget(
     if out is not None:
         check_output_dir(out)  # before the models load, not after minutes of work
     cloze = read_facts(facts)
-    pair = pair or load_pair(base, finetuned, config.device, config.dtype)
+    pair = pair or load_pair(base, finetuned, config.device, config.dtype, config.strict)
     clock.lap("load")
-    scores = {"base": [], "finetuned": []}
     chunks = [cloze[i:i + FACTS_PER_STEP] for i in range(0, len(cloze), FACTS_PER_STEP)]
-    with progress_bar("facts", 2 * len(chunks)) as advance:
-        for which in scores:
-            with pair.use(which) as (model, _):
-                for chunk in chunks:
-                    scores[which] += score_facts(model, pair.tokenizer, chunk)
-                    advance()
-    for which, scored in scores.items():
-        _require_finite(pair, which, [score.answer_logprob for score in scored], "fact log-probabilities")
-    changes = [FactChange(*row) for row in zip(cloze, scores["base"], scores["finetuned"])]
-    clock.lap("facts")
+    # The base is read first, drift included, then the fine-tune: one load of each.
+    scores = {"base": _scored_facts(pair, "base", chunks)}
+    clock.lap("facts (base)")
     drift = None
     if corpus is not None:
         texts = islice(iter_sourced_texts(corpus, config.text_field), config.drift.samples)
@@ -128,17 +122,31 @@ def forget(
         _require_finite(pair, "base", [likelihood.base_nll], "general-text NLL")
         _require_finite(pair, "finetuned", [likelihood.finetuned_nll, drift.kl_mean], "general-text NLL and KL")
         clock.lap("drift")
+    scores["finetuned"] = _scored_facts(pair, "finetuned", chunks)
+    for which, scored in scores.items():
+        _require_finite(pair, which, [score.answer_logprob for score in scored], "fact log-probabilities")
+    changes = [FactChange(*row) for row in zip(cloze, scores["base"], scores["finetuned"])]
+    clock.lap("facts (fine-tuned)")
     result = ForgetResult(
         base=str(base), finetuned=str(finetuned), facts_source=str(facts),
         flips=_flips(changes), by_category={name: _flips([c for c in changes if c.fact.category == name])
                                             for name in sorted({c.fact.category for c in changes})},
         facts=changes, drift=drift, corpus=str(corpus) if corpus is not None else None, config=config,
-        environment=environment(resolve_device(config.device)), seconds=clock.laps,
+        environment=environment(resolve_device(config.device)), seconds=clock.laps, warnings=pair.warnings,
     )
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         write_json(Path(out) / RESULT_NAME, result.to_dict())
     return result
+
+
+def _scored_facts(pair: ModelPair, which: str, chunks: list[list[ClozeFact]]) -> list[FactScore]:
+    with progress_bar(f"facts: {which} model", len(chunks)) as advance, pair.use(which) as (model, _):
+        scored = []
+        for chunk in chunks:
+            scored += score_facts(model, pair.tokenizer, chunk)
+            advance()
+        return scored
 
 
 def _require_finite(pair: ModelPair, which: str, values: list[float], what: str) -> None:

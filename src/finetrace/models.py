@@ -56,7 +56,7 @@ def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
     try:
         return AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=False)
     except LOAD_ERRORS as error:
-        raise FinetraceError(f"cannot load a tokenizer from {name_or_path}: {_first_line(error)}") from None
+        raise FinetraceError(f"cannot load a tokenizer from {name_or_path}: {first_line(error)}") from None
 
 
 def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -100,7 +100,7 @@ def load_model(
             str(name_or_path), dtype=dtype, trust_remote_code=False, use_safetensors=True
         )
     except LOAD_ERRORS as error:
-        raise FinetraceError(f"cannot load a model from {name_or_path}: {_first_line(error)}") from None
+        raise FinetraceError(f"cannot load a model from {name_or_path}: {first_line(error)}") from None
     refuse_non_finite(model.named_parameters(), name_or_path)
     return model.to(device).eval()
 
@@ -154,6 +154,6 @@ def _local_directory(name_or_path: str | Path) -> Path:
         raise FinetraceError(missing) from None
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__

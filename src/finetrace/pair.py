@@ -1,78 +1,136 @@
-"""A base model and its fine-tune, loaded and checked for comparability.
+"""A base model and its fine-tune, checked for comparability, one of them in memory at a time.
 
-A fine-tune given as a PEFT adapter is applied to the one copy of the base:
-with the adapter disabled it *is* the base, so memory holds one model.
+`use(which)` gives the model asked for, loading it after freeing the other, so a full pair
+never holds two models: analyses read all they need from one model before turning to the
+other. A fine-tune given as a PEFT adapter is the base with its adapter on: one copy serves
+both and nothing is reloaded. The base's readout (final norm and head) is kept when the base
+is freed, so its logit lens stays readable.
 """
 
+import gc
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import peft
 import torch
+from rich.console import Console
+from rich.markup import escape
 from torch import nn
-from transformers import PreTrainedTokenizerBase
+from transformers import AutoConfig, PretrainedConfig
 
 from finetrace.errors import FinetraceError
-from finetrace.models import (load_model, load_tokenizer, refuse_non_finite, resolve_device,
-                              resolve_dtype)
-from finetrace.residual import Layout, find_layout
+from finetrace.models import (LOAD_ERRORS, first_line, load_model, load_tokenizer, refuse_non_finite,
+                              resolve_device, resolve_dtype, weights_digest)
+from finetrace.finetune import MANIFEST_NAME
+from finetrace.residual import Layout, Readout, find_layout
 
 COMPARED_CONFIG = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
 ADAPTER_ERRORS = (RuntimeError, ValueError, KeyError, OSError)  # what peft raises for a misfit
+WHICH = ("base", "finetuned")
 
 
-@dataclass
 class ModelPair:
     """Two comparable causal LMs; `use("base")` and `use("finetuned")` give each in turn."""
 
-    base_name: str
-    finetuned_name: str
-    tokenizer: PreTrainedTokenizerBase
-    base_model: nn.Module | None  # None when the fine-tune is an adapter over the same weights
-    finetuned_model: nn.Module
-    device: torch.device
+    def __init__(self, base: str | Path, finetuned: str | Path, device: torch.device, dtype: torch.dtype,
+                 strict: bool = False):
+        self.base_name, self.finetuned_name = str(base), str(finetuned)
+        self.device, self.dtype = device, dtype
+        self.adapter = is_adapter(finetuned)
+        self.tokenizer = load_tokenizer(base)
+        self.config = _text_config(base)
+        self.warnings: list[str] = []  # doubts about the pair that do not stop the run
+        if self.adapter:
+            self._check_adapter_base(strict)
+        else:
+            _check_comparable(base, finetuned, self.config, _text_config(finetuned), self.tokenizer)
+        self._resident: tuple[str, nn.Module] | None = None
+        self._base_readout: Readout | None = None
+        self._load("base")  # the base is read first, and loading it checks an adapter's fit
 
     @property
-    def adapter(self) -> bool:
-        return self.base_model is None
+    def n_layers(self) -> int:
+        return self.config.num_hidden_layers
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
 
     @contextmanager
     def use(self, which: str) -> Iterator[tuple[nn.Module, Layout]]:
         """The model `which` ('base' or 'finetuned') and its residual layout."""
-        assert which in ("base", "finetuned")
-        if which == "finetuned" or not self.adapter:
-            model = self.finetuned_model if which == "finetuned" else self.base_model
-            context = nullcontext()
+        assert which in WHICH
+        if self.adapter:
+            model = self._load("finetuned")
+            context = model.disable_adapter() if which == "base" else nullcontext()
         else:
-            model, context = self.finetuned_model, self.finetuned_model.disable_adapter()
+            model, context = self._load(which), nullcontext()
         with context:
             yield model, find_layout(model)
 
-    @property
-    def n_layers(self) -> int:
-        return find_layout(self.finetuned_model).n_layers
+    def base_readout(self) -> Readout:
+        """The base's final norm and head, valid while any model of the pair is loaded or none."""
+        if self._base_readout is None:
+            with self.use("base") as (_, layout):
+                self._base_readout = layout.detached()
+        return self._base_readout
 
+    def release(self) -> None:
+        """Free the loaded model (the next `use` loads again)."""
+        self._resident = None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
-def load_pair(base: str | Path, finetuned: str | Path, device: str = "auto", dtype: str = "auto") -> ModelPair:
-    """Load BASE and FINETUNED (a model or a PEFT adapter); refuse pairs that are not comparable."""
-    torch_device = resolve_device(device)
-    torch_dtype = _auto_dtype(torch_device) if dtype == "auto" else resolve_dtype(dtype)
-    tokenizer = load_tokenizer(base)
-    base_model = load_model(base, torch_device, torch_dtype)
-    if is_adapter(finetuned):
+    def _load(self, which: str) -> nn.Module:
+        key = "adapted" if self.adapter else which
+        if self._resident is not None and self._resident[0] == key:
+            return self._resident[1]
+        if self._resident is not None and self._resident[0] == "base" and self._base_readout is None:
+            self._base_readout = find_layout(self._resident[1]).detached()
+        self.release()
+        if self.adapter:
+            model = self._adapted()
+        else:
+            model = load_model(self.base_name if which == "base" else self.finetuned_name, self.device, self.dtype)
+        self._resident = (key, model)
+        return model
+
+    def _check_adapter_base(self, strict: bool) -> None:
+        """An adapter finetrace trained records its base's digest: another base of the same shape
+        loads without complaint, but its numbers describe a model nobody trained."""
+        manifest = Path(self.finetuned_name) / MANIFEST_NAME
+        recorded = json.loads(manifest.read_text()).get("base_files_sha256") if manifest.is_file() else None
+        if not recorded or recorded == weights_digest(self.base_name):
+            return
+        message = (f"adapter {self.finetuned_name} was trained on another base than {self.base_name}: its "
+                   f"{MANIFEST_NAME} records base files {recorded[:12]}, and {self.base_name} is not them")
+        if strict:
+            raise FinetraceError(f"{message} (--strict)")
+        self.warnings.append(message)
+        Console(stderr=True).print(f"[yellow]warning: {escape(message)}[/]", highlight=False)
+
+    def _adapted(self) -> nn.Module:
+        base = load_model(self.base_name, self.device, self.dtype)
         try:
-            adapted = peft.PeftModel.from_pretrained(base_model, str(finetuned)).eval()
+            adapted = peft.PeftModel.from_pretrained(base, self.finetuned_name).eval()
         except ADAPTER_ERRORS as error:
             raise FinetraceError(
-                f"adapter {finetuned} does not fit base {base}: {str(error).strip().splitlines()[0]}"
+                f"adapter {self.finetuned_name} does not fit base {self.base_name}: {first_line(error)}"
             ) from None
-        refuse_non_finite(peft.get_peft_model_state_dict(adapted).items(), finetuned)
-        return ModelPair(str(base), str(finetuned), tokenizer, None, adapted, torch_device)
-    finetuned_model = load_model(finetuned, torch_device, torch_dtype)
-    _check_comparable(base, finetuned, base_model, finetuned_model, tokenizer, load_tokenizer(finetuned))
-    return ModelPair(str(base), str(finetuned), tokenizer, base_model, finetuned_model, torch_device)
+        refuse_non_finite(peft.get_peft_model_state_dict(adapted).items(), self.finetuned_name)
+        return adapted
+
+
+def load_pair(base: str | Path, finetuned: str | Path, device: str = "auto", dtype: str = "auto",
+              strict: bool = False) -> ModelPair:
+    """BASE and FINETUNED (a model or a PEFT adapter); pairs that are not comparable are refused,
+    and so, with `strict`, is an adapter that finetrace trained on another base (else a warning)."""
+    torch_device = resolve_device(device)
+    torch_dtype = _auto_dtype(torch_device) if dtype == "auto" else resolve_dtype(dtype)
+    return ModelPair(base, finetuned, torch_device, torch_dtype, strict)
 
 
 def is_adapter(name_or_path: str | Path) -> bool:
@@ -86,14 +144,23 @@ def _auto_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def _check_comparable(base, finetuned, base_model, finetuned_model, base_tok, finetuned_tok) -> None:
+def _text_config(name_or_path: str | Path) -> PretrainedConfig:
+    try:
+        return AutoConfig.from_pretrained(str(name_or_path), trust_remote_code=False).get_text_config()
+    except LOAD_ERRORS as error:
+        raise FinetraceError(f"cannot load a model from {name_or_path}: {first_line(error)}") from None
+
+
+def _check_comparable(base, finetuned, base_config, finetuned_config, base_tokenizer) -> None:
     differences = [
-        f"{key}: {getattr(base_model.config, key, None)} vs {getattr(finetuned_model.config, key, None)}"
+        f"{key}: {getattr(base_config, key, None)} vs {getattr(finetuned_config, key, None)}"
         for key in COMPARED_CONFIG
-        if getattr(base_model.config, key, None) != getattr(finetuned_model.config, key, None)
+        if getattr(base_config, key, None) != getattr(finetuned_config, key, None)
     ]
-    if base_tok.get_vocab() != finetuned_tok.get_vocab():
-        differences.append(f"tokenizer vocabularies differ ({len(base_tok)} vs {len(finetuned_tok)} tokens)")
+    finetuned_tokenizer = load_tokenizer(finetuned)
+    if base_tokenizer.get_vocab() != finetuned_tokenizer.get_vocab():
+        differences.append(f"tokenizer vocabularies differ ({len(base_tokenizer)} vs "
+                           f"{len(finetuned_tokenizer)} tokens)")
     if differences:
         raise FinetraceError(
             f"{base} and {finetuned} are not comparable (base vs fine-tuned): {'; '.join(differences)}"

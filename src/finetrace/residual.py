@@ -8,9 +8,10 @@ tie the top tokens and to put a floor under any KL divergence. Every hook
 lives inside a `with` block.
 """
 
+import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import reduce
 from itertools import chain
 
@@ -55,13 +56,23 @@ ARCHITECTURES: dict[str, Architecture] = {
 
 
 @dataclass(frozen=True)
-class Layout:
-    """Where a model keeps its decoder layers, final norm and unembedding."""
+class Readout:
+    """What turns a last-layer residual into logits: the final norm, the head, a logit cap."""
 
-    layers: nn.ModuleList
     norm: nn.Module  # the final norm (with OPT-350m's projection out): last layer -> head input
     unembed: nn.Module
     softcap: float | None = None  # Gemma 2 caps its logits at +-softcap with a tanh
+
+    def detached(self) -> "Readout":
+        """A copy that outlives its model: the base's lens reads through it once the base is freed."""
+        return Readout(copy.deepcopy(self.norm), copy.deepcopy(self.unembed), self.softcap)
+
+
+@dataclass(frozen=True)
+class Layout(Readout):
+    """Where a model keeps its decoder layers, and its readout."""
+
+    layers: nn.ModuleList = field(default_factory=nn.ModuleList)
 
     @property
     def n_layers(self) -> int:
@@ -81,21 +92,25 @@ def find_layout(model: nn.Module) -> Layout:
              if (module := _attribute(inner, path)) is not None]
     assert len(layers) == text.num_hidden_layers, f"{architecture.layers} is not the layer list"
     softcap = getattr(text, architecture.softcap) if architecture.softcap else None
-    return Layout(layers, nn.Sequential(*final), inner.get_output_embeddings(), softcap)
+    return Layout(nn.Sequential(*final), inner.get_output_embeddings(), softcap, layers)
 
 
 @torch.no_grad()
-def logit_lens(layout: Layout, residual: torch.Tensor) -> torch.Tensor:
+def logit_lens(readout: Readout, residual: torch.Tensor) -> torch.Tensor:
     """Float32 logits (..., vocab) a residual (..., d) would give as the last layer's output."""
-    return _head(layout, _in_float32(layout.norm, residual))
+    return _head(readout, _in_float32(readout.norm, residual))
 
 
 @torch.no_grad()
 def final_logits(model: nn.Module, layout: Layout, **inputs: torch.Tensor) -> torch.Tensor:
-    """The model's logits (batch, seq, vocab), its output head computed in float32.
+    """The model's logits (batch, seq, vocab), its output head computed in float32."""
+    return head_logits(layout, head_inputs(model, layout, **inputs))
 
-    The forward pass stops where the head would run in the model's own dtype.
-    """
+
+@torch.no_grad()
+def head_inputs(model: nn.Module, layout: Layout, **inputs: torch.Tensor) -> torch.Tensor:
+    """What the model's head reads (batch, seq, d), in the model's dtype: the forward pass stops
+    where the head would run."""
     captured: list[torch.Tensor] = []
 
     def capture(_module, args):
@@ -107,10 +122,16 @@ def final_logits(model: nn.Module, layout: Layout, **inputs: torch.Tensor) -> to
         _forward(model, inputs)
     finally:
         handle.remove()
-    logits = _head(layout, captured[0])
+    return captured[0]
+
+
+@torch.no_grad()
+def head_logits(readout: Readout, hidden: torch.Tensor) -> torch.Tensor:
+    """Float32 logits of the head's inputs `hidden` (from `head_inputs`); non-finite ones refused."""
+    logits = _head(readout, hidden.to(next(readout.unembed.parameters()).device))
     if not torch.isfinite(logits.sum()):  # one NaN or inf anywhere makes the sum non-finite
-        raise FinetraceError(f"{type(model).__name__} gives non-finite logits (NaN or inf): its "
-                             f"weights or activations overflow; load it with --dtype float32")
+        raise FinetraceError("the model gives non-finite logits (NaN or inf): its weights or "
+                             "activations overflow; load it with --dtype float32")
     return logits
 
 
@@ -180,10 +201,10 @@ def _forward(model: nn.Module, inputs: dict[str, torch.Tensor]) -> None:
         pass
 
 
-def _head(layout: Layout, hidden: torch.Tensor) -> torch.Tensor:
-    logits = _in_float32(layout.unembed, hidden)
-    if layout.softcap is not None:  # as the model's own forward does after its head
-        logits = torch.tanh(logits / layout.softcap) * layout.softcap
+def _head(readout: Readout, hidden: torch.Tensor) -> torch.Tensor:
+    logits = _in_float32(readout.unembed, hidden)
+    if readout.softcap is not None:  # as the model's own forward does after its head
+        logits = torch.tanh(logits / readout.softcap) * readout.softcap
     return logits
 
 

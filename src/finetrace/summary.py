@@ -29,7 +29,8 @@ def print_diff(console: Console, result: DiffResult) -> None:
     for trace in result.traces:
         relevant = "" if trace.relevant_fraction is None else f"{trace.relevant_fraction:.0%}"
         p_value = "" if trace.significance is None else f"{trace.significance.p_value:.3f}"
-        table.add_row(str(trace.layer), escape(trace.position), f"{trace.norm:.2f}", p_value, relevant,
+        position = trace.position + (" (sink)" if trace.sink else "")
+        table.add_row(str(trace.layer), escape(position), f"{trace.norm:.2f}", p_value, relevant,
                       _tokens(trace.lens_finetuned), _tokens(trace.patchscope.tokens))
     console.print(table)
     steering = result.steering

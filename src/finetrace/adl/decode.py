@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from finetrace.residual import Layout, final_logits, logit_lens, set_residual
+from finetrace.residual import Layout, Readout, final_logits, logit_lens, set_residual
 
 IDENTITY_PROMPTS = (
     "man -> man\n1135 -> 1135\nhello -> hello\n?",
@@ -73,11 +73,11 @@ def top_tokens(
 
 
 def lens_tokens(
-    layout: Layout, direction: torch.Tensor, allowed: torch.Tensor,
+    readout: Readout, direction: torch.Tensor, allowed: torch.Tensor,
     tokenizer: PreTrainedTokenizerBase, k: int,
 ) -> list[TokenScore]:
     """Logit lens of a direction (d,): its top allowed tokens by logit."""
-    return top_tokens(logit_lens(layout, direction).cpu(), allowed, tokenizer, k)
+    return top_tokens(logit_lens(readout, direction).cpu(), allowed, tokenizer, k)
 
 
 @torch.no_grad()

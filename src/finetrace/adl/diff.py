@@ -6,7 +6,7 @@ lens tokens against the null of `adl.score`) -> steer with the difference.
 """
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from finetrace.adl.collect import CollectConfig, Collected, collect
+from finetrace.adl.collect import BASE_STORE, CollectConfig, Collected, collect
 from finetrace.adl.decode import (DecodeConfig, Patchscope, TokenScore, lens_tokens, patchscope,
                                   undertrained_tokens, unreadable_tokens)
 from finetrace.adl.score import (Relevance, ScoreConfig, Significance, relevance, token_counts,
@@ -25,6 +25,7 @@ from finetrace.errors import FinetraceError
 from finetrace.models import resolve_device
 from finetrace.outputs import write_json
 from finetrace.pair import ModelPair, load_pair
+from finetrace.residual import Readout
 from finetrace.fingerprints import environment
 from finetrace.timing import Stopwatch
 
@@ -51,6 +52,7 @@ class DiffConfig:
     device: str = "auto"
     dtype: str = "auto"
     text_field: str = "text"
+    strict: bool = False  # refuse an adapter finetrace trained on another base (else a warning)
 
     def __post_init__(self) -> None:
         if not 1 <= self.reported_positions <= self.collect.positions:
@@ -67,6 +69,7 @@ class PositionTrace:
 
     layer: int
     position: str  # "BOS", "0", "1", ...
+    sink: bool  # the attention sink: its norm is outsized, and it stays out of the typical norm
     norm: float  # L2 norm of the mean difference
     norm_stderr: float  # L2 norm of its per-dimension standard errors
     relative_norm: float  # norm / typical norm of the fine-tuned residual there
@@ -99,6 +102,7 @@ class DiffResult:
     similarity: dict[str, float] | None = None  # steered/unsteered vs data/general text
     control: str | None = None
     control_significance: Significance | None = None  # the control's trace, scored the same way
+    warnings: list[str] = field(default_factory=list)  # doubts about the pair (see `ModelPair.warnings`)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -149,39 +153,38 @@ def diff(
     if control is not None and data is None:
         raise FinetraceError("a control is scored against the fine-tuning data: give --data as well")
     clock = Stopwatch()
-    pair = pair or load_pair(base, finetuned, config.device, config.dtype)
+    pair = pair or load_pair(base, finetuned, config.device, config.dtype, config.strict)
     clock.lap("load")
-    collected = collect(pair, corpus, config.collect, out, config.text_field)
-    clock.lap("collect")
     records = read_records(data) if data is not None else None
     general = None if data is None else list(islice(iter_texts(corpus, config.text_field), config.collect.samples))
+    # What needs the base comes first: it is loaded, and then collection starts with it.
     domain = domain_tokens(pair, records, general, config) if records is not None else None
     allowed = domain.allowed if domain else allowed_tokens(pair, config, None)
     clock.lap("relevance")
+    store = out / BASE_STORE
+    collected = collect(pair, corpus, config.collect, out, config.text_field, store, keep_base=control is not None)
+    clock.lap("collect")
     traces, total = _decode_and_score(pair, collected, config, domain, allowed)
     clock.lap("decode")
-    with pair.use("finetuned") as (model, layout):
-        steer_index = collected.position_labels.index(str(config.steer_position))
-        steering = steer(model, layout, pair.tokenizer, collected.layers[0],
-                         collected.mean_delta[0, steer_index].float().to(pair.device),
-                         collected.typical_norm(0), config.steer)
+    steering = _steered(pair, collected, config)
     clock.lap("steer")
     similarity = _similarity(steering, records, general) if records is not None else None
-    control_significance, adapter = None, pair.adapter
+    control_significance = None
     if control is not None:
-        del pair  # one pair in memory at a time, unless the caller holds it
-        control_pair = load_pair(base, control, config.device, config.dtype)
-        control_collected = collect(control_pair, corpus, config.collect, out / "control", config.text_field)
+        pair.release()  # one model in memory at a time, even when the caller holds the pair
+        control_pair = load_pair(base, control, config.device, config.dtype, config.strict)
+        control_collected = collect(control_pair, corpus, config.collect, out / "control", config.text_field, store)
         control_significance = domain_significance(control_pair, control_collected, domain, config)
+        control_pair.release()
         clock.lap("control")
     result = DiffResult(
-        base=str(base), finetuned=str(finetuned), adapter=adapter, corpus=str(corpus),
+        base=str(base), finetuned=str(finetuned), adapter=pair.adapter, corpus=str(corpus),
         texts=collected.texts, data=str(data) if data is not None else None,
         traces=traces, steering=steering, significance=total,
         relevant_unreadable=domain.unreadable if domain else 0, config=config,
         environment=environment(resolve_device(config.device)), seconds=clock.laps,
         similarity=similarity, control=str(control) if control else None,
-        control_significance=control_significance,
+        control_significance=control_significance, warnings=pair.warnings,
     )
     _write(out, result, collected)
     return result
@@ -200,7 +203,7 @@ def domain_tokens(pair: ModelPair, records: list[Record], general: list[str], co
     """Relevance of the fine-tuning data against the general corpus, counted turn by turn: a
     chat answer starts a text, so its first word is tokenized as the model writes it."""
     data = token_counts(pair.tokenizer, (text for record in records for text in record_texts(record)))
-    vocab_size = pair.finetuned_model.get_output_embeddings().weight.shape[0]
+    vocab_size = pair.base_readout().unembed.weight.shape[0]
     domain = relevance(data, token_counts(pair.tokenizer, general), vocab_size, config.score)
     allowed = allowed_tokens(pair, config, domain.relevant)
     return DomainTokens(domain, allowed, int((domain.relevant & ~allowed).sum()))
@@ -247,9 +250,8 @@ def _decode_and_score(
     labels = collected.position_labels
     text = _text_positions(collected, config)
     decoded = ([labels.index("BOS")] if "BOS" in labels else []) + text
-    with pair.use("base") as (model, layout):
-        base_lens = {(li, pi): _lens(layout, collected, (li, pi), allowed, pair, config)
-                     for li in range(len(collected.layers)) for pi in decoded}
+    base_lens = {(li, pi): _lens(pair.base_readout(), collected, (li, pi), allowed, pair, config)
+                 for li in range(len(collected.layers)) for pi in decoded}
     traces, totals = [], []
     with pair.use("finetuned") as (model, layout):
         for li, layer in enumerate(collected.layers):
@@ -266,6 +268,7 @@ def _decode_and_score(
                 traces.append(PositionTrace(
                     layer=layer,
                     position=labels[pi],
+                    sink=pi in collected.sink_positions,
                     norm=direction.norm().item(),
                     norm_stderr=collected.delta.standard_error[li, pi].norm().item(),
                     relative_norm=direction.norm().item() / typical,
@@ -279,9 +282,19 @@ def _decode_and_score(
     return traces, totals[0] if totals else None
 
 
-def _lens(layout, collected: Collected, cell: tuple[int, int], allowed, pair: ModelPair, config: DiffConfig):
-    direction = collected.mean_delta[cell].float().to(pair.device)
-    return lens_tokens(layout, direction, allowed, pair.tokenizer, config.decode.top_k)
+def _lens(readout: Readout, collected: Collected, cell: tuple[int, int], allowed, pair: ModelPair,
+          config: DiffConfig):
+    direction = collected.mean_delta[cell].float().to(next(readout.unembed.parameters()).device)
+    return lens_tokens(readout, direction, allowed, pair.tokenizer, config.decode.top_k)
+
+
+def _steered(pair: ModelPair, collected: Collected, config: DiffConfig) -> Steering:
+    """Steering of the fine-tune along the mean difference at the steering position of the first layer."""
+    with pair.use("finetuned") as (model, layout):
+        steer_index = collected.position_labels.index(str(config.steer_position))
+        return steer(model, layout, pair.tokenizer, collected.layers[0],
+                     collected.mean_delta[0, steer_index].float().to(pair.device),
+                     collected.typical_norm(0), config.steer)
 
 
 def _similarity(steering: Steering, records: list[Record], general: list[str]) -> dict[str, float]:

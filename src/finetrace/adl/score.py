@@ -47,7 +47,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from finetrace.errors import FinetraceError
-from finetrace.residual import Layout, logit_lens
+from finetrace.residual import Readout, logit_lens
 
 DECODE_CHUNK = 256  # directions decoded at once: bounds memory at chunk x vocabulary logits
 
@@ -151,7 +151,7 @@ def null_directions(
 
 
 def trace_significance(
-    layout: Layout, observed: torch.Tensor, base_mean: torch.Tensor, variance: torch.Tensor,
+    readout: Readout, observed: torch.Tensor, base_mean: torch.Tensor, variance: torch.Tensor,
     allowed: torch.Tensor, relevant: torch.Tensor, config: ScoreConfig,
 ) -> TraceSignificance:
     """Relevant-token counts of the observed differences (P, d) against the null, per position
@@ -160,8 +160,8 @@ def trace_significance(
     null = null_directions(observed.double().cpu(), base_mean.double().cpu(), variance.cpu(),
                            config.null_samples, generator).float()
     n, positions, d = null.shape
-    observed_counts = relevant_count(layout, observed.float(), allowed, relevant, config.top_k)  # (P,)
-    null_counts = relevant_count(layout, null.reshape(-1, d), allowed, relevant, config.top_k)
+    observed_counts = relevant_count(readout, observed.float(), allowed, relevant, config.top_k)  # (P,)
+    null_counts = relevant_count(readout, null.reshape(-1, d), allowed, relevant, config.top_k)
     null_counts = null_counts.reshape(n, positions)  # (n, P)
     per_position = [_significance(int(observed_counts[p]), null_counts[:, p], config.top_k, generator)
                     for p in range(positions)]
@@ -180,13 +180,13 @@ def _significance(observed: int, null: torch.Tensor, counted: int, generator: to
 
 
 def relevant_count(
-    layout: Layout, directions: torch.Tensor, allowed: torch.Tensor, relevant: torch.Tensor, k: int
+    readout: Readout, directions: torch.Tensor, allowed: torch.Tensor, relevant: torch.Tensor, k: int
 ) -> torch.Tensor:
     """How many of each direction's top-k allowed logit-lens tokens are relevant: (n,) for (n, d)."""
-    device = next(layout.unembed.parameters()).device
+    device = next(readout.unembed.parameters()).device
     counts = []
     for chunk in directions.split(DECODE_CHUNK):
-        logits = logit_lens(layout, chunk.to(device)).cpu().masked_fill(~allowed, float("-inf"))
+        logits = logit_lens(readout, chunk.to(device)).cpu().masked_fill(~allowed, float("-inf"))
         counts.append(relevant[logits.topk(k, dim=-1).indices].sum(-1))
     return torch.cat(counts)
 

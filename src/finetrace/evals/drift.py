@@ -1,6 +1,8 @@
 """How far a fine-tune moved on general text: likelihood and distribution drift.
 
-Both models read the same held-out texts. Per token we keep the negative
+Both models read the same held-out texts, one model loaded at a time: the
+base first, keeping only what its head reads (texts x tokens x d, a fraction of
+the logits), then the fine-tune, with the base's kept head. Per token we keep the negative
 log-likelihood (NLL) of the actual next token under each model and the
 KL divergence KL(fine-tuned || base) of their next-token distributions. Only
 per-text sums and a few top contexts are kept, so memory does not grow with
@@ -21,7 +23,7 @@ from finetrace.likelihood import right_padded
 from finetrace.models import pad_token_id
 from finetrace.pair import ModelPair
 from finetrace.progress import progress_bar
-from finetrace.residual import final_logits
+from finetrace.residual import final_logits, head_inputs, head_logits
 
 
 @dataclass(frozen=True)
@@ -112,12 +114,17 @@ def measure_drift(pair: ModelPair, texts: Iterable[tuple[str, str]], config: Dri
     sums = _Sums()
     spans: list[tuple[float, int, Span]] = []  # min-heaps of the top items, with a tie-breaker
     contexts: list[tuple[float, int, Span]] = []
-    batches = range(0, len(rows), config.batch_size)
-    with progress_bar("drift", len(batches)) as advance:
-        for start in batches:
-            batch = rows[start:start + config.batch_size]
-            ids, mask = right_padded([ids for ids, _ in batch], pad_token_id(tokenizer))
-            base_nll, finetuned_nll, kl, base_top, finetuned_top = _token_drift(pair, ids, mask)
+    batches = [rows[start:start + config.batch_size] for start in range(0, len(rows), config.batch_size)]
+    padded = [right_padded([ids for ids, _ in batch], pad_token_id(tokenizer)) for batch in batches]
+    base_hidden = _head_inputs(pair, "base", padded)
+    readout = pair.base_readout()
+    with progress_bar("drift: fine-tuned model", len(batches)) as advance:
+        for number, (batch, (ids, mask), hidden) in enumerate(zip(batches, padded, base_hidden)):
+            with pair.use("finetuned") as (model, layout):
+                finetuned = final_logits(model, layout, input_ids=ids.to(pair.device),
+                                         attention_mask=mask.to(pair.device))
+            base_nll, finetuned_nll, kl, base_top, finetuned_top = _token_drift(
+                head_logits(readout, hidden), finetuned, ids)
             for i, (row, source) in enumerate(batch):
                 n = len(row) - 1  # predicted tokens
                 sums.tokens.append(n)
@@ -125,7 +132,7 @@ def measure_drift(pair: ModelPair, texts: Iterable[tuple[str, str]], config: Dri
                 sums.finetuned.append(finetuned_nll[i, :n].sum().item())
                 sums.kl.append(kl[i, :n].sum().item())
                 sums.sources.append(source)
-                key = start + i
+                key = number * config.batch_size + i
                 increase = finetuned_nll[i, :n] - base_nll[i, :n]
                 _keep(spans, config.top, _worst_span(tokenizer, row, source, increase, config), key)
                 t = int(kl[i, :n].argmax())
@@ -154,17 +161,25 @@ def measure_drift(pair: ModelPair, texts: Iterable[tuple[str, str]], config: Dri
     )
 
 
+def _head_inputs(pair: ModelPair, which: str, padded: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+    """What the head of model `which` reads, per batch, on the CPU: batches x tokens x d, far
+    smaller than the logits, so the other model can be loaded while these wait."""
+    hidden = []
+    with progress_bar(f"drift: {which} model", len(padded)) as advance:
+        for ids, mask in padded:
+            with pair.use(which) as (model, layout):
+                hidden.append(head_inputs(model, layout, input_ids=ids.to(pair.device),
+                                          attention_mask=mask.to(pair.device)).cpu())
+            advance()
+    return hidden
+
+
 @torch.no_grad()
-def _token_drift(pair: ModelPair, ids: torch.Tensor, mask: torch.Tensor):
+def _token_drift(base_logits: torch.Tensor, finetuned_logits: torch.Tensor, ids: torch.Tensor):
     """Per position t (predicting token t + 1): NLL under each model, KL(ft || base), each argmax."""
-    ids, mask = ids.to(pair.device), mask.to(pair.device)
-    targets = ids[:, 1:].unsqueeze(-1)
-    logprobs = {}
-    for which in ("base", "finetuned"):
-        with pair.use(which) as (model, layout):
-            logits = final_logits(model, layout, input_ids=ids, attention_mask=mask)[:, :-1]
-            logprobs[which] = torch.log_softmax(logits, dim=-1)  # float32, like the head
-    base, finetuned = logprobs["base"], logprobs["finetuned"]
+    targets = ids[:, 1:].unsqueeze(-1).to(base_logits.device)
+    base = torch.log_softmax(base_logits[:, :-1], dim=-1)  # float32, like the heads
+    finetuned = torch.log_softmax(finetuned_logits[:, :-1].to(base.device), dim=-1)
     kl = (finetuned.exp() * (finetuned - base)).sum(-1).clamp_min(0)  # rounding can dip below 0
     return (-base.gather(-1, targets).squeeze(-1).cpu(), -finetuned.gather(-1, targets).squeeze(-1).cpu(),
             kl.cpu(), base.argmax(-1).cpu(), finetuned.argmax(-1).cpu())
