@@ -1,10 +1,16 @@
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from finetrace import FinetraceError
 from finetrace.adl import collect as collect_module
-from finetrace.adl.collect import CollectConfig, collect, resolve_layers
+from finetrace.adl.collect import BASE_STORE, CHECKPOINT_NAME, CollectConfig, collect, resolve_layers
 from finetrace.pair import load_pair
 from finetrace.residual import read_residuals
 
@@ -184,3 +190,27 @@ def test_a_second_fine_tune_of_the_same_base_reuses_its_pass(tiny_model, tiny_fi
     assert calls == []  # every shard of the base's residuals was read back
     assert itself.mean_delta.abs().max() < 1e-6 and itself.texts == 40
     assert not store.exists()  # removed once no run keeps it
+
+
+@pytest.mark.parametrize("stage", ["base pass", "fine-tune pass"])
+def test_a_diff_killed_and_rerun_sums_what_an_uninterrupted_run_does(stage, tiny_model, tiny_finetuned, tmp_path):
+    """kill -9 in either pass, then rerun: the sums equal an uninterrupted run's, bit for bit."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"{TEXTS[i % len(TEXTS)]} number {i}\n" for i in range(3000)))
+    out = tmp_path / "killed"
+    waited = out / BASE_STORE / "000001.safetensors" if stage == "base pass" else out / CHECKPOINT_NAME
+    command = [str(Path(sys.executable).parent / "finetrace"), "diff", str(tiny_model), str(tiny_finetuned),
+               "--corpus", str(corpus), "--out", str(out), "--batch-size", "4", "--device", "cpu"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not waited.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.kill()
+    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    config = CollectConfig(samples=10_000, batch_size=4)  # what the command line ran
+    pair = load_pair(tiny_model, tiny_finetuned, device="cpu")
+    resumed = collect(pair, corpus, config, out)
+    whole = collect(pair, corpus, config, tmp_path / "whole")
+    assert resumed.texts == whole.texts == 3000
+    assert torch.equal(resumed.delta.total, whole.delta.total)
+    assert torch.equal(resumed.base.total_sq, whole.base.total_sq)
