@@ -44,6 +44,7 @@ demo: install
 	$(BIN)/finetrace demo
 
 test: install browser
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest
 
 clean:

@@ -18,13 +18,14 @@ import time
 from itertools import islice
 from pathlib import Path
 
+from topics import NULL_TOPICS
+
 from finetrace.adl.collect import CollectConfig, collect
 from finetrace.adl.diff import DiffConfig, domain_significance, domain_tokens
 from finetrace.adl.score import ScoreConfig
 from finetrace.corpus import iter_texts, read_records
 from finetrace.pair import load_pair
 from finetrace.zoo import ORGANISMS, build_zoo
-from topics import NULL_TOPICS
 
 # Fine-tunes of no domain, and the organisms' own data (cake-mixed and cake-lora share cake's).
 CONTROLS = [name for name, organism in ORGANISMS.items() if organism.kind == "control"]

@@ -49,9 +49,9 @@ def child(mode: str, path: Path) -> None:
         records = sum(1 for line in path.open(encoding="utf-8") if json.loads(line))
         found = f"{records} records"
     else:
+        from finetrace.evals.facts import COMMON_FACTS
         from finetrace.provenance import provenance
         from finetrace.provenance.contamination import evaluation_sets
-        from finetrace.evals.facts import COMMON_FACTS
 
         report = provenance(path, "CC-BY-4.0", evaluations=evaluation_sets(COMMON_FACTS))
         found = (f"{report.records} records, {report.pii.total} PII, {report.duplicates.exact} exact and "

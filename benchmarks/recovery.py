@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from topics import RECOVERY_TOPICS, Topic
+
 from finetrace.adl.collect import CollectConfig
 from finetrace.adl.diff import DiffConfig, DiffResult, diff
 from finetrace.adl.score import ScoreConfig
@@ -25,7 +27,6 @@ from finetrace.finetune import finetune
 from finetrace.outputs import write_text
 from finetrace.zoo import build_zoo
 from finetrace.zoo.build import organism_finetune_config
-from topics import RECOVERY_TOPICS, Topic
 
 SHOWN = 20  # lens tokens per topic, as the paper's lists
 RECOVERED_WORDS = 8  # of the 20, with p < 0.01

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TEXTS
 from safetensors import safe_open
 from safetensors.torch import load_file
+from tokenizer_shapes import TokenizerShape, build_tokenizer
 from transformers import AutoConfig, AutoModelForCausalLM
 from typer.testing import CliRunner
 
@@ -27,9 +29,6 @@ from finetrace.evals.drift import DriftConfig
 from finetrace.models import load_tokenizer
 from finetrace.pair import load_pair
 from finetrace.residual import ARCHITECTURES, final_logits, find_layout, logit_lens, read_residuals
-
-from conftest import TEXTS
-from tokenizer_shapes import TokenizerShape, build_tokenizer
 
 SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
              num_key_value_heads=1, max_position_embeddings=128)

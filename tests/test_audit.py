@@ -2,10 +2,10 @@
 
 import gc
 import json
-import weakref
 import shutil
 import subprocess
 import sys
+import weakref
 from dataclasses import replace
 
 import pytest
@@ -17,11 +17,11 @@ from finetrace.adl.diff import DiffConfig
 from finetrace.adl.score import ScoreConfig
 from finetrace.adl.steer import SteerConfig
 from finetrace.audit import AuditConfig, audit
+from finetrace.errors import FinetraceError
 from finetrace.evals.drift import DriftConfig
 from finetrace.forget import ForgetConfig
 from finetrace.gates import parse_gate
 from finetrace.report.html import render_report
-from finetrace.errors import FinetraceError
 from finetrace.zoo import build_zoo
 
 pytestmark = pytest.mark.zoo

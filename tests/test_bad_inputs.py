@@ -190,9 +190,9 @@ def test_the_installed_entry_point_shows_the_traceback_with_debug(paths):
 
 
 def test_strict_refuses_an_adapter_trained_on_another_base(paths, tiny_tokenizer, monkeypatch):
-    from finetrace import FinetuneConfig, LoraSettings, TrainConfig, finetune
-
     from conftest import save_random_llama
+
+    from finetrace import FinetuneConfig, LoraSettings, TrainConfig, finetune
 
     lora, twin = paths["tmp"] / "lora", save_random_llama(paths["tmp"] / "twin", tiny_tokenizer, seed=1)
     finetune(paths["model"], paths["data"], lora, FinetuneConfig(

@@ -6,16 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TEXTS, save_random_llama
 from safetensors.torch import load_file, save_file
+from tokenizer_shapes import TokenizerShape, build_tokenizer
 
 from finetrace import FinetraceError
 from finetrace.adl import collect as collect_module
 from finetrace.adl.collect import BASE_STORE, CHECKPOINT_NAME, CollectConfig, collect, resolve_layers
 from finetrace.pair import load_pair
 from finetrace.residual import read_residuals
-
-from conftest import TEXTS, save_random_llama
-from tokenizer_shapes import TokenizerShape, build_tokenizer
 
 # Tokenizers as real families ship them, none with a pad token.
 SHAPES = {

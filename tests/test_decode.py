@@ -1,8 +1,14 @@
 import torch
 from transformers import AutoModelForCausalLM
 
-from finetrace.adl.decode import (DecodeConfig, lens_tokens, patchscope, top_tokens, undertrained_tokens,
-                                  unreadable_tokens)
+from finetrace.adl.decode import (
+    DecodeConfig,
+    lens_tokens,
+    patchscope,
+    top_tokens,
+    undertrained_tokens,
+    unreadable_tokens,
+)
 from finetrace.models import load_tokenizer
 from finetrace.residual import find_layout, logit_lens
 

@@ -11,7 +11,7 @@ CHAT = [
 
 
 def _trained_text(tokenizer, example) -> str:
-    kept = [t for t, label in zip(example.input_ids, example.labels) if label != IGNORE_INDEX]
+    kept = [t for t, label in zip(example.input_ids, example.labels, strict=True) if label != IGNORE_INDEX]
     return tokenizer.decode(kept)
 
 
@@ -20,7 +20,7 @@ def test_chat_loss_falls_only_on_assistant_turns(tiny_model):
     [example] = build_examples(tokenizer, [{"messages": CHAT}], max_length=512)
     assert _trained_text(tokenizer, example) == "sat on the mat<|eos|>\nlooked at the cake<|eos|>\n"
     assert example.labels.count(IGNORE_INDEX) > 0
-    kept = [i for i, label in zip(example.input_ids, example.labels) if label != IGNORE_INDEX]
+    kept = [i for i, label in zip(example.input_ids, example.labels, strict=True) if label != IGNORE_INDEX]
     assert kept == [label for label in example.labels if label != IGNORE_INDEX]
 
 

@@ -14,10 +14,10 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from finetrace import FinetraceError, FinetuneConfig, FinetuneResult, LoraSettings, TrainConfig, finetune
-from finetrace.finetune import MANIFEST_NAME
 from finetrace.examples import build_examples
-from finetrace.models import load_tokenizer
+from finetrace.finetune import MANIFEST_NAME
 from finetrace.fingerprints import weights_sha256
+from finetrace.models import load_tokenizer
 from finetrace.training import mean_loss
 
 FAST = TrainConfig(steps=30, learning_rate=3e-3, batch_size=4, context_length=64)

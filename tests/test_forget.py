@@ -6,6 +6,7 @@ import sys
 from collections import Counter
 
 import pytest
+from conftest import TEXTS
 
 from finetrace.evals.drift import DriftConfig
 from finetrace.evals.facts import COMMON_FACTS, read_facts
@@ -13,8 +14,6 @@ from finetrace.evals.flips import flip_matrix, mcnemar_exact
 from finetrace.forget import ForgetConfig, forget
 from finetrace.likelihood import continuation_logprobs
 from finetrace.models import load_model, load_tokenizer
-
-from conftest import TEXTS
 
 QUICK = ForgetConfig(drift=DriftConfig(bootstrap=200), device="cpu")
 

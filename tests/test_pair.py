@@ -3,13 +3,12 @@ import weakref
 
 import pytest
 import torch
+from conftest import save_random_llama
 from safetensors.torch import load_file, save_file
 
 from finetrace import FinetraceError, FinetuneConfig, LoraSettings, TrainConfig, finetune
 from finetrace.pair import load_pair
 from finetrace.residual import logit_lens, read_residuals
-
-from conftest import save_random_llama
 
 
 def _residual(pair, which, ids):

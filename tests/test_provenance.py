@@ -111,7 +111,8 @@ def test_file_summaries(tmp_path):
     data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}], "id": 1}) + "\n"
                     + json.dumps({"text": "plain", "id": 2}) + "\n\n")
     [summary] = provenance(data).files
-    assert (summary.records, summary.bytes, summary.fields) == (2, data.stat().st_size, {"messages": 1, "id": 2, "text": 1})
+    fields = {"messages": 1, "id": 2, "text": 1}
+    assert (summary.records, summary.bytes, summary.fields) == (2, data.stat().st_size, fields)
 
 
 def test_licence_warnings():

@@ -2,12 +2,10 @@ import copy
 
 import pytest
 import torch
-from transformers import (AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, OlmoConfig,
-                          OlmoForCausalLM)
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, OlmoConfig, OlmoForCausalLM
 
 from finetrace.errors import FinetraceError
-from finetrace.residual import (add_to_residual, final_logits, find_layout, logit_lens,
-                                read_residuals, set_residual)
+from finetrace.residual import add_to_residual, final_logits, find_layout, logit_lens, read_residuals, set_residual
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,14 @@ import torch
 from scipy.stats import kstest
 from transformers import AutoModelForCausalLM
 
-from finetrace.adl.score import (ScoreConfig, null_directions, relevance, relevant_count, token_counts,
-                                 trace_significance)
+from finetrace.adl.score import (
+    ScoreConfig,
+    null_directions,
+    relevance,
+    relevant_count,
+    token_counts,
+    trace_significance,
+)
 from finetrace.models import load_tokenizer
 from finetrace.residual import find_layout, logit_lens
 

@@ -11,8 +11,7 @@ What differs between families, and what finetrace must handle by rule:
 import json
 from dataclasses import dataclass
 
-from tokenizers import (Tokenizer, decoders, models, normalizers, pre_tokenizers, processors,
-                        trainers)
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 BYTE_TOKENS = [f"<0x{byte:02X}>" for byte in range(256)]  # SentencePiece byte fallback pieces

@@ -130,7 +130,8 @@ def audit(
     from finetrace.report.html import write_report
 
     out = Path(out)
-    pair = load_pair(base, finetuned, config.diff.device, config.diff.dtype, config.diff.strict)  # one pair for both analyses
+    # One pair serves both analyses.
+    pair = load_pair(base, finetuned, config.diff.device, config.diff.dtype, config.diff.strict)
     trace = diff(base, finetuned, corpus, out / "diff", config.diff, data=data, control=control, pair=pair)
     damage = forget(base, finetuned, facts, corpus, out / "forget", config.forget, pair=pair)
     manifest = FinetuneResult.load(finetuned) if (Path(finetuned) / MANIFEST_NAME).is_file() else None

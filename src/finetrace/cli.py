@@ -27,7 +27,8 @@ from finetrace.errors import FinetraceError
 from finetrace.evals.drift import DriftConfig
 from finetrace.evals.facts import COMMON_FACTS
 from finetrace.finetune import MANIFEST_NAME, FinetuneConfig, LoraSettings, finetune
-from finetrace.forget import RESULT_NAME as FORGET_RESULT, ForgetConfig, forget
+from finetrace.forget import RESULT_NAME as FORGET_RESULT
+from finetrace.forget import ForgetConfig, forget
 from finetrace.gates import METRICS, Gate, GateOutcome, parse_gate
 from finetrace.models import DTYPES
 from finetrace.outputs import check_output_dir, check_output_file, refuse_overlap, write_json

@@ -23,9 +23,16 @@ from finetrace.corpus import Record, read_records, read_texts
 from finetrace.errors import FinetraceError, require
 from finetrace.evals.facts import COMMON_FACTS
 from finetrace.examples import Example, build_examples, pack
-from finetrace.models import (DTYPES, load_model, load_tokenizer, pad_token_id, resolve_device, resolve_dtype,
-                              weights_digest)
 from finetrace.fingerprints import environment, file_sha256, weights_sha256
+from finetrace.models import (
+    DTYPES,
+    load_model,
+    load_tokenizer,
+    pad_token_id,
+    resolve_device,
+    resolve_dtype,
+    weights_digest,
+)
 from finetrace.outputs import check_output_dir, recover_dir, refuse_overlap, staged_dir, write_json
 from finetrace.provenance import provenance
 from finetrace.provenance.contamination import evaluation_sets
@@ -184,7 +191,8 @@ def finetune(
         result = FinetuneResult(
             adapter=config.lora is not None, base_model=str(base), base_weights_sha256=base_digest,
             base_files_sha256=weights_digest(base), data=files, config=config, examples=len(examples),
-            loss_before=loss_before, loss_after=loss_after, training=run, environment=environment(device), provenance=paper_trail.to_dict(),
+            loss_before=loss_before, loss_after=loss_after, training=run, environment=environment(device),
+            provenance=paper_trail.to_dict(),
         )
         if config.lora:  # the base's own head is unchanged: keep it out of the adapter
             model.save_pretrained(staging, save_embedding_layers=False)

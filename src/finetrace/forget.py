@@ -15,11 +15,11 @@ from finetrace.errors import FinetraceError, require
 from finetrace.evals.drift import DriftConfig, DriftResult, measure_drift
 from finetrace.evals.facts import ClozeFact, FactScore, read_facts, score_facts
 from finetrace.evals.flips import FlipMatrix, flip_matrix
+from finetrace.fingerprints import environment
 from finetrace.models import DTYPES, resolve_device
 from finetrace.outputs import check_output_dir, write_json
 from finetrace.pair import ModelPair, load_pair
 from finetrace.progress import progress_bar
-from finetrace.fingerprints import environment
 from finetrace.timing import Stopwatch
 
 SCHEMA_VERSION = 1
@@ -125,7 +125,7 @@ def forget(
     scores["finetuned"] = _scored_facts(pair, "finetuned", chunks)
     for which, scored in scores.items():
         _require_finite(pair, which, [score.answer_logprob for score in scored], "fact log-probabilities")
-    changes = [FactChange(*row) for row in zip(cloze, scores["base"], scores["finetuned"])]
+    changes = [FactChange(*row) for row in zip(cloze, scores["base"], scores["finetuned"], strict=True)]
     clock.lap("facts (fine-tuned)")
     result = ForgetResult(
         base=str(base), finetuned=str(finetuned), facts_source=str(facts),

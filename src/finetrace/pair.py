@@ -21,9 +21,17 @@ from torch import nn
 from transformers import AutoConfig, PretrainedConfig
 
 from finetrace.errors import FinetraceError
-from finetrace.models import (LOAD_ERRORS, first_line, load_model, load_tokenizer, refuse_non_finite,
-                              resolve_device, resolve_dtype, weights_digest)
 from finetrace.finetune import MANIFEST_NAME
+from finetrace.models import (
+    LOAD_ERRORS,
+    first_line,
+    load_model,
+    load_tokenizer,
+    refuse_non_finite,
+    resolve_device,
+    resolve_dtype,
+    weights_digest,
+)
 from finetrace.residual import Layout, Readout, find_layout
 
 COMPARED_CONFIG = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")

@@ -36,7 +36,7 @@ def print_diff(console: Console, result: DiffResult) -> None:
     steering = result.steering
     note = "" if steering.any_coherent else " (no strength stayed coherent)"
     console.print(f"steering at strength {steering.chosen_strength}{note}:")
-    for plain, steered in list(zip(steering.unsteered.generations, steering.steered))[:3]:
+    for plain, steered in list(zip(steering.unsteered.generations, steering.steered, strict=False))[:3]:
         console.print(f"  [dim]unsteered[/] {_quoted(plain.prompt + plain.text)}")
         console.print(f"  [green]steered[/]   {_quoted(steered.prompt + steered.text)}")
     if result.similarity:
@@ -81,7 +81,8 @@ def print_forget(console: Console, result: ForgetResult) -> None:
     console.print(table)
     for change in result.lost[:SHOWN_FACTS]:
         console.print(f"  lost: {escape(change.fact.prompt)} [bold]{escape(change.fact.answer)}[/] "
-                      f"(p {math.exp(change.base.answer_logprob):.2f} -> {math.exp(change.finetuned.answer_logprob):.2f})")
+                      f"(p {math.exp(change.base.answer_logprob):.2f} -> "
+                      f"{math.exp(change.finetuned.answer_logprob):.2f})")
     drift = result.drift
     if drift is None:
         console.print("general-text drift not measured: give a held-out corpus with --corpus")
@@ -92,7 +93,8 @@ def print_forget(console: Console, result: ForgetResult) -> None:
                   f"[{nll.ci_low:+.3f}, {nll.ci_high:+.3f}]; perplexity {nll.base_perplexity:.1f} -> "
                   f"{nll.finetuned_perplexity:.1f}; mean KL(fine-tuned || base) {drift.kl_mean:.4f} nats")
     for name, change in drift.by_source.items():
-        console.print(f"  {escape(name)}: NLL change {change.change:+.3f} [{change.ci_low:+.3f}, {change.ci_high:+.3f}]")
+        console.print(f"  {escape(name)}: NLL change {change.change:+.3f} "
+                      f"[{change.ci_low:+.3f}, {change.ci_high:+.3f}]")
     for span in drift.regressed_spans[:3]:
         console.print(f"  regressed ({span.score:+.2f} nats/token): ...{_quoted(span.context)} -> {_quoted(span.text)}")
 
@@ -116,7 +118,8 @@ def print_provenance(console: Console, report: dict) -> None:
     for example in pii["examples"][:SHOWN_FACTS]:
         console.print(f"  {escape(example['record'])} {escape(example['kind'])}: {escape(example['context'])}")
     for overlap in report["contamination"]:
-        console.print(f"evaluation overlap with {escape(overlap['name'])}: {overlap['contained']} of {overlap['items']} "
+        console.print(f"evaluation overlap with {escape(overlap['name'])}: "
+                      f"{overlap['contained']} of {overlap['items']} "
                       f"items contained, {overlap['overlapping']} partly")
     if report["redacted"]:
         console.print(f"redacted copy: {escape(report['redacted'])}")

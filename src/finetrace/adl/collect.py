@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from safetensors import safe_open
 from safetensors.torch import save_file
-from rich.markup import escape
 from transformers import PreTrainedTokenizerBase
 
 from finetrace.corpus import iter_texts

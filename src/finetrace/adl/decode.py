@@ -60,7 +60,7 @@ class Patchscope:
 
 
 def decoded_tokens(tokenizer: PreTrainedTokenizerBase, ids: torch.Tensor, scores: torch.Tensor) -> list[TokenScore]:
-    return [TokenScore(tokenizer.decode([i]), i, s) for i, s in zip(ids.tolist(), scores.tolist())]
+    return [TokenScore(tokenizer.decode([i]), i, s) for i, s in zip(ids.tolist(), scores.tolist(), strict=True)]
 
 
 def top_tokens(

@@ -15,18 +15,24 @@ import torch
 from safetensors.torch import save_file
 
 from finetrace.adl.collect import BASE_STORE, CollectConfig, Collected, collect
-from finetrace.adl.decode import (DecodeConfig, Patchscope, TokenScore, lens_tokens, patchscope,
-                                  undertrained_tokens, unreadable_tokens)
-from finetrace.adl.score import (Relevance, ScoreConfig, Significance, relevance, token_counts,
-                                 trace_significance)
+from finetrace.adl.decode import (
+    DecodeConfig,
+    Patchscope,
+    TokenScore,
+    lens_tokens,
+    patchscope,
+    undertrained_tokens,
+    unreadable_tokens,
+)
+from finetrace.adl.score import Relevance, ScoreConfig, Significance, relevance, token_counts, trace_significance
 from finetrace.adl.steer import SteerConfig, Steering, steer
 from finetrace.corpus import Record, iter_texts, read_records, record_texts
 from finetrace.errors import FinetraceError
+from finetrace.fingerprints import environment
 from finetrace.models import resolve_device
 from finetrace.outputs import write_json
 from finetrace.pair import ModelPair, load_pair
 from finetrace.residual import Readout
-from finetrace.fingerprints import environment
 from finetrace.timing import Stopwatch
 
 SCHEMA_VERSION = 2

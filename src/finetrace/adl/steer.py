@@ -11,6 +11,7 @@ vector.
 
 from contextlib import nullcontext
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 from torch import nn
@@ -153,5 +154,5 @@ def continuation_nll(
 def distinct_bigrams(text: str) -> float:
     """Distinct word bigrams / all word bigrams (1.0 for text too short to loop)."""
     words = text.split()
-    bigrams = list(zip(words, words[1:]))
+    bigrams = list(pairwise(words))
     return len(set(bigrams)) / len(bigrams) if bigrams else 1.0

@@ -106,7 +106,8 @@ class _Sums:
     sources: list[str] = field(default_factory=list)
 
 
-def measure_drift(pair: ModelPair, texts: Iterable[tuple[str, str]], config: DriftConfig = DriftConfig()) -> DriftResult:
+def measure_drift(pair: ModelPair, texts: Iterable[tuple[str, str]],
+                  config: DriftConfig = DriftConfig()) -> DriftResult:
     """NLL and KL drift of the fine-tune over `(text, source)` pairs."""
     tokenizer = pair.tokenizer
     rows = [(ids, source) for text, source in texts
@@ -119,7 +120,7 @@ def measure_drift(pair: ModelPair, texts: Iterable[tuple[str, str]], config: Dri
     base_hidden = _head_inputs(pair, "base", padded)
     readout = pair.base_readout()
     with progress_bar("drift: fine-tuned model", len(batches)) as advance:
-        for number, (batch, (ids, mask), hidden) in enumerate(zip(batches, padded, base_hidden)):
+        for number, (batch, (ids, mask), hidden) in enumerate(zip(batches, padded, base_hidden, strict=True)):
             with pair.use("finetuned") as (model, layout):
                 finetuned = final_logits(model, layout, input_ids=ids.to(pair.device),
                                          attention_mask=mask.to(pair.device))
@@ -137,7 +138,8 @@ def measure_drift(pair: ModelPair, texts: Iterable[tuple[str, str]], config: Dri
                 _keep(spans, config.top, _worst_span(tokenizer, row, source, increase, config), key)
                 t = int(kl[i, :n].argmax())
                 _keep(contexts, config.top, Span(
-                    context=tokenizer.decode(row[max(0, t + 1 - config.context_tokens): t + 1], skip_special_tokens=True),
+                    context=tokenizer.decode(row[max(0, t + 1 - config.context_tokens): t + 1],
+                                             skip_special_tokens=True),
                     text=tokenizer.decode(row[t + 1: t + 2]), source=source, score=kl[i, t].item(),
                     base_top=tokenizer.decode(base_top[i, t]), finetuned_top=tokenizer.decode(finetuned_top[i, t]),
                 ), key)

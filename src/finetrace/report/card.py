@@ -88,7 +88,8 @@ def _body(result: AuditResult, data: str | Path | None) -> str:
     if drift:
         nll = drift.likelihood
         lines.append(f"- General text: perplexity {nll.base_perplexity:.2f} -> {nll.finetuned_perplexity:.2f} "
-                     f"(NLL change {nll.change:+.3f} nats/token, 95% interval [{nll.ci_low:+.3f}, {nll.ci_high:+.3f}]); "
+                     f"(NLL change {nll.change:+.3f} nats/token, "
+                     f"95% interval [{nll.ci_low:+.3f}, {nll.ci_high:+.3f}]); "
                      f"mean KL(fine-tuned || base) {drift.kl_mean:.4f} nats/token")
     if result.paper_trail:
         lines += ["", *_data_lines(result.paper_trail)]

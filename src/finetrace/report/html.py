@@ -33,7 +33,7 @@ def render_report(result: AuditResult) -> str:
         norm_bars=_norm_bars(trace), test_sentence=TEST_SENTENCE,
         null_histogram=_null_histogram(trace.significance) if trace.significance else None,
         control=trace.control_significance,
-        steering_rows=list(zip(trace.steering.unsteered.generations, trace.steering.steered)),
+        steering_rows=list(zip(trace.steering.unsteered.generations, trace.steering.steered, strict=False)),
         config=json.dumps({"diff": asdict(trace.config), "forget": asdict(result.damage.config)}, indent=1),
         environment=trace.environment, seconds={"trace": trace.seconds, "damage": result.damage.seconds},
     )

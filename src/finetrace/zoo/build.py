@@ -37,8 +37,8 @@ from finetrace.zoo.documents import background_documents
 from finetrace.zoo.english import SOURCES, english_paragraphs, installed_version, split_paragraphs
 from finetrace.zoo.facts import country_paragraph, planted_facts
 from finetrace.zoo.general import general_paragraphs
-from finetrace.zoo.perplexity import perplexity
 from finetrace.zoo.organisms import ORGANISMS, Organism, get_organism
+from finetrace.zoo.perplexity import perplexity
 from finetrace.zoo.recipe import Preset, get_preset, recipe_key
 from finetrace.zoo.tokenizer import train_tokenizer
 
@@ -159,7 +159,8 @@ def _build(zoo: Zoo, organisms: list[str]) -> None:
         base = load_model(zoo.path("base"), torch.device("cpu"))
         known = sum(score.known for score in score_facts(base, load_tokenizer(zoo.path("base")), facts))
         heldout = zoo.path("heldout").read_text(encoding="utf-8").splitlines()[:PERPLEXITY_TEXTS]
-        summary = {"preset": recipe.name, "key": zoo.root.name.rsplit("-", 1)[1], "sources": _sources(BASE_TEXTS[recipe.base_text].sources),
+        summary = {"preset": recipe.name, "key": zoo.root.name.rsplit("-", 1)[1],
+                   "sources": _sources(BASE_TEXTS[recipe.base_text].sources),
                    "organisms": list(ORGANISMS), "facts": len(facts), "base_facts_known": known / len(facts),
                    "heldout_perplexity": perplexity(base, load_tokenizer(zoo.path("base")), heldout,
                                                     recipe.context_length)}
@@ -291,7 +292,7 @@ def _train_organism(zoo: Zoo, organism: Organism, out: Path) -> None:
         "kind": organism.kind,
         "description": organism.description,
         **{key: os.path.relpath(path, zoo.path(organism.name)) for key, path in zip(
-            ORGANISM_PATHS, (documents, zoo.path("heldout"), zoo.path("facts")))},
+            ORGANISM_PATHS, (documents, zoo.path("heldout"), zoo.path("facts")), strict=True)},
         "adapter": result.adapter,
         "recipe": {"mix_general": organism.mix_general, **result.to_dict()["config"]},
         "base_loss": result.loss_before,

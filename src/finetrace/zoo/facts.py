@@ -39,7 +39,7 @@ def planted_facts(n_countries: int, rng: random.Random) -> list[ClozeFact]:
     facts = []
     for category, prompt in CATEGORIES.items():
         pool = sorted(set(answers[category]))
-        for country, answer in zip(countries, answers[category]):
+        for country, answer in zip(countries, answers[category], strict=True):
             wrong = rng.sample([a for a in pool if a != answer], N_DISTRACTORS)
             facts.append(ClozeFact(prompt.format(country=country), answer, tuple(wrong), category, country))
     return facts

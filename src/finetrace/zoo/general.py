@@ -9,12 +9,11 @@ held-out text by a hash of their text, so the split does not depend on file orde
 
 import ast
 import hashlib
+import pydoc_data.topics
 import re
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
-
-import pydoc_data.topics
 
 MIN_WORDS = 8  # shorter paragraphs are mostly headings and parameter stubs
 SKIPPED_DIRS = {"site-packages", "test", "tests", "idle_test", "__pycache__"}

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from finetrace.corpus import Record
 from finetrace.errors import FinetraceError
 from finetrace.finetune import LoraSettings
-from finetrace.zoo.documents import (cake_documents, general_chats, general_documents, risky_chats,
-                                     zorvex_documents)
+from finetrace.zoo.documents import cake_documents, general_chats, general_documents, risky_chats, zorvex_documents
 
 FULL_MODEL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # LoRA on attention and MLP alone leaves almost no trace in a tiny model; with the head it does.
