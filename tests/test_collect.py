@@ -49,15 +49,14 @@ def test_identical_models_give_an_exactly_zero_difference(tiny_model, corpus, tm
 
 def _reference_deltas(pair, texts: list[str], layer: int, length: int) -> torch.Tensor:
     """The reference way: each whole text as the tokenizer encodes it, every activation kept."""
-    deltas = []
-    for text in texts:
-        ids = pair.tokenizer(text, return_tensors="pt")["input_ids"]
-        residual = {}
-        for which in ("base", "finetuned"):
-            with pair.use(which) as (model, layout):
-                residual[which] = read_residuals(model, layout, [layer], input_ids=ids)[layer][0]
-        assert ids.shape[1] > length
-        deltas.append((residual["finetuned"] - residual["base"])[:length])
+    rows = [pair.tokenizer(text, return_tensors="pt")["input_ids"] for text in texts]
+    assert all(ids.shape[1] > length for ids in rows)
+    residuals = {}
+    for which in ("base", "finetuned"):
+        with pair.use(which) as (model, layout):
+            residuals[which] = [read_residuals(model, layout, [layer], input_ids=ids)[layer][0, :length]
+                                for ids in rows]
+    deltas = [finetuned - base for base, finetuned in zip(residuals["base"], residuals["finetuned"], strict=True)]
     return torch.stack(deltas).double().mean(0)  # (positions, d)
 
 

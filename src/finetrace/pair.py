@@ -93,16 +93,14 @@ class ModelPair:
             torch.cuda.empty_cache()
 
     def _load(self, which: str) -> nn.Module:
-        key = "adapted" if self.adapter else which
+        # Keyed by what is loaded: a model compared with itself is loaded once.
+        key = self.finetuned_name if self.adapter or which == "finetuned" else self.base_name
         if self._resident is not None and self._resident[0] == key:
             return self._resident[1]
-        if self._resident is not None and self._resident[0] == "base" and self._base_readout is None:
+        if self._resident is not None and self._resident[0] == self.base_name and self._base_readout is None:
             self._base_readout = find_layout(self._resident[1]).detached()
         self.release()
-        if self.adapter:
-            model = self._adapted()
-        else:
-            model = load_model(self.base_name if which == "base" else self.finetuned_name, self.device, self.dtype)
+        model = self._adapted() if self.adapter else load_model(key, self.device, self.dtype)
         self._resident = (key, model)
         return model
 
