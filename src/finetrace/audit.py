@@ -78,8 +78,7 @@ class AuditResult:
                      f"the control (p = {trace.control_significance.p_value:.3g}), which is not about this "
                      f"domain: the test cannot tell this trace from a generic fine-tuning shift here.")
         elif trace.clear:
-            found = (f"The fine-tune left a clear trace of its data (p = {trace.p_value:.3g}; "
-                     f"{trace.trace_strength:+.0%} domain tokens beyond the null): its activation "
+            found = (f"The fine-tune left a clear trace of its data ({trace.test_numbers}): its activation "
                      f"differences read as {words}.")
         else:
             found = (f"No significant trace of the fine-tuning data (p = {trace.p_value:.3g}): the "

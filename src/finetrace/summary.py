@@ -51,7 +51,7 @@ def _trace_verdict(result: DiffResult) -> str:
     found = ("a clear trace of its data" if result.clear
              else "a trace the control shows too" if result.control_passes
              else "no significant trace of its data")
-    return f"{found} (p = {result.p_value:.3g}, {result.trace_strength:+.0%} domain tokens beyond the null)"
+    return f"{found} ({result.test_numbers})"
 
 
 def print_audit(console: Console, result: AuditResult) -> None:

@@ -121,6 +121,13 @@ class DiffResult:
         return self.significance.p_value if self.significance else None
 
     @property
+    def test_numbers(self) -> str | None:
+        """The trace test's result in words, as every summary quotes it; None when it did not run."""
+        if self.significance is None:
+            return None
+        return f"p = {self.p_value:.3g}, {self.trace_strength:+.0%} domain tokens beyond the null"
+
+    @property
     def control_passes(self) -> bool:
         """The control, which is not about the domain, passes the test too: the test cannot tell
         this fine-tune's trace from a generic fine-tuning shift on this base and data."""

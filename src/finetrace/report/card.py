@@ -76,7 +76,8 @@ def _body(result: AuditResult, data: str | Path | None) -> str:
         "",
         "## What the fine-tune was about",
         "",
-        f"- Trace test against the fine-tuning data: {_trace_test(trace)}",
+        "- Trace test against the fine-tuning data: "
+        + (trace.test_numbers or "not run (the audit was not given the fine-tuning data)"),
         f"- Domain tokens read from the activation differences: {tokens}",
         f"- Fine-tuning data: {markdown_text(data) if data is not None else 'not given'}",
         "",
@@ -116,8 +117,3 @@ def _data_lines(report: dict) -> list[str]:
               f"{o['overlapping']} partly" for o in report["contamination"]]
     return lines
 
-
-def _trace_test(trace) -> str:
-    if trace.significance is None:
-        return "not run (the audit was not given the fine-tuning data)"
-    return f"p = {trace.p_value:.3g}, {trace.trace_strength:+.0%} domain tokens beyond the null"
