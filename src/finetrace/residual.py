@@ -63,6 +63,10 @@ class Readout:
     unembed: nn.Module
     softcap: float | None = None  # Gemma 2 caps its logits at +-softcap with a tanh
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.unembed.parameters()).device
+
     def detached(self) -> "Readout":
         """A copy that outlives its model: the base's lens reads through it once the base is freed."""
         return Readout(copy.deepcopy(self.norm), copy.deepcopy(self.unembed), self.softcap)
@@ -128,7 +132,7 @@ def head_inputs(model: nn.Module, layout: Layout, **inputs: torch.Tensor) -> tor
 @torch.no_grad()
 def head_logits(readout: Readout, hidden: torch.Tensor) -> torch.Tensor:
     """Float32 logits of the head's inputs `hidden` (from `head_inputs`); non-finite ones refused."""
-    logits = _head(readout, hidden.to(next(readout.unembed.parameters()).device))
+    logits = _head(readout, hidden.to(readout.device))
     if not torch.isfinite(logits.sum()):  # one NaN or inf anywhere makes the sum non-finite
         raise FinetraceError("the model gives non-finite logits (NaN or inf): its weights or "
                              "activations overflow; load it with --dtype float32")

@@ -69,21 +69,30 @@ class RunningMoments:
 
 def save_moments(path: Path, moments: dict[str, RunningMoments], metadata: dict[str, str]) -> None:
     """Write named moments atomically, so an interrupted write never corrupts a checkpoint."""
-    tensors = {k: v for name, m in moments.items() for k, v in m.to_tensors(name).items()}
+    save_tensors(path, {k: v for name, m in moments.items() for k, v in m.to_tensors(name).items()}, metadata)
+
+
+def load_moments(path: Path, names: list[str]) -> tuple[dict[str, RunningMoments], dict[str, str]]:
+    """Named moments and the metadata saved with them, in one read."""
+    tensors, metadata = load_tensors(path)
+    return {name: RunningMoments.from_tensors(tensors, name) for name in names}, metadata
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """A safetensors file written beside `path` and renamed into place: never read half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial), metadata=metadata)
     partial.replace(path)
 
 
+def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every tensor of a safetensors file, and its metadata, in one read."""
+    with safe_open(str(path), "pt") as file:
+        return {key: file.get_tensor(key) for key in file.keys()}, file.metadata()
+
+
 def read_metadata(path: Path) -> dict[str, str]:
-    """The metadata saved with moments, without reading their tensors."""
+    """The metadata of a safetensors file, without reading its tensors."""
     with safe_open(str(path), "pt") as file:
         return file.metadata()
-
-
-def load_moments(path: Path, names: list[str]) -> tuple[dict[str, RunningMoments], dict[str, str]]:
-    """Named moments and the metadata saved with them, in one read."""
-    with safe_open(str(path), "pt") as file:
-        tensors = {key: file.get_tensor(key) for key in file.keys()}
-        metadata = file.metadata()
-    return {name: RunningMoments.from_tensors(tensors, name) for name in names}, metadata

@@ -28,8 +28,6 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.markup import escape
-from safetensors import safe_open
-from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerBase
 
 from finetrace.corpus import iter_texts
@@ -40,7 +38,7 @@ from finetrace.models import chars_holding, pad_token_id, prepended_ids, weights
 from finetrace.pair import ModelPair
 from finetrace.progress import progress_bar
 from finetrace.residual import read_residuals
-from finetrace.stats import RunningMoments, load_moments, read_metadata, save_moments
+from finetrace.stats import RunningMoments, load_moments, load_tensors, read_metadata, save_moments, save_tensors
 
 CHECKPOINT_NAME = "collect-checkpoint.safetensors"
 BASE_STORE = "base-residuals"
@@ -151,7 +149,8 @@ def _base_pass(pair: ModelPair, corpus: str | Path, config: CollectConfig, layer
         for index, chunk in enumerate(_batches(texts, window)):
             path = store / f"{index:06d}.safetensors"
             if not (path.exists() and read_metadata(path).get("fingerprint") == fingerprint):
-                _save_shard(path, _base_shard(pair, chunk, layers, prefix, config), fingerprint, len(chunk))
+                save_tensors(path, _base_shard(pair, chunk, layers, prefix, config),
+                             {"fingerprint": fingerprint, "texts": str(len(chunk))})
             shards.append(path)
             advance()
     return shards
@@ -173,12 +172,13 @@ def _finetuned_pass(pair: ModelPair, state: Collected, shards: list[Path], batch
     """The fine-tune reads each shard's ids; the moments are checkpointed after every shard."""
     with progress_bar("fine-tuned model", len(shards) - state.shards) as advance:
         for path in shards[state.shards:]:
-            shard, texts = _load_shard(path)
+            shard, metadata = load_tensors(path)
             for i in range(0, len(shard["ids"]), batch_size):
                 ids, attention = shard["ids"][i:i + batch_size], shard["attention"][i:i + batch_size]
                 base = shard["residuals"][i:i + batch_size].float()
-                _accumulate(state, base, _residuals(pair, "finetuned", state.layers, ids, attention), attention)
-            state.texts += texts
+                finetuned = _residuals(pair, "finetuned", state.layers, ids, attention).float()
+                _accumulate(state, base, finetuned, attention)
+            state.texts += int(metadata["texts"])
             state.shards += 1
             _checkpoint(checkpoint, state, fingerprint, complete=state.shards == len(shards))
             advance()
@@ -187,11 +187,12 @@ def _finetuned_pass(pair: ModelPair, state: Collected, shards: list[Path], batch
 
 
 def _accumulate(state: Collected, base: torch.Tensor, finetuned: torch.Tensor, attention: torch.Tensor) -> None:
+    """Add one batch of float32 residuals of both models, (B, L, T, d), to the sums."""
     mask = attention.unsqueeze(1).expand(-1, len(state.layers), -1)  # (B, L, T)
-    state.delta.add(finetuned.float() - base, mask)
+    state.delta.add(finetuned - base, mask)
     state.base_norm.add(base.norm(dim=-1, keepdim=True), mask)
     state.base.add(base, mask)
-    state.finetuned_norm.add(finetuned.float().norm(dim=-1, keepdim=True), mask)
+    state.finetuned_norm.add(finetuned.norm(dim=-1, keepdim=True), mask)
 
 
 def _residuals(pair: ModelPair, which: str, layers: list[int], ids: torch.Tensor,
@@ -201,19 +202,6 @@ def _residuals(pair: ModelPair, which: str, layers: list[int], ids: torch.Tensor
         by_layer = read_residuals(model, layout, layers, input_ids=ids.to(pair.device),
                                   attention_mask=attention.to(pair.device))
     return torch.stack([by_layer[i] for i in layers], dim=1).cpu()
-
-
-def _save_shard(path: Path, tensors: dict[str, torch.Tensor], fingerprint: str, texts: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial),
-              metadata={"fingerprint": fingerprint, "texts": str(texts)})
-    partial.replace(path)
-
-
-def _load_shard(path: Path) -> tuple[dict[str, torch.Tensor], int]:
-    with safe_open(str(path), "pt") as file:
-        return {key: file.get_tensor(key) for key in file.keys()}, int(file.metadata()["texts"])
 
 
 def _text_ids(
@@ -296,7 +284,6 @@ def _corpus_digest(corpus: str | Path) -> str:
 
 
 def _checkpoint(path: Path, state: Collected, fingerprint: str, complete: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     moments = {name: getattr(state, name) for name in MOMENT_NAMES}
     save_moments(path, moments, {"fingerprint": fingerprint, "texts": str(state.texts),
                                  "shards": str(state.shards), "complete": str(complete)})

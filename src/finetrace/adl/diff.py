@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from finetrace.adl.collect import BASE_STORE, CollectConfig, Collected, collect
 from finetrace.adl.decode import (
@@ -33,6 +32,7 @@ from finetrace.models import resolve_device
 from finetrace.outputs import write_json
 from finetrace.pair import ModelPair, load_pair
 from finetrace.residual import Readout
+from finetrace.stats import save_tensors
 from finetrace.timing import Stopwatch
 
 SCHEMA_VERSION = 2
@@ -249,9 +249,8 @@ def _text_positions(collected: Collected, config: DiffConfig) -> list[int]:
 def _tested(layout, collected: Collected, layer_index: int, positions: list[int], domain: DomainTokens,
             config: DiffConfig):
     """The significance of the mean differences at `positions` of one layer."""
-    device = next(layout.unembed.parameters()).device
     variance = collected.delta.variance[layer_index, positions].mean(0)  # one null draw serves every position
-    return trace_significance(layout, collected.mean_delta[layer_index, positions].float().to(device),
+    return trace_significance(layout, collected.mean_delta[layer_index, positions].float().to(layout.device),
                               collected.base.mean[layer_index, positions], variance, domain.allowed,
                               domain.relevance.relevant, config.score)
 
@@ -297,7 +296,7 @@ def _decode_and_score(
 
 def _lens(readout: Readout, collected: Collected, cell: tuple[int, int], allowed, pair: ModelPair,
           config: DiffConfig):
-    direction = collected.mean_delta[cell].float().to(next(readout.unembed.parameters()).device)
+    direction = collected.mean_delta[cell].float().to(readout.device)
     return lens_tokens(readout, direction, allowed, pair.tokenizer, config.decode.top_k)
 
 
@@ -333,7 +332,5 @@ def _write(out: Path, result: DiffResult, collected: Collected) -> None:
         "finetuned_norm": collected.finetuned_norm.mean[..., 0].float(),
     }
     metadata = {"layers": json.dumps(collected.layers), "positions": json.dumps(collected.position_labels)}
-    partial = out / f".{TENSORS_NAME}.partial"
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial), metadata=metadata)
-    partial.replace(out / TENSORS_NAME)
+    save_tensors(out / TENSORS_NAME, tensors, metadata)
     write_json(out / RESULT_NAME, result.to_dict())

@@ -183,10 +183,9 @@ def relevant_count(
     readout: Readout, directions: torch.Tensor, allowed: torch.Tensor, relevant: torch.Tensor, k: int
 ) -> torch.Tensor:
     """How many of each direction's top-k allowed logit-lens tokens are relevant: (n,) for (n, d)."""
-    device = next(readout.unembed.parameters()).device
     counts = []
     for chunk in directions.split(DECODE_CHUNK):
-        logits = logit_lens(readout, chunk.to(device)).cpu().masked_fill(~allowed, float("-inf"))
+        logits = logit_lens(readout, chunk.to(readout.device)).cpu().masked_fill(~allowed, float("-inf"))
         counts.append(relevant[logits.topk(k, dim=-1).indices].sum(-1))
     return torch.cat(counts)
 
