@@ -105,3 +105,11 @@ def test_an_adapter_on_another_base_of_its_shape_warns_and_strict_refuses(tiny_m
     assert "trained on another base" in warning
     with pytest.raises(FinetraceError, match="trained on another base .*--strict"):
         load_pair(twin, tmp_path / "lora", device="cpu", strict=True)
+
+
+def test_an_adapter_with_a_foreign_provenance_file_loads_without_a_warning(tiny_model, text_data, tmp_path):
+    training = TrainConfig(steps=1, batch_size=4, context_length=64)
+    finetune(tiny_model, text_data, tmp_path / "lora", FinetuneConfig(training=training, lora=LoraSettings(rank=2)))
+    for foreign in ("not json {", "[1, 2]", '{"base_files_sha256": 7}'):
+        (tmp_path / "lora" / "provenance.json").write_text(foreign)
+        assert load_pair(tiny_model, tmp_path / "lora", device="cpu").warnings == []

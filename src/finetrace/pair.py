@@ -108,8 +108,11 @@ class ModelPair:
         """An adapter finetrace trained records its base's digest: another base of the same shape
         loads without complaint, but its numbers describe a model nobody trained."""
         manifest = Path(self.finetuned_name) / MANIFEST_NAME
-        recorded = json.loads(manifest.read_text()).get("base_files_sha256") if manifest.is_file() else None
-        if not recorded or recorded == weights_digest(self.base_name):
+        try:
+            recorded = json.loads(manifest.read_text(encoding="utf-8")).get("base_files_sha256")
+        except (OSError, ValueError, AttributeError):  # no manifest, or not one finetrace wrote
+            recorded = None
+        if not isinstance(recorded, str) or not recorded or recorded == weights_digest(self.base_name):
             return
         message = (f"adapter {self.finetuned_name} was trained on another base than {self.base_name}: its "
                    f"{MANIFEST_NAME} records base files {recorded[:12]}, and {self.base_name} is not them")
