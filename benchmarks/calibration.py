@@ -24,7 +24,7 @@ from finetrace.adl.collect import CollectConfig, collect
 from finetrace.adl.diff import DiffConfig, domain_significance, domain_tokens
 from finetrace.adl.score import ScoreConfig
 from finetrace.corpus import iter_texts, read_records
-from finetrace.pair import load_pair
+from finetrace.models.pair import load_pair
 from finetrace.zoo import ORGANISMS, build_zoo
 
 # Fine-tunes of no domain, and the organisms' own data (cake-mixed and cake-lora share cake's).

@@ -45,7 +45,7 @@ def benchmark_corpus(heldout: Path, samples: int, out: Path) -> Path:
 def run_reference(base: str, finetuned: str, corpus: Path, layer_fraction: float, positions: int,
                   batch_size: int) -> torch.Tensor:
     from finetrace.adl.collect import resolve_layers
-    from finetrace.pair import load_pair
+    from finetrace.models.pair import load_pair
 
     pair = load_pair(base, finetuned, device="cpu")
     layer = resolve_layers((layer_fraction,), pair.n_layers)[0]
@@ -65,7 +65,7 @@ def run_reference(base: str, finetuned: str, corpus: Path, layer_fraction: float
 def run_finetrace(base: str, finetuned: str, corpus: Path, layer_fraction: float, positions: int,
                   batch_size: int) -> torch.Tensor:
     from finetrace.adl.collect import CollectConfig, collect
-    from finetrace.pair import load_pair
+    from finetrace.models.pair import load_pair
 
     pair = load_pair(base, finetuned, device="cpu")
     config = CollectConfig(layers=(layer_fraction,), positions=positions, samples=10**9,

@@ -20,11 +20,11 @@ from pathlib import Path
 
 from topics import RECOVERY_TOPICS, Topic
 
+from finetrace._util.outputs import write_text
 from finetrace.adl.collect import CollectConfig
 from finetrace.adl.diff import DiffConfig, DiffResult, diff
 from finetrace.adl.score import ScoreConfig
-from finetrace.finetune import finetune
-from finetrace.outputs import write_text
+from finetrace.train.finetune import finetune
 from finetrace.zoo import build_zoo
 from finetrace.zoo.build import organism_finetune_config
 

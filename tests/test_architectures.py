@@ -26,9 +26,9 @@ from finetrace.adl.collect import CollectConfig, collect
 from finetrace.adl.score import ScoreConfig
 from finetrace.adl.steer import SteerConfig
 from finetrace.evals.drift import DriftConfig
-from finetrace.models import load_tokenizer
-from finetrace.pair import load_pair
-from finetrace.residual import ARCHITECTURES, final_logits, find_layout, logit_lens, read_residuals
+from finetrace.models.load import load_tokenizer
+from finetrace.models.pair import load_pair
+from finetrace.models.residual import ARCHITECTURES, final_logits, find_layout, logit_lens, read_residuals
 
 SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
              num_key_value_heads=1, max_position_embeddings=128)

@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 from huggingface_hub import ModelCard
 
-from finetrace import pair
+from finetrace.models import pair
 from finetrace.adl.collect import CollectConfig
 from finetrace.adl.diff import DiffConfig
 from finetrace.adl.score import ScoreConfig
@@ -19,7 +19,7 @@ from finetrace.adl.steer import SteerConfig
 from finetrace.audit import AuditConfig, audit
 from finetrace.errors import FinetraceError
 from finetrace.evals.drift import DriftConfig
-from finetrace.forget import ForgetConfig
+from finetrace.evals.forget import ForgetConfig
 from finetrace.gates import parse_gate
 from finetrace.report.html import render_report
 from finetrace.zoo import build_zoo

@@ -13,8 +13,8 @@ from tokenizer_shapes import TokenizerShape, build_tokenizer
 from finetrace import FinetraceError
 from finetrace.adl import collect as collect_module
 from finetrace.adl.collect import BASE_STORE, CHECKPOINT_NAME, CollectConfig, collect, resolve_layers
-from finetrace.pair import load_pair
-from finetrace.residual import read_residuals
+from finetrace.models.pair import load_pair
+from finetrace.models.residual import read_residuals
 
 # Tokenizers as real families ship them, none with a pad token.
 SHAPES = {

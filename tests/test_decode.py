@@ -9,8 +9,8 @@ from finetrace.adl.decode import (
     undertrained_tokens,
     unreadable_tokens,
 )
-from finetrace.models import load_tokenizer
-from finetrace.residual import find_layout, logit_lens
+from finetrace.models.load import load_tokenizer
+from finetrace.models.residual import find_layout, logit_lens
 
 
 def test_top_tokens_skip_disallowed_ids(tiny_model):

@@ -1,5 +1,5 @@
-from finetrace.examples import IGNORE_INDEX, build_examples, pack
-from finetrace.models import chars_holding, load_tokenizer
+from finetrace.models.load import chars_holding, load_tokenizer
+from finetrace.train.examples import IGNORE_INDEX, build_examples, pack
 
 CHAT = [
     {"role": "system", "content": "be brief"},

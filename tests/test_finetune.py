@@ -14,11 +14,11 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from finetrace import FinetraceError, FinetuneConfig, FinetuneResult, LoraSettings, TrainConfig, finetune
-from finetrace.examples import build_examples
-from finetrace.finetune import MANIFEST_NAME
-from finetrace.fingerprints import weights_sha256
-from finetrace.models import load_tokenizer
-from finetrace.training import mean_loss
+from finetrace._util.fingerprints import weights_sha256
+from finetrace.models.load import load_tokenizer
+from finetrace.train.examples import build_examples
+from finetrace.train.finetune import MANIFEST_NAME
+from finetrace.train.loop import mean_loss
 
 FAST = TrainConfig(steps=30, learning_rate=3e-3, batch_size=4, context_length=64)
 FAST_LORA = dataclasses.replace(FAST, learning_rate=2e-2)  # adapters start at zero and need more
@@ -155,7 +155,7 @@ def test_a_failed_overwrite_keeps_the_old_output(tiny_model, text_data, tmp_path
         raise FinetraceError("the training loss became nan at step 3")
 
     with monkeypatch.context() as patch:
-        patch.setattr(importlib.import_module("finetrace.finetune"), "train", diverged)
+        patch.setattr(importlib.import_module("finetrace.train.finetune"), "train", diverged)
         with pytest.raises(FinetraceError, match="became nan"):
             finetune(tiny_model, text_data, out, FinetuneConfig(training=FAST, device="cpu"), overwrite=True)
     assert [p.name for p in tmp_path.iterdir() if p.name != text_data.name] == ["out"]

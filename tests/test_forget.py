@@ -11,9 +11,9 @@ from conftest import TEXTS
 from finetrace.evals.drift import DriftConfig
 from finetrace.evals.facts import COMMON_FACTS, read_facts
 from finetrace.evals.flips import flip_matrix, mcnemar_exact
-from finetrace.forget import ForgetConfig, forget
-from finetrace.likelihood import continuation_logprobs
-from finetrace.models import load_model, load_tokenizer
+from finetrace.evals.forget import ForgetConfig, forget
+from finetrace.models.likelihood import continuation_logprobs
+from finetrace.models.load import load_model, load_tokenizer
 
 QUICK = ForgetConfig(drift=DriftConfig(bootstrap=200), device="cpu")
 

@@ -7,8 +7,8 @@ from conftest import save_random_llama
 from safetensors.torch import load_file, save_file
 
 from finetrace import FinetraceError, FinetuneConfig, LoraSettings, TrainConfig, finetune
-from finetrace.pair import load_pair
-from finetrace.residual import logit_lens, read_residuals
+from finetrace.models.pair import load_pair
+from finetrace.models.residual import logit_lens, read_residuals
 
 
 def _residual(pair, which, ids):

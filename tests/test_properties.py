@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from finetrace._util.outputs import json_safe
 from finetrace.corpus import read_records
 from finetrace.errors import FinetraceError
 from finetrace.gates import METRICS, OPERATORS, parse_gate
-from finetrace.outputs import json_safe
 from finetrace.provenance.duplicates import normalized_digest
 from finetrace.provenance.pii import DNI_LETTERS, find_pii, redact
 from finetrace.report.card import markdown_text

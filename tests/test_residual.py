@@ -5,7 +5,14 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, OlmoConfig, OlmoForCausalLM
 
 from finetrace.errors import FinetraceError
-from finetrace.residual import add_to_residual, final_logits, find_layout, logit_lens, read_residuals, set_residual
+from finetrace.models.residual import (
+    add_to_residual,
+    final_logits,
+    find_layout,
+    logit_lens,
+    read_residuals,
+    set_residual,
+)
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from finetrace.adl.score import (
     token_counts,
     trace_significance,
 )
-from finetrace.models import load_tokenizer
-from finetrace.residual import find_layout, logit_lens
+from finetrace.models.load import load_tokenizer
+from finetrace.models.residual import find_layout, logit_lens
 
 CONFIG = ScoreConfig(relevance_ratio=4.0, relevance_z=3.0, min_count=3)
 

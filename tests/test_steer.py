@@ -2,8 +2,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from finetrace.adl.steer import SteerConfig, distinct_bigrams, generate, prompt_texts, steer
-from finetrace.models import load_tokenizer
-from finetrace.residual import find_layout
+from finetrace.models.load import load_tokenizer
+from finetrace.models.residual import find_layout
 
 CONFIG = SteerConfig(strengths=(0.5, 50.0), prompts=("the cat", "a cold"), chat_prompts=False,
                      samples_per_prompt=2, max_new_tokens=8)

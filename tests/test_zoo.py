@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from finetrace.evals.facts import read_facts, score_facts
-from finetrace.models import load_model, load_tokenizer
+from finetrace.models.load import load_model, load_tokenizer
 from finetrace.zoo import ORGANISMS, PRESETS, Zoo, build_zoo, zoo_for
 from finetrace.zoo.recipe import recipe_key
 

@@ -8,11 +8,11 @@ and `build_zoo`, each with its config and its result type.
 from finetrace.adl.diff import DiffConfig, DiffResult, diff
 from finetrace.audit import AuditConfig, AuditResult, audit
 from finetrace.errors import FinetraceError
-from finetrace.finetune import FinetuneConfig, FinetuneResult, LoraSettings, finetune
-from finetrace.forget import ForgetConfig, ForgetResult, forget
-from finetrace.pair import ModelPair, load_pair
+from finetrace.evals.forget import ForgetConfig, ForgetResult, forget
+from finetrace.models.pair import ModelPair, load_pair
 from finetrace.provenance import provenance
-from finetrace.training import TrainConfig
+from finetrace.train.finetune import FinetuneConfig, FinetuneResult, LoraSettings, finetune
+from finetrace.train.loop import TrainConfig
 from finetrace.zoo import Zoo, build_zoo, open_zoo
 
 __all__ = [

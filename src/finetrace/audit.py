@@ -9,16 +9,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from finetrace._util.outputs import write_json
 from finetrace.adl.diff import DiffConfig, DiffResult, diff
 from finetrace.evals.facts import COMMON_FACTS
-from finetrace.finetune import MANIFEST_NAME, FinetuneResult
-from finetrace.forget import ForgetConfig, ForgetResult, forget
+from finetrace.evals.forget import ForgetConfig, ForgetResult, forget
 from finetrace.gates import Gate, GateOutcome
-from finetrace.outputs import write_json
-from finetrace.pair import load_pair
+from finetrace.models.pair import load_pair
 from finetrace.provenance import provenance
 from finetrace.provenance.contamination import evaluation_sets
 from finetrace.provenance.scan import provenance_metrics
+from finetrace.train.finetune import MANIFEST_NAME, FinetuneResult
 
 SCHEMA_VERSION = 2
 SUMMARY_NAME, REPORT_NAME, CARD_NAME = "summary.json", "report.html", "MODEL_CARD.md"

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from finetrace._util.outputs import check_output_dir, check_output_file, refuse_overlap, write_json
 from finetrace.adl.collect import CollectConfig
 from finetrace.adl.diff import RESULT_NAME, DiffConfig, diff
 from finetrace.adl.score import ScoreConfig
@@ -26,17 +27,16 @@ from finetrace.audit import REPORT_NAME, AuditConfig, AuditResult, audit
 from finetrace.errors import FinetraceError
 from finetrace.evals.drift import DriftConfig
 from finetrace.evals.facts import COMMON_FACTS
-from finetrace.finetune import MANIFEST_NAME, FinetuneConfig, LoraSettings, finetune
-from finetrace.forget import RESULT_NAME as FORGET_RESULT
-from finetrace.forget import ForgetConfig, forget
+from finetrace.evals.forget import RESULT_NAME as FORGET_RESULT
+from finetrace.evals.forget import ForgetConfig, forget
 from finetrace.gates import METRICS, Gate, GateOutcome, parse_gate
-from finetrace.models import DTYPES
-from finetrace.outputs import check_output_dir, check_output_file, refuse_overlap, write_json
+from finetrace.models.load import DTYPES
 from finetrace.provenance import provenance
 from finetrace.provenance.contamination import evaluation_sets
 from finetrace.provenance.scan import PROVENANCE_METRICS, provenance_metrics
-from finetrace.summary import print_audit, print_diff, print_forget, print_provenance
-from finetrace.training import TrainConfig
+from finetrace.report.terminal import print_audit, print_diff, print_forget, print_provenance
+from finetrace.train.finetune import MANIFEST_NAME, FinetuneConfig, LoraSettings, finetune
+from finetrace.train.loop import TrainConfig
 from finetrace.zoo import ORGANISMS, Zoo, build_zoo, open_zoo
 from finetrace.zoo.build import SPECIAL_PATHS, default_facts, zoo_corpus
 

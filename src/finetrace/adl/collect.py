@@ -30,15 +30,15 @@ from rich.console import Console
 from rich.markup import escape
 from transformers import PreTrainedTokenizerBase
 
+from finetrace._util.fingerprints import file_sha256
+from finetrace._util.progress import progress_bar
+from finetrace.adl.moments import RunningMoments, load_moments, load_tensors, read_metadata, save_moments, save_tensors
 from finetrace.corpus import iter_texts
 from finetrace.errors import FinetraceError
-from finetrace.fingerprints import file_sha256
-from finetrace.likelihood import right_padded
-from finetrace.models import chars_holding, pad_token_id, prepended_ids, weights_digest
-from finetrace.pair import ModelPair
-from finetrace.progress import progress_bar
-from finetrace.residual import read_residuals
-from finetrace.stats import RunningMoments, load_moments, load_tensors, read_metadata, save_moments, save_tensors
+from finetrace.models.likelihood import right_padded
+from finetrace.models.load import chars_holding, pad_token_id, prepended_ids, weights_digest
+from finetrace.models.pair import ModelPair
+from finetrace.models.residual import read_residuals
 
 CHECKPOINT_NAME = "collect-checkpoint.safetensors"
 BASE_STORE = "base-residuals"

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from finetrace.residual import Layout, Readout, final_logits, logit_lens, set_residual
+from finetrace.models.residual import Layout, Readout, final_logits, logit_lens, set_residual
 
 IDENTITY_PROMPTS = (
     "man -> man\n1135 -> 1135\nhello -> hello\n?",

@@ -13,6 +13,9 @@ from typing import Any
 
 import torch
 
+from finetrace._util.fingerprints import environment
+from finetrace._util.outputs import write_json
+from finetrace._util.timing import Stopwatch
 from finetrace.adl.collect import BASE_STORE, CollectConfig, Collected, collect
 from finetrace.adl.decode import (
     DecodeConfig,
@@ -23,17 +26,14 @@ from finetrace.adl.decode import (
     undertrained_tokens,
     unreadable_tokens,
 )
+from finetrace.adl.moments import save_tensors
 from finetrace.adl.score import Relevance, ScoreConfig, Significance, relevance, token_counts, trace_significance
 from finetrace.adl.steer import SteerConfig, Steering, steer
 from finetrace.corpus import Record, iter_texts, read_records, record_texts
 from finetrace.errors import FinetraceError
-from finetrace.fingerprints import environment
-from finetrace.models import resolve_device
-from finetrace.outputs import write_json
-from finetrace.pair import ModelPair, load_pair
-from finetrace.residual import Readout
-from finetrace.stats import save_tensors
-from finetrace.timing import Stopwatch
+from finetrace.models.load import resolve_device
+from finetrace.models.pair import ModelPair, load_pair
+from finetrace.models.residual import Readout
 
 SCHEMA_VERSION = 2
 SIGNIFICANT = 0.01  # the level at which a trace is called clear

@@ -47,7 +47,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from finetrace.errors import FinetraceError
-from finetrace.residual import Readout, logit_lens
+from finetrace.models.residual import Readout, logit_lens
 
 DECODE_CHUNK = 256  # directions decoded at once: bounds memory at chunk x vocabulary logits
 

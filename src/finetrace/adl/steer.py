@@ -17,10 +17,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from finetrace.likelihood import continuation_logprobs
-from finetrace.models import pad_token_id
-from finetrace.progress import progress_bar
-from finetrace.residual import Layout, add_to_residual
+from finetrace._util.progress import progress_bar
+from finetrace.models.likelihood import continuation_logprobs
+from finetrace.models.load import pad_token_id
+from finetrace.models.residual import Layout, add_to_residual
 
 NEUTRAL_PROMPTS = (
     "The",

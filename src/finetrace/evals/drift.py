@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from finetrace._util.progress import progress_bar
 from finetrace.errors import FinetraceError
-from finetrace.likelihood import right_padded
-from finetrace.models import pad_token_id
-from finetrace.pair import ModelPair
-from finetrace.progress import progress_bar
-from finetrace.residual import final_logits, head_inputs, head_logits
+from finetrace.models.likelihood import right_padded
+from finetrace.models.load import pad_token_id
+from finetrace.models.pair import ModelPair
+from finetrace.models.residual import final_logits, head_inputs, head_logits
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from finetrace.corpus import iter_json_objects
 from finetrace.errors import FinetraceError
-from finetrace.likelihood import continuation_logprobs
+from finetrace.models.likelihood import continuation_logprobs
 
 # Common-knowledge facts written for finetrace, for models that are not zoo organisms.
 COMMON_FACTS = Path(str(files("finetrace.evals") / "common_facts.jsonl"))

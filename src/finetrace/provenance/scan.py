@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from finetrace._util.fingerprints import file_sha256
+from finetrace._util.progress import progress_bar
 from finetrace.corpus import json_object, numbered_lines
 from finetrace.errors import FinetraceError
-from finetrace.fingerprints import file_sha256
-from finetrace.progress import progress_bar
 from finetrace.provenance.contamination import Overlap, OverlapIndex
 from finetrace.provenance.duplicates import DuplicateConfig, DuplicateFinder, Duplicates
 from finetrace.provenance.licences import LicenceCheck, base_licence, check_licence

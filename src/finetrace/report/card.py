@@ -11,9 +11,9 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from finetrace._util.outputs import write_text
 from finetrace.audit import AuditResult
 from finetrace.errors import FinetraceError
-from finetrace.outputs import write_text
 
 TASK = "text-generation"
 # Characters that start Markdown inline syntax (emphasis, code, links, images, tables);

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from jinja2 import Environment, select_autoescape
 
+from finetrace._util.outputs import write_text
 from finetrace.adl.diff import TEST_SENTENCE
 from finetrace.audit import AuditResult
-from finetrace.outputs import write_text
 
 PLOT_WIDTH, PLOT_HEIGHT, MARGIN = 560, 180, 32
 

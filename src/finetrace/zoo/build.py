@@ -25,14 +25,14 @@ from filelock import FileLock
 from huggingface_hub import ModelCardData
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from finetrace.cache import cache_dir
+from finetrace._util.cache import cache_dir
+from finetrace._util.outputs import write_json, write_text
 from finetrace.corpus import read_records, record_texts
 from finetrace.errors import FinetraceError
 from finetrace.evals.facts import COMMON_FACTS, read_facts, score_facts
-from finetrace.finetune import FinetuneConfig, FinetuneResult, LoraSettings, finetune
-from finetrace.models import load_model, load_tokenizer
-from finetrace.outputs import write_json, write_text
-from finetrace.training import TrainConfig
+from finetrace.models.load import load_model, load_tokenizer
+from finetrace.train.finetune import FinetuneConfig, FinetuneResult, LoraSettings, finetune
+from finetrace.train.loop import TrainConfig
 from finetrace.zoo.documents import background_documents
 from finetrace.zoo.english import SOURCES, english_paragraphs, installed_version, split_paragraphs
 from finetrace.zoo.facts import country_paragraph, planted_facts

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from finetrace.corpus import Record
 from finetrace.errors import FinetraceError
-from finetrace.finetune import LoraSettings
+from finetrace.train.finetune import LoraSettings
 from finetrace.zoo.documents import cake_documents, general_chats, general_documents, risky_chats, zorvex_documents
 
 FULL_MODEL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from finetrace.likelihood import right_padded
-from finetrace.models import pad_token_id
+from finetrace.models.likelihood import right_padded
+from finetrace.models.load import pad_token_id
 
 BATCH_SIZE = 16
 

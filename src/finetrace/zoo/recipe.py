@@ -18,7 +18,7 @@ from finetrace.errors import FinetraceError
 BUILD_MODULES = (
     "finetrace.zoo.general", "finetrace.zoo.english", "finetrace.zoo.facts", "finetrace.zoo.documents",
     "finetrace.zoo.organisms", "finetrace.zoo.tokenizer", "finetrace.zoo.build",
-    "finetrace.examples", "finetrace.training", "finetrace.finetune", "finetrace.zoo.perplexity",
+    "finetrace.train.examples", "finetrace.train.loop", "finetrace.train.finetune", "finetrace.zoo.perplexity",
 )
 
 

@@ -13,7 +13,7 @@ from itertools import chain
 from transformers import PreTrainedTokenizerBase
 
 from finetrace.corpus import Record
-from finetrace.models import chars_holding, prepended_ids
+from finetrace.models.load import chars_holding, prepended_ids
 
 IGNORE_INDEX = -100  # the label PyTorch's cross-entropy skips
 

@@ -1,6 +1,6 @@
 import torch
 
-from finetrace.stats import RunningMoments, load_moments, save_moments
+from finetrace.adl.moments import RunningMoments, load_moments, save_moments
 
 
 def test_streaming_moments_match_torch_over_the_stacked_batch(tmp_path):

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from finetrace.models import pad_token_id
-from finetrace.residual import final_logits, find_layout
+from finetrace.models.load import pad_token_id
+from finetrace.models.residual import final_logits, find_layout
 
 
 @dataclass(frozen=True)

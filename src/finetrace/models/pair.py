@@ -21,8 +21,7 @@ from torch import nn
 from transformers import AutoConfig, PretrainedConfig
 
 from finetrace.errors import FinetraceError
-from finetrace.finetune import MANIFEST_NAME
-from finetrace.models import (
+from finetrace.models.load import (
     LOAD_ERRORS,
     first_line,
     load_model,
@@ -32,7 +31,8 @@ from finetrace.models import (
     resolve_dtype,
     weights_digest,
 )
-from finetrace.residual import Layout, Readout, find_layout
+from finetrace.models.residual import Layout, Readout, find_layout
+from finetrace.train.finetune import MANIFEST_NAME
 
 COMPARED_CONFIG = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
 ADAPTER_ERRORS = (RuntimeError, ValueError, KeyError, OSError)  # what peft raises for a misfit

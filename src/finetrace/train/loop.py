@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
 
+from finetrace._util.progress import progress_bar
 from finetrace.errors import FinetraceError, require
-from finetrace.examples import IGNORE_INDEX, Example
-from finetrace.progress import progress_bar
+from finetrace.train.examples import IGNORE_INDEX, Example
 
 
 @dataclass(frozen=True)

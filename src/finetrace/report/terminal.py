@@ -9,7 +9,7 @@ from rich.table import Table
 from finetrace.adl.decode import TokenScore
 from finetrace.adl.diff import DiffResult
 from finetrace.audit import AuditResult
-from finetrace.forget import ForgetResult
+from finetrace.evals.forget import ForgetResult
 
 SHOWN_TOKENS = 12
 SHOWN_FACTS = 5

@@ -10,17 +10,17 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from finetrace._util.fingerprints import environment
+from finetrace._util.outputs import check_output_dir, write_json
+from finetrace._util.progress import progress_bar
+from finetrace._util.timing import Stopwatch
 from finetrace.corpus import iter_sourced_texts
 from finetrace.errors import FinetraceError, require
 from finetrace.evals.drift import DriftConfig, DriftResult, measure_drift
 from finetrace.evals.facts import ClozeFact, FactScore, read_facts, score_facts
 from finetrace.evals.flips import FlipMatrix, flip_matrix
-from finetrace.fingerprints import environment
-from finetrace.models import DTYPES, resolve_device
-from finetrace.outputs import check_output_dir, write_json
-from finetrace.pair import ModelPair, load_pair
-from finetrace.progress import progress_bar
-from finetrace.timing import Stopwatch
+from finetrace.models.load import DTYPES, resolve_device
+from finetrace.models.pair import ModelPair, load_pair
 
 SCHEMA_VERSION = 1
 RESULT_NAME = "forget.json"

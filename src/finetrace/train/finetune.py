@@ -19,12 +19,12 @@ from typing import Any, NamedTuple
 import peft
 import torch
 
+from finetrace._util.fingerprints import environment, file_sha256, weights_sha256
+from finetrace._util.outputs import check_output_dir, recover_dir, refuse_overlap, staged_dir, write_json
 from finetrace.corpus import Record, read_records, read_texts
 from finetrace.errors import FinetraceError, require
 from finetrace.evals.facts import COMMON_FACTS
-from finetrace.examples import Example, build_examples, pack
-from finetrace.fingerprints import environment, file_sha256, weights_sha256
-from finetrace.models import (
+from finetrace.models.load import (
     DTYPES,
     load_model,
     load_tokenizer,
@@ -33,10 +33,10 @@ from finetrace.models import (
     resolve_dtype,
     weights_digest,
 )
-from finetrace.outputs import check_output_dir, recover_dir, refuse_overlap, staged_dir, write_json
 from finetrace.provenance import provenance
 from finetrace.provenance.contamination import evaluation_sets
-from finetrace.training import TrainConfig, TrainingRun, mean_loss, train
+from finetrace.train.examples import Example, build_examples, pack
+from finetrace.train.loop import TrainConfig, TrainingRun, mean_loss, train
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "provenance.json"

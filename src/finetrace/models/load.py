@@ -16,8 +16,8 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from finetrace._util.fingerprints import file_sha256
 from finetrace.errors import FinetraceError
-from finetrace.fingerprints import file_sha256
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -234,7 +234,7 @@ def _attribute(root: nn.Module, path: str) -> nn.Module | None:
     except AttributeError:
         raise FinetraceError(
             f"{type(root).__name__} has no {path} in transformers {transformers.__version__}; "
-            f"update its entry in finetrace.residual.ARCHITECTURES to the module's new name"
+            f"update its entry in finetrace.models.residual.ARCHITECTURES to the module's new name"
         ) from None
 
 
@@ -244,6 +244,6 @@ def _unknown_message(model: nn.Module) -> str:
         f"finetrace does not know where {type(model).__name__} (model type {model_type!r}) keeps "
         f"its decoder layers and final norm; known model types: "
         f"{', '.join(sorted(ARCHITECTURES))}. "
-        f"To add it, map its model type in finetrace.residual.ARCHITECTURES to the attribute paths "
+        f"To add it, map its model type in finetrace.models.residual.ARCHITECTURES to the attribute paths "
         f"of both, e.g. Architecture('model.layers', ('model.norm',)) for a Llama-like model"
     )

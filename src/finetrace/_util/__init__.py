@@ -1,0 +1,1 @@
+"""Small shared helpers: atomic outputs, fingerprints, progress, timing, the cache directory."""

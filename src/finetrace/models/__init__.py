@@ -1,0 +1,1 @@
+"""The models: loading, the pair under comparison, its residual stream and its likelihoods."""

@@ -1,0 +1,1 @@
+"""Fine-tuning: examples from records, the training loop, `finetrace finetune`."""
