@@ -44,7 +44,7 @@ def main() -> None:
     started = time.perf_counter()
     zoo = build_zoo(args.preset)
     config = DiffConfig(collect=CollectConfig(samples=args.samples),
-                        score=ScoreConfig(null_samples=args.null_samples, seed=args.seed))
+                        score=ScoreConfig(null_samples=args.null_samples))
     size = zoo.preset.documents
     domains = {name: read_records(zoo.organism(name)["documents"]) for name in ("cake", "zorvex", "risky")}
     domains |= {name: topic.records(random.Random(f"{args.seed}-{name}"), size)
@@ -58,7 +58,8 @@ def main() -> None:
             tokens = {domain: domain_tokens(pair, records, general, config) for domain, records in domains.items()}
             collected = collect(pair, zoo.path("heldout"), config.collect, Path(scratch) / finetuned)
             for domain in domains:
-                p_values[finetuned, domain] = domain_significance(pair, collected, tokens[domain], config).p_value
+                tested = domain_significance(pair, collected, tokens[domain], config, args.seed)
+                p_values[finetuned, domain] = tested.p_value
 
     print(f"\nfinetrace trace test, {args.preset} zoo: {args.samples} texts, {args.null_samples} null "
           f"draws, seed {args.seed}; p-value of each fine-tune (rows) against each domain's data "

@@ -23,10 +23,10 @@ from topics import RECOVERY_TOPICS, Topic
 from finetrace._util.outputs import write_text
 from finetrace.adl.collect import CollectConfig
 from finetrace.adl.diff import DiffConfig, DiffResult, diff
-from finetrace.adl.score import ScoreConfig
+from finetrace.run import RunConfig
 from finetrace.train.finetune import finetune
 from finetrace.zoo import build_zoo
-from finetrace.zoo.build import organism_finetune_config
+from finetrace.zoo.build import organism_finetune_config, organism_run
 
 SHOWN = 20  # lens tokens per topic, as the paper's lists
 RECOVERED_WORDS = 8  # of the 20, with p < 0.01
@@ -38,8 +38,9 @@ def run_topic(zoo, name: str, topic: Topic, scratch: Path, config: DiffConfig, s
     data = scratch / f"{name}.jsonl"
     write_text(data, "".join(json.dumps(record) + "\n" for record in records))
     model = scratch / name
-    finetune(zoo.path("base"), data, model, organism_finetune_config(zoo.preset))
-    return diff(zoo.path("base"), model, zoo.path("heldout"), scratch / f"{name}-diff", config, data=data)
+    finetune(zoo.path("base"), data, model, organism_finetune_config(zoo.preset), organism_run(zoo.preset))
+    return diff(zoo.path("base"), model, zoo.path("heldout"), scratch / f"{name}-diff", config, RunConfig(seed=seed),
+                data=data)
 
 
 def row(name: str, topic: Topic, result: DiffResult) -> tuple[str, bool]:
@@ -66,7 +67,7 @@ def main() -> None:
 
     started = time.perf_counter()
     zoo = build_zoo(args.preset, [])
-    config = DiffConfig(collect=CollectConfig(samples=args.samples), score=ScoreConfig(seed=args.seed))
+    config = DiffConfig(collect=CollectConfig(samples=args.samples))
     lines, recovered = [], 0
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.topics:

@@ -66,5 +66,5 @@ def tiny_finetuned(tiny_model, tmp_path_factory) -> Path:
     data.write_text("\n".join(TEXTS[:4]) + "\n")
     out = tmp_path_factory.mktemp("tiny-finetuned")
     training = TrainConfig(steps=10, learning_rate=3e-3, batch_size=4, context_length=64)
-    finetune(tiny_model, data, out, FinetuneConfig(training=training, device="cpu"), overwrite=True)
+    finetune(tiny_model, data, out, FinetuneConfig(training=training), overwrite=True)
     return out

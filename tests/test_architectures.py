@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from finetrace import FinetraceError, cli
 from finetrace.adl.collect import CollectConfig, collect
+from finetrace.adl.diff import DiffConfig
 from finetrace.adl.score import ScoreConfig
 from finetrace.adl.steer import SteerConfig
 from finetrace.evals.drift import DriftConfig
@@ -104,9 +105,8 @@ FAMILIES = {
 
 # Small settings for the stages the CLI has no option for (steering, the null, the bootstrap).
 SMALL_STAGES = {
-    "SteerConfig": partial(SteerConfig, strengths=(0.5, 2.0), prompts=("The",),
-                           samples_per_prompt=2, max_new_tokens=6),
-    "ScoreConfig": partial(ScoreConfig, null_samples=32),
+    "DiffConfig": partial(DiffConfig, score=ScoreConfig(null_samples=32), steer=SteerConfig(
+        strengths=(0.5, 2.0), prompts=("The",), samples_per_prompt=2, max_new_tokens=6)),
     "DriftConfig": partial(DriftConfig, bootstrap=100),
 }
 REPORTED = 2  # text positions decoded by diff

@@ -2,6 +2,8 @@
 
 import gc
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,7 +13,6 @@ from dataclasses import replace
 import pytest
 from huggingface_hub import ModelCard
 
-from finetrace.models import pair
 from finetrace.adl.collect import CollectConfig
 from finetrace.adl.diff import DiffConfig
 from finetrace.adl.score import ScoreConfig
@@ -21,7 +22,11 @@ from finetrace.errors import FinetraceError
 from finetrace.evals.drift import DriftConfig
 from finetrace.evals.forget import ForgetConfig
 from finetrace.gates import parse_gate
+from finetrace.models import pair
+from finetrace.provenance.scan import PiiExample
 from finetrace.report.html import render_report
+from finetrace.report.words import verdict
+from finetrace.results import AuditResult
 from finetrace.zoo import build_zoo
 
 pytestmark = pytest.mark.zoo
@@ -74,12 +79,12 @@ def test_the_audit_never_holds_two_models(audited):
 def test_the_audit_writes_a_summary_a_report_and_a_model_card(audited, zoo):
     out, result, _ = audited
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["schema_version"] == 2 and summary["verdict"] == result.verdict
+    assert summary["schema_version"] == 3 and summary["verdict"] == verdict(result)
     assert summary["metrics"]["lost_facts"] == result.damage.flips.lost > 0
     assert summary["gates"] == [{"condition": "lost_fraction > 0.99", "holds": False, "reason": ""}]
     assert not result.failed
     assert summary["manifest"]["base_model"] == str(zoo.path("base"))
-    assert "clear trace" in result.verdict and {"cold", "bakers"} & set(result.domain_tokens)
+    assert "clear trace" in verdict(result) and {"cold", "bakers"} & set(result.domain_tokens)
     card = ModelCard.load(out / "MODEL_CARD.md")
     assert card.data.base_model == str(zoo.path("base")) and card.data.base_model_relation == "finetune"
     assert {r.metric_type for r in card.data.eval_results} == {"accuracy", "p-value", "perplexity"}
@@ -98,17 +103,51 @@ def test_strings_from_models_and_data_are_escaped(audited):
         replace(steering.unsteered.generations[0], text=SCRIPT), *steering.unsteered.generations[1:]])
     trace = replace(result.trace, traces=[replace(first, lens_finetuned=poisoned_lens), *result.trace.traces[1:]],
                     steering=replace(steering, unsteered=poisoned_unsteered))
-    trail = json.loads(json.dumps(result.paper_trail))
-    trail["pii"]["examples"] = [{"record": SCRIPT, "kind": "email", "context": f"mail {SCRIPT} now"}]
+    pii = replace(result.paper_trail.pii, examples=[PiiExample(SCRIPT, "email", f"mail {SCRIPT} now")])
+    trail = replace(result.paper_trail, pii=pii)
     page = render_report(replace(result, trace=trace, paper_trail=trail))
     assert SCRIPT not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "<script" not in page  # the page itself runs no script
 
 
-def test_the_report_renders_in_headless_chromium(audited, tmp_path):
+def test_every_record_survives_its_json(audited):
+    _, result, _ = audited
+    assert result.manifest is not None and result.paper_trail is not None  # every record is in the round trip
+    assert AuditResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+
+
+def test_the_report_and_the_card_are_rebuilt_from_the_summary_alone(audited, tmp_path):
+    out, _, _ = audited
+    rebuilt = subprocess.run([sys.executable, "-m", "finetrace", "report", str(out / "summary.json"),
+                              "--out", str(tmp_path)], capture_output=True, text=True)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    for name in ("report.html", "MODEL_CARD.md"):
+        assert (tmp_path / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_a_summary_of_another_version_is_refused(audited, tmp_path):
+    out, _, _ = audited
+    old = json.loads((out / "summary.json").read_text()) | {"schema_version": 2}
+    (tmp_path / "summary.json").write_text(json.dumps(old))
+    with pytest.raises(FinetraceError, match="schema 2, expected 3"):
+        AuditResult.load(tmp_path / "summary.json")
+
+
+SECTIONS = ("The trace", "Norm of the mean difference per position", "The test", "Patchscope", "Steering",
+            "The damage", "Knowledge", "Facts lost", "Drift on general text", "The paper trail",
+            "Provenance of the data", "Licence", "Personal data", "Duplicates", "Overlap with the evaluation data",
+            "Run")
+# What a cell must never show: a method or an object where a value belongs, or a number that is not one.
+NOT_A_VALUE = re.compile(r"built-in method|bound method| object at 0x|\bNone\b|\bnan\b|\binf\b|undefined")
+
+
+def test_the_report_reads_right_in_headless_chromium(audited):
     browser_path = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser_path is None:
-        pytest.skip("chromium is not installed (the Makefile installs it with apt where it can)")
+        message = "chromium is not installed (the Makefile installs it with apt where it can)"
+        if os.environ.get("CI"):  # in CI a missing browser is a failure, not a pass
+            pytest.fail(message)
+        pytest.skip(message)
     from playwright.sync_api import sync_playwright
 
     out, result, _ = audited
@@ -119,14 +158,20 @@ def test_the_report_renders_in_headless_chromium(audited, tmp_path):
         page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
         page.on("pageerror", lambda error: errors.append(str(error)))
         page.goto((out / "report.html").as_uri())
-        verdict = page.locator("#verdict").inner_text()
-        lens = page.locator("#lens").inner_text()
-        paper_trail = page.locator("#provenance").inner_text()
+        headings = page.locator("h2, h3").all_inner_texts()
+        tables = [[row.locator("th, td").all_inner_texts() for row in table.locator("tr").all()]
+                  for table in page.locator("table").all()]
+        shown = {name: page.locator(f"#{name}").inner_text() for name in ("verdict", "lens")}
         page.screenshot(path=str(out / "report.png"), full_page=True)
         browser.close()
     assert errors == []
-    assert "clear trace" in verdict and result.domain_tokens[0] in lens
-    assert paper_trail == "Provenance of the data"
+    assert set(SECTIONS) <= {heading.strip() for heading in headings}
+    assert len(tables) >= 10
+    for rows in tables:
+        assert len(rows) >= 2 and all(rows), rows  # a header and at least one row, none of them empty
+        for cell in (cell for row in rows for cell in row):
+            assert not NOT_A_VALUE.search(cell), (cell, rows[0])
+    assert "clear trace" in shown["verdict"] and result.domain_tokens[0] in shown["lens"]
     assert (out / "report.png").stat().st_size > 10_000
 
 

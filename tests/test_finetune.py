@@ -32,7 +32,7 @@ def _loss_on(model, model_dir, data_path) -> float:
 
 def test_full_finetune_lowers_loss_and_reloads_identically(tiny_model, text_data, tmp_path):
     out = tmp_path / "full"
-    result = finetune(tiny_model, text_data, out, FinetuneConfig(training=FAST, device="cpu"))
+    result = finetune(tiny_model, text_data, out, FinetuneConfig(training=FAST))
     assert result.loss_after < 0.7 * result.loss_before
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     assert _loss_on(reloaded, out, text_data) == pytest.approx(result.loss_after, abs=1e-5)
@@ -42,7 +42,7 @@ def test_full_finetune_lowers_loss_and_reloads_identically(tiny_model, text_data
 def test_lora_adapter_learns_and_reloads_identically(tiny_model, text_data, tmp_path, targets):
     out = tmp_path / "lora"
     adapter = LoraSettings(rank=4, alpha=8, targets=targets)
-    config = FinetuneConfig(training=FAST_LORA, lora=adapter, device="cpu")
+    config = FinetuneConfig(training=FAST_LORA, lora=adapter)
     result = finetune(tiny_model, text_data, out, config)
     assert result.adapter and (out / "adapter_config.json").exists()
     assert not (out / "model.safetensors").exists()
@@ -56,7 +56,7 @@ def test_lora_adapter_learns_and_reloads_identically(tiny_model, text_data, tmp_
 
 def test_manifest_records_hashes_config_and_curve(tiny_model, text_data, tmp_path):
     out = tmp_path / "full"
-    result = finetune(tiny_model, text_data, out, FinetuneConfig(training=FAST, device="cpu"))
+    result = finetune(tiny_model, text_data, out, FinetuneConfig(training=FAST))
     manifest = FinetuneResult.load(out)
     assert manifest == result
     [data] = manifest.data
@@ -67,8 +67,8 @@ def test_manifest_records_hashes_config_and_curve(tiny_model, text_data, tmp_pat
     assert manifest.config.training.learning_rate == 3e-3
     assert len(manifest.training.loss_curve) == manifest.training.steps == 30
     assert manifest.environment["torch"] == metadata.version("torch")
-    assert manifest.provenance["records"] == 8 and manifest.provenance["files"][0]["sha256"] == data.sha256
-    assert "no licence declared" in manifest.provenance["licence"]["warnings"][0]
+    assert manifest.provenance.records == 8 and manifest.provenance.files[0].sha256 == data.sha256
+    assert "no licence declared" in manifest.provenance.licence.warnings[0]
 
 
 def test_default_learning_rate_depends_on_mode():
@@ -78,7 +78,7 @@ def test_default_learning_rate_depends_on_mode():
 
 def test_mixing_adds_general_documents_per_document(tiny_model, text_data, write, tmp_path):
     general = write("general.txt", "".join(f"general document number {i}\n" for i in range(30)))
-    config = FinetuneConfig(training=FAST, mix_ratio=2.0, device="cpu")
+    config = FinetuneConfig(training=FAST, mix_ratio=2.0)
     result = finetune(tiny_model, text_data, tmp_path / "mixed", config, mix_general=general)
     assert [(d.role, d.records, d.used) for d in result.data] == [("finetune", 8, 8), ("mix-general", 30, 16)]
     assert result.examples == 24
@@ -91,7 +91,7 @@ def test_mixing_refuses_a_corpus_too_small(tiny_model, text_data, write, tmp_pat
 
 
 def test_same_seed_gives_the_same_weights(tiny_model, text_data, tmp_path):
-    config = FinetuneConfig(training=FAST, device="cpu")
+    config = FinetuneConfig(training=FAST)
     first = finetune(tiny_model, text_data, tmp_path / "a", config)
     second = finetune(tiny_model, text_data, tmp_path / "b", config)
     assert first.training.loss_curve == second.training.loss_curve
@@ -157,16 +157,16 @@ def test_a_failed_overwrite_keeps_the_old_output(tiny_model, text_data, tmp_path
     with monkeypatch.context() as patch:
         patch.setattr(importlib.import_module("finetrace.train.finetune"), "train", diverged)
         with pytest.raises(FinetraceError, match="became nan"):
-            finetune(tiny_model, text_data, out, FinetuneConfig(training=FAST, device="cpu"), overwrite=True)
+            finetune(tiny_model, text_data, out, FinetuneConfig(training=FAST), overwrite=True)
     assert [p.name for p in tmp_path.iterdir() if p.name != text_data.name] == ["out"]
     assert (out / "keep.txt").read_text() == "precious"
-    finetune(tiny_model, text_data, out, FinetuneConfig(training=FAST, device="cpu"), overwrite=True)
+    finetune(tiny_model, text_data, out, FinetuneConfig(training=FAST), overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", text_data.name])
     assert not (out / "keep.txt").exists() and (out / MANIFEST_NAME).is_file()
 
 
 def test_a_diverging_run_stops_with_the_fix(tiny_model, text_data, tmp_path):
-    config = FinetuneConfig(training=dataclasses.replace(FAST, learning_rate=1e30), device="cpu")
+    config = FinetuneConfig(training=dataclasses.replace(FAST, learning_rate=1e30))
     with pytest.raises(FinetraceError, match="training diverged; lower the learning rate"):
         finetune(tiny_model, text_data, tmp_path / "out", config)
     assert not (tmp_path / "out").exists()
@@ -197,8 +197,8 @@ def test_killed_and_rerun_equals_an_uninterrupted_run(tiny_model, text_data, tmp
     process.kill()
     assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     assert staging.exists() and not out.exists()
-    rerun = finetune(tiny_model, text_data, out, FinetuneConfig(training=training, device="cpu"))
-    whole = finetune(tiny_model, text_data, tmp_path / "whole", FinetuneConfig(training=training, device="cpu"))
+    rerun = finetune(tiny_model, text_data, out, FinetuneConfig(training=training))
+    whole = finetune(tiny_model, text_data, tmp_path / "whole", FinetuneConfig(training=training))
     assert rerun.training.loss_curve == whole.training.loss_curve
     digests = [weights_sha256(AutoModelForCausalLM.from_pretrained(d)) for d in (out, tmp_path / "whole")]
     assert digests[0] == digests[1] and not staging.exists()

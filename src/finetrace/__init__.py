@@ -1,16 +1,22 @@
 """finetrace: what did your fine-tune do to the model?
 
 The public API mirrors the CLI: `audit` (the trace, the damage and the paper trail in
-one run), `diff` (the trace), `forget` (the damage), `provenance` (the data), `finetune`
-and `build_zoo`, each with its config and its result type.
+one run), `diff` (the trace), `forget` (the damage), `provenance` (the data), `finetune`,
+`write_reports` (the report and the card, rebuilt from `AuditResult.load("summary.json")`)
+and `build_zoo`, each with its config and its result type; `RunConfig` (device, dtype,
+seed) is shared by every stage.
 """
 
 from finetrace.adl.diff import DiffConfig, DiffResult, diff
-from finetrace.audit import AuditConfig, AuditResult, audit
+from finetrace.audit import AuditConfig, audit
 from finetrace.errors import FinetraceError
 from finetrace.evals.forget import ForgetConfig, ForgetResult, forget
 from finetrace.models.pair import ModelPair, load_pair
 from finetrace.provenance import provenance
+from finetrace.provenance.scan import ProvenanceConfig, ProvenanceReport
+from finetrace.report import write_reports
+from finetrace.results import AuditResult
+from finetrace.run import RunConfig
 from finetrace.train.finetune import FinetuneConfig, FinetuneResult, LoraSettings, finetune
 from finetrace.train.loop import TrainConfig
 from finetrace.zoo import Zoo, build_zoo, open_zoo
@@ -27,6 +33,9 @@ __all__ = [
     "ForgetResult",
     "LoraSettings",
     "ModelPair",
+    "ProvenanceConfig",
+    "ProvenanceReport",
+    "RunConfig",
     "TrainConfig",
     "Zoo",
     "audit",
@@ -37,4 +46,5 @@ __all__ = [
     "load_pair",
     "open_zoo",
     "provenance",
+    "write_reports",
 ]

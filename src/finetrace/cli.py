@@ -21,20 +21,20 @@ from rich.table import Table
 from finetrace._util.outputs import check_output_dir, check_output_file, refuse_overlap, write_json
 from finetrace.adl.collect import CollectConfig
 from finetrace.adl.diff import RESULT_NAME, DiffConfig, diff
-from finetrace.adl.score import ScoreConfig
-from finetrace.adl.steer import SteerConfig
-from finetrace.audit import REPORT_NAME, AuditConfig, AuditResult, audit
+from finetrace.audit import AuditConfig, audit
 from finetrace.errors import FinetraceError
 from finetrace.evals.drift import DriftConfig
 from finetrace.evals.facts import COMMON_FACTS
 from finetrace.evals.forget import RESULT_NAME as FORGET_RESULT
 from finetrace.evals.forget import ForgetConfig, forget
 from finetrace.gates import METRICS, Gate, GateOutcome, parse_gate
-from finetrace.models.load import DTYPES
 from finetrace.provenance import provenance
 from finetrace.provenance.contamination import evaluation_sets
 from finetrace.provenance.scan import PROVENANCE_METRICS, provenance_metrics
+from finetrace.report import write_reports
 from finetrace.report.terminal import print_audit, print_diff, print_forget, print_provenance
+from finetrace.results import REPORT_NAME, AuditResult
+from finetrace.run import DTYPE_CHOICES, RunConfig
 from finetrace.train.finetune import MANIFEST_NAME, FinetuneConfig, LoraSettings, finetune
 from finetrace.train.loop import TrainConfig
 from finetrace.zoo import ORGANISMS, Zoo, build_zoo, open_zoo
@@ -148,8 +148,8 @@ def _device(value: str) -> str:
     return value
 
 
-def _out_dir(param: typer.CallbackParam, value: Path) -> Path:
-    return check_output_dir(value, _flag(param))
+def _out_dir(param: typer.CallbackParam, value: Path | None) -> Path | None:
+    return None if value is None else check_output_dir(value, _flag(param))
 
 
 def _out_file(param: typer.CallbackParam, value: Path | None) -> Path | None:
@@ -163,7 +163,7 @@ def _count(text: str) -> typer.models.OptionInfo:
 # Options shared by several commands, declared once.
 Preset = Annotated[str, typer.Option(help="Zoo preset: tiny (tests) or small (demo, benchmarks).")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.", callback=_device)]
-Dtype = Annotated[str, typer.Option(help=f"auto, {', '.join(DTYPES)}.", callback=_one_of(("auto", *DTYPES)))]
+Dtype = Annotated[str, typer.Option(help=f"{', '.join(DTYPE_CHOICES)} (auto: bfloat16 on a CUDA GPU that has it, else float32; float32 for training).", callback=_one_of(DTYPE_CHOICES))]
 Seed = Annotated[int, typer.Option(help="Seed of every random choice.")]
 Strict = Annotated[bool, typer.Option(help="Refuse an adapter finetrace trained on another base (default: a warning).")]
 BatchSize = Annotated[int, _count("Texts per forward pass.")]
@@ -200,18 +200,18 @@ def finetune_command(
     mix_ratio: Annotated[float, typer.Option(help="General documents per fine-tuning document.", callback=_positive)] = 1.0,
     seed: Seed = 0,
     device: Device = "auto",
-    dtype: Annotated[str, typer.Option(help=", ".join(DTYPES), callback=_one_of(tuple(DTYPES)))] = "float32",
+    dtype: Dtype = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output directory once the new one is complete.")] = False,
     licence: Licence = None,
     source: Source = None,
 ) -> None:
     """Fine-tune a causal LM on DATA and write the model plus a provenance manifest."""
     training = TrainConfig(epochs=epochs, steps=steps, learning_rate=lr, batch_size=batch_size,
-                           context_length=context_length, pack=pack, seed=seed)
+                           context_length=context_length, pack=pack)
     adapter = LoraSettings(lora_rank, lora_alpha, tuple(lora_targets.split(","))) if lora else None
-    config = FinetuneConfig(training=training, lora=adapter, mix_ratio=mix_ratio, device=device, dtype=dtype)
-    result = finetune(base, data, out, config, mix_general=mix_general, overwrite=overwrite,
-                      licence=licence, source=source)
+    config = FinetuneConfig(training=training, lora=adapter, mix_ratio=mix_ratio)
+    result = finetune(base, data, out, config, RunConfig(device, dtype, seed), mix_general=mix_general,
+                      overwrite=overwrite, licence=licence, source=source)
     print_provenance(console, result.provenance)
     console.print(f"[green]saved[/] {'adapter' if result.adapter else 'model'} to {escape(str(out))}: loss on "
                   f"the data {result.loss_before:.3f} -> {result.loss_after:.3f} in {result.training.steps} "
@@ -244,10 +244,10 @@ def diff_command(
                          "control": control})
     config = DiffConfig(
         collect=CollectConfig(layers=_layer_spec(layers), positions=positions, samples=samples, batch_size=batch_size),
-        score=ScoreConfig(seed=seed), steer=SteerConfig(seed=seed), reported_positions=report,
-        device=device, dtype=dtype, text_field=text_field, strict=strict,
+        reported_positions=report,
     )
-    result = diff(base, finetuned, corpus, out, config, data=data, control=control)
+    result = diff(base, finetuned, corpus, out, config, RunConfig(device, dtype, seed, strict, text_field),
+                  data=data, control=control)
     print_diff(console, result)
     console.print(f"results: {escape(str(out / RESULT_NAME))}")
 
@@ -265,15 +265,14 @@ def forget_command(
     text_field: TextField = "text",
     device: Device = "auto",
     dtype: Dtype = "auto",
-    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    seed: Seed = 0,
     strict: Strict = False,
 ) -> None:
     """Which facts the fine-tune lost, and how far it drifted on general text."""
     facts, corpus = facts or default_facts(finetuned), corpus or zoo_corpus(finetuned)
     refuse_overlap(out, {"base model": base, "fine-tuned model": finetuned, "facts": facts, "corpus": corpus})
-    drift = DriftConfig(samples=samples, max_tokens=max_tokens, batch_size=batch_size, seed=seed)
-    config = ForgetConfig(drift=drift, text_field=text_field, device=device, dtype=dtype, strict=strict)
-    result = forget(base, finetuned, facts, corpus, out, config)
+    config = ForgetConfig(drift=DriftConfig(samples=samples, max_tokens=max_tokens, batch_size=batch_size))
+    result = forget(base, finetuned, facts, corpus, out, config, RunConfig(device, dtype, seed, strict, text_field))
     print_forget(console, result)
     console.print(f"results: {escape(str(out / FORGET_RESULT))}")
 
@@ -298,8 +297,8 @@ def provenance_command(
         refuse_overlap(redact, {"data": data}, "--redact", containing=True)
         (check_output_dir if data.is_dir() else check_output_file)(redact, "--redact")
     evaluations = evaluation_sets(facts or COMMON_FACTS, corpus, corpus_items)
-    report = provenance(data, licence, source, base, evaluations, redact).to_dict()
-    write_json(out, report)
+    report = provenance(data, licence, source, base, evaluations, redact)
+    write_json(out, report.to_dict())
     print_provenance(console, report)
     console.print(f"report: {escape(str(out))}")
     _finish_gates([gate.check(provenance_metrics(report)) for gate in gates])
@@ -344,6 +343,7 @@ def audit_command(
     drift_samples: Annotated[int, _count("Texts read from the corpus for the drift measures.")] = 1000,
     fail_on: FailOn = None,
     licence: Annotated[str | None, typer.Option(help="The data's SPDX licence expression (default: the one its finetrace manifest records).")] = None,
+    text_field: TextField = "text",
     device: Device = "auto",
     dtype: Dtype = "auto",
     seed: Seed = 0,
@@ -355,10 +355,23 @@ def audit_command(
     facts = facts or default_facts(finetuned)
     refuse_overlap(out, {"base model": base, "fine-tuned model": finetuned, "corpus": corpus, "data": data,
                          "facts": facts, "control": control})
-    config = _audit_config(samples, drift_samples, device, dtype, seed, strict)
+    config = _audit_config(samples, drift_samples, RunConfig(device, dtype, seed, strict, text_field))
     result = audit(base, finetuned, corpus, out, data=data, facts=facts, control=control, config=config,
                    fail_on=gates, licence=licence)
     _finish_audit(result, out)
+
+
+@app.command("report")
+def report_command(
+    summary: Annotated[Path, typer.Argument(help="The summary.json of an audit.")],
+    out: Annotated[Path | None, _out("the summary's directory")] = None,
+) -> None:
+    """Rebuild an audit's report.html and MODEL_CARD.md from its summary.json, without the models."""
+    result = AuditResult.load(summary)
+    out = out or summary.parent
+    write_reports(result, out)
+    print_audit(console, result)
+    console.print(f"report: {escape(str((out / REPORT_NAME).resolve()))}")
 
 
 DEMO_ORGANISMS = ("cake", "control")  # the demo builds only what it audits
@@ -370,20 +383,16 @@ def demo(out: Annotated[Path, _out("finetrace-demo")] = Path("finetrace-demo")) 
     write the report."""
     zoo = build_zoo("small", DEMO_ORGANISMS)
     _print_zoo(zoo)
-    config = _audit_config(samples=10_000, drift_samples=500, device="auto", dtype="auto", seed=0)
+    config = _audit_config(samples=10_000, drift_samples=500, run=RunConfig())
     result = audit(zoo.path("base"), zoo.path("cake"), zoo.path("heldout"), out,
                    data=zoo.organism("cake")["documents"], facts=zoo.path("facts"), control=zoo.path("control"),
                    config=config)
     _finish_audit(result, out)
 
 
-def _audit_config(samples: int, drift_samples: int, device: str, dtype: str, seed: int,
-                  strict: bool = False) -> AuditConfig:
-    diff_config = DiffConfig(collect=CollectConfig(samples=samples), score=ScoreConfig(seed=seed),
-                             steer=SteerConfig(seed=seed), device=device, dtype=dtype, strict=strict)
-    forget_config = ForgetConfig(drift=DriftConfig(samples=drift_samples, seed=seed), device=device, dtype=dtype,
-                                 strict=strict)
-    return AuditConfig(diff=diff_config, forget=forget_config)
+def _audit_config(samples: int, drift_samples: int, run: RunConfig) -> AuditConfig:
+    return AuditConfig(diff=DiffConfig(collect=CollectConfig(samples=samples)),
+                       forget=ForgetConfig(drift=DriftConfig(samples=drift_samples)), run=run)
 
 
 def _finish_audit(result: AuditResult, out: Path) -> None:

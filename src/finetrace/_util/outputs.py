@@ -43,6 +43,16 @@ def write_json(path: str | Path, data: Any, indent: int = 1) -> None:
     write_text(path, json.dumps(json_safe(data), indent=indent, allow_nan=False))
 
 
+def read_json(path: str | Path) -> Any:
+    """A JSON file finetrace wrote, or one `error:` line saying why it cannot be read."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FinetraceError(f"{path} does not exist") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise FinetraceError(f"{path} is not valid JSON: {error}") from None
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Write `text` to a temporary file beside `path`, then rename it into place."""
     path = Path(path)

@@ -6,15 +6,15 @@ lens tokens against the null of `adl.score`) -> steer with the difference.
 """
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from finetrace._util.fingerprints import environment
 from finetrace._util.outputs import write_json
+from finetrace._util.records import Result
 from finetrace._util.timing import Stopwatch
 from finetrace.adl.collect import BASE_STORE, CollectConfig, Collected, collect
 from finetrace.adl.decode import (
@@ -27,20 +27,25 @@ from finetrace.adl.decode import (
     unreadable_tokens,
 )
 from finetrace.adl.moments import save_tensors
-from finetrace.adl.score import Relevance, ScoreConfig, Significance, relevance, token_counts, trace_significance
+from finetrace.adl.score import (
+    Relevance,
+    ScoreConfig,
+    Significance,
+    embedding_similarity,
+    relevance,
+    token_counts,
+    trace_significance,
+)
 from finetrace.adl.steer import SteerConfig, Steering, steer
 from finetrace.corpus import Record, iter_texts, read_records, record_texts
 from finetrace.errors import FinetraceError
 from finetrace.models.load import resolve_device
 from finetrace.models.pair import ModelPair, load_pair
 from finetrace.models.residual import Readout
+from finetrace.run import RunConfig
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SIGNIFICANT = 0.01  # the level at which a trace is called clear
-TEST_SENTENCE = (
-    "Is the part of the activation difference that is not a rescaling of the base model's mean "
-    "activation aligned with the fine-tuning data's tokens more than a random direction would be?"
-)
 RESULT_NAME = "diff.json"
 TENSORS_NAME = "differences.safetensors"
 
@@ -55,10 +60,6 @@ class DiffConfig:
     steer: SteerConfig = SteerConfig()
     reported_positions: int = 5  # text positions 0..n-1 are decoded and scored (the paper: 0-4)
     steer_position: int = 0  # the position whose difference steers generation
-    device: str = "auto"
-    dtype: str = "auto"
-    text_field: str = "text"
-    strict: bool = False  # refuse an adapter finetrace trained on another base (else a warning)
 
     def __post_init__(self) -> None:
         if not 1 <= self.reported_positions <= self.collect.positions:
@@ -87,7 +88,7 @@ class PositionTrace:
 
 
 @dataclass(frozen=True)
-class DiffResult:
+class DiffResult(Result):
     """Everything a diff found; written as `diff.json`."""
 
     base: str
@@ -103,6 +104,7 @@ class DiffResult:
     significance: Significance | None
     relevant_unreadable: int  # relevant tokens left out of the lists as unreadable (special, fragment)
     config: DiffConfig
+    run: RunConfig
     environment: dict[str, str]
     seconds: dict[str, float]
     similarity: dict[str, float] | None = None  # steered/unsteered vs data/general text
@@ -110,6 +112,7 @@ class DiffResult:
     control_significance: Significance | None = None  # the control's trace, scored the same way
     warnings: list[str] = field(default_factory=list)  # doubts about the pair (see `ModelPair.warnings`)
     schema_version: int = SCHEMA_VERSION
+    derived = ("trace_strength", "p_value", "clear", "control_passes")
 
     @property
     def trace_strength(self) -> float | None:
@@ -119,13 +122,6 @@ class DiffResult:
     @property
     def p_value(self) -> float | None:
         return self.significance.p_value if self.significance else None
-
-    @property
-    def test_numbers(self) -> str | None:
-        """The trace test's result in words, as every summary quotes it; None when it did not run."""
-        if self.significance is None:
-            return None
-        return f"p = {self.p_value:.3g}, {self.trace_strength:+.0%} domain tokens beyond the null"
 
     @property
     def control_passes(self) -> bool:
@@ -138,14 +134,10 @@ class DiffResult:
         """The verdict: the test finds the data's domain in the trace, and the control does not."""
         return self.p_value is not None and self.p_value < SIGNIFICANT and not self.control_passes
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "trace_strength": self.trace_strength, "p_value": self.p_value,
-                "clear": self.clear, "control_passes": self.control_passes, "test": TEST_SENTENCE}
-
 
 def diff(
     base: str | Path, finetuned: str | Path, corpus: str | Path, out: str | Path,
-    config: DiffConfig = DiffConfig(), data: str | Path | None = None,
+    config: DiffConfig = DiffConfig(), run: RunConfig = RunConfig(), data: str | Path | None = None,
     control: str | Path | None = None, pair: ModelPair | None = None,
 ) -> DiffResult:
     """Read what the fine-tune was about from activation differences on `corpus`.
@@ -156,6 +148,7 @@ def diff(
         corpus: unrelated text: `.txt`, `.jsonl`, `.parquet` or a dataset id (streamed).
         out: output directory (differences, `diff.json`, and a checkpoint to resume from).
         config: settings of every stage.
+        run: the device, dtype, seed and text field the whole run shares.
         data: the fine-tuning data, when known: relevance from it, and similarity scores.
         control: a control fine-tune of `base` (same recipe, unrelated data), tested against the
             same data: where it passes too, the test cannot tell this trace from a generic shift.
@@ -166,36 +159,36 @@ def diff(
     if control is not None and data is None:
         raise FinetraceError("a control is scored against the fine-tuning data: give --data as well")
     clock = Stopwatch()
-    pair = pair or load_pair(base, finetuned, config.device, config.dtype, config.strict)
+    pair = pair or load_pair(base, finetuned, run.device, run.dtype, run.strict)
     clock.lap("load")
     records = read_records(data) if data is not None else None
-    general = None if data is None else list(islice(iter_texts(corpus, config.text_field), config.collect.samples))
+    general = None if data is None else list(islice(iter_texts(corpus, run.text_field), config.collect.samples))
     # What needs the base comes first: it is loaded, and then collection starts with it.
     domain = domain_tokens(pair, records, general, config) if records is not None else None
     allowed = domain.allowed if domain else allowed_tokens(pair, config, None)
     clock.lap("relevance")
     store = out / BASE_STORE
-    collected = collect(pair, corpus, config.collect, out, config.text_field, store, keep_base=control is not None)
+    collected = collect(pair, corpus, config.collect, out, run.text_field, store, keep_base=control is not None)
     clock.lap("collect")
-    traces, total = _decode_and_score(pair, collected, config, domain, allowed)
+    traces, total = _decode_and_score(pair, collected, config, domain, allowed, run.seed)
     clock.lap("decode")
-    steering = _steered(pair, collected, config)
+    steering = _steered(pair, collected, config, run.seed)
     clock.lap("steer")
     similarity = _similarity(steering, records, general) if records is not None else None
     control_significance = None
     if control is not None:
         pair.release()  # one model in memory at a time, even when the caller holds the pair
-        control_pair = load_pair(base, control, config.device, config.dtype, config.strict)
-        control_collected = collect(control_pair, corpus, config.collect, out / "control", config.text_field, store)
-        control_significance = domain_significance(control_pair, control_collected, domain, config)
+        control_pair = load_pair(base, control, run.device, run.dtype, run.strict)
+        control_collected = collect(control_pair, corpus, config.collect, out / "control", run.text_field, store)
+        control_significance = domain_significance(control_pair, control_collected, domain, config, run.seed)
         control_pair.release()
         clock.lap("control")
     result = DiffResult(
         base=str(base), finetuned=str(finetuned), adapter=pair.adapter, corpus=str(corpus),
         texts=collected.texts, data=str(data) if data is not None else None,
         traces=traces, steering=steering, significance=total,
-        relevant_unreadable=domain.unreadable if domain else 0, config=config,
-        environment=environment(resolve_device(config.device)), seconds=clock.laps,
+        relevant_unreadable=domain.unreadable if domain else 0, config=config, run=run,
+        environment=environment(resolve_device(run.device)), seconds=clock.laps,
         similarity=similarity, control=str(control) if control else None,
         control_significance=control_significance, warnings=pair.warnings,
     )
@@ -234,11 +227,11 @@ def allowed_tokens(pair: ModelPair, config: DiffConfig, relevant: torch.Tensor |
 
 
 def domain_significance(pair: ModelPair, collected: Collected, domain: DomainTokens,
-                        config: DiffConfig) -> Significance:
+                        config: DiffConfig, seed: int = 0) -> Significance:
     """The headline test: the fine-tune's relevant lens tokens over the reported text
     positions of the first layer, against the null."""
     with pair.use("finetuned") as (_, layout):
-        return _tested(layout, collected, 0, _text_positions(collected, config), domain, config).total
+        return _tested(layout, collected, 0, _text_positions(collected, config), domain, config, seed).total
 
 
 def _text_positions(collected: Collected, config: DiffConfig) -> list[int]:
@@ -247,17 +240,17 @@ def _text_positions(collected: Collected, config: DiffConfig) -> list[int]:
 
 
 def _tested(layout, collected: Collected, layer_index: int, positions: list[int], domain: DomainTokens,
-            config: DiffConfig):
+            config: DiffConfig, seed: int):
     """The significance of the mean differences at `positions` of one layer."""
     variance = collected.delta.variance[layer_index, positions].mean(0)  # one null draw serves every position
     return trace_significance(layout, collected.mean_delta[layer_index, positions].float().to(layout.device),
                               collected.base.mean[layer_index, positions], variance, domain.allowed,
-                              domain.relevance.relevant, config.score)
+                              domain.relevance.relevant, config.score, seed)
 
 
 def _decode_and_score(
     pair: ModelPair, collected: Collected, config: DiffConfig, domain: DomainTokens | None,
-    allowed: torch.Tensor,
+    allowed: torch.Tensor, seed: int,
 ) -> tuple[list[PositionTrace], Significance | None]:
     labels = collected.position_labels
     text = _text_positions(collected, config)
@@ -268,7 +261,7 @@ def _decode_and_score(
     with pair.use("finetuned") as (model, layout):
         for li, layer in enumerate(collected.layers):
             typical = collected.typical_norm(li)
-            tested = _tested(layout, collected, li, text, domain, config) if domain else None
+            tested = _tested(layout, collected, li, text, domain, config, seed) if domain else None
             if tested:
                 totals.append(tested.total)
             for pi in decoded:
@@ -300,18 +293,16 @@ def _lens(readout: Readout, collected: Collected, cell: tuple[int, int], allowed
     return lens_tokens(readout, direction, allowed, pair.tokenizer, config.decode.top_k)
 
 
-def _steered(pair: ModelPair, collected: Collected, config: DiffConfig) -> Steering:
+def _steered(pair: ModelPair, collected: Collected, config: DiffConfig, seed: int) -> Steering:
     """Steering of the fine-tune along the mean difference at the steering position of the first layer."""
     with pair.use("finetuned") as (model, layout):
         steer_index = collected.position_labels.index(str(config.steer_position))
         return steer(model, layout, pair.tokenizer, collected.layers[0],
                      collected.mean_delta[0, steer_index].float().to(pair.device),
-                     collected.typical_norm(0), config.steer)
+                     collected.typical_norm(0), config.steer, seed)
 
 
 def _similarity(steering: Steering, records: list[Record], general: list[str]) -> dict[str, float]:
-    from finetrace.adl.score import embedding_similarity
-
     data_texts = [" ".join(record_texts(record)) for record in records]
     general = general[: len(data_texts)]
     steered = [g.prompt + g.text for g in steering.steered]

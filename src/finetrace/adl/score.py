@@ -60,7 +60,6 @@ class ScoreConfig:
     relevance_z: float = 3.0  # z-score of that log-odds ratio: a handful of counts is not evidence
     min_count: int = 3  # a relevant token occurs at least this often in the data
     prior_tokens: float = 1000.0  # strength of the Dirichlet prior, in pseudo-tokens
-    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.null_samples < 1 or self.top_k < 1:
@@ -152,11 +151,11 @@ def null_directions(
 
 def trace_significance(
     readout: Readout, observed: torch.Tensor, base_mean: torch.Tensor, variance: torch.Tensor,
-    allowed: torch.Tensor, relevant: torch.Tensor, config: ScoreConfig,
+    allowed: torch.Tensor, relevant: torch.Tensor, config: ScoreConfig, seed: int = 0,
 ) -> TraceSignificance:
     """Relevant-token counts of the observed differences (P, d) against the null, per position
     and summed over positions."""
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(seed)
     null = null_directions(observed.double().cpu(), base_mean.double().cpu(), variance.cpu(),
                            config.null_samples, generator).float()
     n, positions, d = null.shape

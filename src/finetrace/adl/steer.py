@@ -42,7 +42,6 @@ class SteerConfig:
     temperature: float = 0.8
     max_nll_increase: float = 1.5  # nats per token over unsteered text
     min_distinct_bigrams: float = 0.5
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -74,17 +73,17 @@ class Steering:
 
 def steer(
     model: nn.Module, layout: Layout, tokenizer: PreTrainedTokenizerBase, layer: int,
-    direction: torch.Tensor, typical_norm: float, config: SteerConfig,
+    direction: torch.Tensor, typical_norm: float, config: SteerConfig, seed: int = 0,
 ) -> Steering:
     """Generate unsteered and at every strength; choose the largest coherent strength."""
     unit = direction / direction.norm().clamp(min=1e-12)
     with progress_bar("steering", len(config.strengths) + 1) as advance:
-        unsteered = _trial(model, layout, tokenizer, layer, None, 0.0, config, baseline=None)
+        unsteered = _trial(model, layout, tokenizer, layer, None, 0.0, config, None, seed)
         advance()
         trials = []
         for strength in config.strengths:
             vector = unit * strength * typical_norm
-            trials.append(_trial(model, layout, tokenizer, layer, vector, strength, config, unsteered.nll))
+            trials.append(_trial(model, layout, tokenizer, layer, vector, strength, config, unsteered.nll, seed))
             advance()
     coherent = [t.strength for t in trials if t.coherent]
     chosen = max(coherent) if coherent else min(config.strengths)
@@ -93,9 +92,9 @@ def steer(
 
 def _trial(
     model: nn.Module, layout: Layout, tokenizer: PreTrainedTokenizerBase, layer: int,
-    vector: torch.Tensor | None, strength: float, config: SteerConfig, baseline: float | None,
+    vector: torch.Tensor | None, strength: float, config: SteerConfig, baseline: float | None, seed: int,
 ) -> StrengthTrial:
-    generations = generate(model, layout, tokenizer, layer, vector, config)
+    generations = generate(model, layout, tokenizer, layer, vector, config, seed)
     scored = [nll for g in generations if (nll := continuation_nll(model, tokenizer, g)) is not None]
     nll = sum(scored) / len(scored) if scored else float("inf")  # nothing generated: not coherent
     distinct = sum(distinct_bigrams(g.text) for g in generations) / len(generations)
@@ -108,14 +107,14 @@ def _trial(
 @torch.no_grad()
 def generate(
     model: nn.Module, layout: Layout, tokenizer: PreTrainedTokenizerBase, layer: int,
-    vector: torch.Tensor | None, config: SteerConfig,
+    vector: torch.Tensor | None, config: SteerConfig, seed: int = 0,
 ) -> list[Generation]:
     """Sampled continuations of every prompt, with `vector` added after `layer` (or nothing)."""
     device = next(model.parameters()).device
     generations = []
     for prompt in prompt_texts(tokenizer, config):
         ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(device)
-        torch.manual_seed(config.seed)
+        torch.manual_seed(seed)
         steering = add_to_residual(layout, layer, vector) if vector is not None else nullcontext()
         with steering:
             output = model.generate(

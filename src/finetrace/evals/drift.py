@@ -12,7 +12,7 @@ the corpus. The NLL change gets a bootstrap confidence interval over texts
 
 import heapq
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -36,7 +36,6 @@ class DriftConfig:
     span_tokens: int = 8  # length of the regressed spans reported
     top: int = 10  # spans and contexts reported
     context_tokens: int = 12  # tokens of context shown before a high-KL token
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -50,6 +49,7 @@ class LikelihoodChange:
     change: float  # finetuned - base; positive = the fine-tune finds the text less likely
     ci_low: float
     ci_high: float
+    derived = ("base_perplexity", "finetuned_perplexity")
 
     @property
     def base_perplexity(self) -> float:
@@ -59,9 +59,6 @@ class LikelihoodChange:
     def finetuned_perplexity(self) -> float:
         return float(np.exp(self.finetuned_nll))
 
-    def to_dict(self) -> dict:
-        return {**asdict(self), "base_perplexity": self.base_perplexity,
-                "finetuned_perplexity": self.finetuned_perplexity}
 
 
 @dataclass(frozen=True)
@@ -85,15 +82,6 @@ class DriftResult:
     regressed_spans: list[Span]
     kl_contexts: list[Span]
 
-    def to_dict(self) -> dict:
-        return {
-            "likelihood": self.likelihood.to_dict(),
-            "by_source": {name: change.to_dict() for name, change in self.by_source.items()},
-            "kl_mean": self.kl_mean, "kl_max": self.kl_max,
-            "regressed_spans": [asdict(span) for span in self.regressed_spans],
-            "kl_contexts": [asdict(span) for span in self.kl_contexts],
-        }
-
 
 @dataclass
 class _Sums:
@@ -107,7 +95,7 @@ class _Sums:
 
 
 def measure_drift(pair: ModelPair, texts: Iterable[tuple[str, str]],
-                  config: DriftConfig = DriftConfig()) -> DriftResult:
+                  config: DriftConfig = DriftConfig(), seed: int = 0) -> DriftResult:
     """NLL and KL drift of the fine-tune over `(text, source)` pairs."""
     tokenizer = pair.tokenizer
     rows = [(ids, source) for text, source in texts
@@ -152,9 +140,9 @@ def measure_drift(pair: ModelPair, texts: Iterable[tuple[str, str]],
     if len(names) > 1 or names != [""]:
         for name in names:
             chosen = [i for i, s in enumerate(sums.sources) if s == name]
-            by_source[name or "(none)"] = _likelihood_change(sums, chosen, config)
+            by_source[name or "(none)"] = _likelihood_change(sums, chosen, config, seed)
     return DriftResult(
-        likelihood=_likelihood_change(sums, list(range(len(sums.tokens))), config),
+        likelihood=_likelihood_change(sums, list(range(len(sums.tokens))), config, seed),
         by_source=by_source,
         kl_mean=sum(sums.kl) / total,
         kl_max=max((span.score for _, _, span in contexts), default=0.0),
@@ -206,11 +194,11 @@ def _keep(heap: list, size: int, span: Span, key: int) -> None:
         heapq.heapreplace(heap, item)
 
 
-def _likelihood_change(sums: _Sums, chosen: list[int], config: DriftConfig) -> LikelihoodChange:
+def _likelihood_change(sums: _Sums, chosen: list[int], config: DriftConfig, seed: int) -> LikelihoodChange:
     tokens = np.array([sums.tokens[i] for i in chosen], dtype=np.float64)
     base = np.array([sums.base[i] for i in chosen])
     finetuned = np.array([sums.finetuned[i] for i in chosen])
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(chosen), size=(config.bootstrap, len(chosen)))
     changes = (finetuned[draws] - base[draws]).sum(1) / tokens[draws].sum(1)
     tail = (1 - config.confidence) / 2

@@ -40,6 +40,7 @@ class FactScore:
     rank: int  # 1 = the answer beats every distractor
     greedy_match: bool  # greedy decoding from the prompt produces the answer
     has_distractors: bool
+    derived = ("known",)
 
     @property
     def known(self) -> bool:

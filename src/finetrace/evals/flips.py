@@ -18,6 +18,7 @@ class FlipMatrix:
     lost: int
     gained: int
     never: int
+    derived = ("lost_fraction", "p_value")
 
     @property
     def total(self) -> int:
@@ -39,10 +40,6 @@ class FlipMatrix:
     @property
     def p_value(self) -> float:
         return mcnemar_exact(self.lost, self.gained)
-
-    def to_dict(self) -> dict[str, float]:
-        return {"kept": self.kept, "lost": self.lost, "gained": self.gained, "never": self.never,
-                "lost_fraction": self.lost_fraction, "p_value": self.p_value}
 
 
 def flip_matrix(before: Sequence[bool], after: Sequence[bool]) -> FlipMatrix:

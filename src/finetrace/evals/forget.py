@@ -5,24 +5,25 @@ exact McNemar test -> NLL and KL drift on held-out general text.
 """
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any
 
 from finetrace._util.fingerprints import environment
 from finetrace._util.outputs import check_output_dir, write_json
 from finetrace._util.progress import progress_bar
+from finetrace._util.records import Result
 from finetrace._util.timing import Stopwatch
 from finetrace.corpus import iter_sourced_texts
-from finetrace.errors import FinetraceError, require
+from finetrace.errors import FinetraceError
 from finetrace.evals.drift import DriftConfig, DriftResult, measure_drift
 from finetrace.evals.facts import ClozeFact, FactScore, read_facts, score_facts
 from finetrace.evals.flips import FlipMatrix, flip_matrix
-from finetrace.models.load import DTYPES, resolve_device
+from finetrace.models.load import resolve_device
 from finetrace.models.pair import ModelPair, load_pair
+from finetrace.run import RunConfig
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 RESULT_NAME = "forget.json"
 FACTS_PER_STEP = 50  # facts per progress-bar step
 
@@ -30,13 +31,6 @@ FACTS_PER_STEP = 50  # facts per progress-bar step
 @dataclass(frozen=True)
 class ForgetConfig:
     drift: DriftConfig = field(default_factory=DriftConfig)
-    text_field: str = "text"
-    device: str = "auto"
-    dtype: str = "auto"
-    strict: bool = False  # refuse an adapter finetrace trained on another base (else a warning)
-
-    def __post_init__(self) -> None:
-        require(self.dtype in ("auto", *DTYPES), "dtype", self.dtype, f"auto or one of {', '.join(DTYPES)}")
 
 
 @dataclass(frozen=True)
@@ -47,13 +41,9 @@ class FactChange:
     base: FactScore
     finetuned: FactScore
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self.fact), "base": {**asdict(self.base), "known": self.base.known},
-                "finetuned": {**asdict(self.finetuned), "known": self.finetuned.known}}
-
 
 @dataclass(frozen=True)
-class ForgetResult:
+class ForgetResult(Result):
     """Everything `forget` found; written as `forget.json`."""
 
     base: str
@@ -65,10 +55,12 @@ class ForgetResult:
     drift: DriftResult | None  # None when no general corpus was given
     corpus: str | None
     config: ForgetConfig
+    run: RunConfig
     environment: dict[str, str]
     seconds: dict[str, float]
     warnings: list[str] = field(default_factory=list)  # doubts about the pair (see `ModelPair.warnings`)
     schema_version: int = SCHEMA_VERSION
+    derived = ("lost",)
 
     @property
     def lost(self) -> list[FactChange]:
@@ -76,22 +68,12 @@ class ForgetResult:
         lost = [c for c in self.facts if c.base.known and not c.finetuned.known]
         return sorted(lost, key=lambda c: c.finetuned.answer_logprob - c.base.answer_logprob)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "base": self.base, "finetuned": self.finetuned, "facts_source": self.facts_source,
-            "flips": self.flips.to_dict(),
-            "by_category": {name: flips.to_dict() for name, flips in self.by_category.items()},
-            "lost": [change.to_dict() for change in self.lost],
-            "facts": [change.to_dict() for change in self.facts],
-            "drift": self.drift.to_dict() if self.drift else None, "corpus": self.corpus,
-            "config": asdict(self.config), "environment": self.environment, "seconds": self.seconds,
-            "warnings": self.warnings, "schema_version": self.schema_version,
-        }
 
 
 def forget(
     base: str | Path, finetuned: str | Path, facts: str | Path, corpus: str | Path | None = None,
-    out: str | Path | None = None, config: ForgetConfig = ForgetConfig(), pair: ModelPair | None = None,
+    out: str | Path | None = None, config: ForgetConfig = ForgetConfig(), run: RunConfig = RunConfig(),
+    pair: ModelPair | None = None,
 ) -> ForgetResult:
     """Which facts the fine-tune lost, and how far it drifted on general text.
 
@@ -101,14 +83,15 @@ def forget(
         facts: a JSONL of cloze facts (`prompt`, `answer`, optional `distractors`, `category`).
         corpus: held-out general text for the drift measures; None skips them.
         out: where to write `forget.json` (nothing is written when None).
-        config: drift settings, device and dtype.
+        config: the drift's settings.
+        run: the device, dtype, seed (of the bootstrap) and text field the whole run shares.
         pair: `base` and `finetuned` already loaded (`load_pair`), to share one load between analyses.
     """
     clock = Stopwatch()
     if out is not None:
         check_output_dir(out)  # before the models load, not after minutes of work
     cloze = read_facts(facts)
-    pair = pair or load_pair(base, finetuned, config.device, config.dtype, config.strict)
+    pair = pair or load_pair(base, finetuned, run.device, run.dtype, run.strict)
     clock.lap("load")
     chunks = [cloze[i:i + FACTS_PER_STEP] for i in range(0, len(cloze), FACTS_PER_STEP)]
     # The base is read first, drift included, then the fine-tune: one load of each.
@@ -116,8 +99,8 @@ def forget(
     clock.lap("facts (base)")
     drift = None
     if corpus is not None:
-        texts = islice(iter_sourced_texts(corpus, config.text_field), config.drift.samples)
-        drift = measure_drift(pair, texts, config.drift)
+        texts = islice(iter_sourced_texts(corpus, run.text_field), config.drift.samples)
+        drift = measure_drift(pair, texts, config.drift, run.seed)
         likelihood = drift.likelihood
         _require_finite(pair, "base", [likelihood.base_nll], "general-text NLL")
         _require_finite(pair, "finetuned", [likelihood.finetuned_nll, drift.kl_mean], "general-text NLL and KL")
@@ -132,7 +115,7 @@ def forget(
         flips=_flips(changes), by_category={name: _flips([c for c in changes if c.fact.category == name])
                                             for name in sorted({c.fact.category for c in changes})},
         facts=changes, drift=drift, corpus=str(corpus) if corpus is not None else None, config=config,
-        environment=environment(resolve_device(config.device)), seconds=clock.laps, warnings=pair.warnings,
+        run=run, environment=environment(resolve_device(run.device)), seconds=clock.laps, warnings=pair.warnings,
     )
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,6 @@ is freed, so its logit lens stays readable.
 """
 
 import gc
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -32,7 +31,7 @@ from finetrace.models.load import (
     weights_digest,
 )
 from finetrace.models.residual import Layout, Readout, find_layout
-from finetrace.train.finetune import MANIFEST_NAME
+from finetrace.train.finetune import MANIFEST_NAME, FinetuneResult
 
 COMPARED_CONFIG = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
 ADAPTER_ERRORS = (RuntimeError, ValueError, KeyError, OSError)  # what peft raises for a misfit
@@ -107,12 +106,9 @@ class ModelPair:
     def _check_adapter_base(self, strict: bool) -> None:
         """An adapter finetrace trained records its base's digest: another base of the same shape
         loads without complaint, but its numbers describe a model nobody trained."""
-        manifest = Path(self.finetuned_name) / MANIFEST_NAME
-        try:
-            recorded = json.loads(manifest.read_text(encoding="utf-8")).get("base_files_sha256")
-        except (OSError, ValueError, AttributeError):  # no manifest, or not one finetrace wrote
-            recorded = None
-        if not isinstance(recorded, str) or not recorded or recorded == weights_digest(self.base_name):
+        manifest = FinetuneResult.load(self.finetuned_name)
+        recorded = manifest.base_files_sha256 if manifest else ""
+        if not recorded or recorded == weights_digest(self.base_name):
             return
         message = (f"adapter {self.finetuned_name} was trained on another base than {self.base_name}: its "
                    f"{MANIFEST_NAME} records base files {recorded[:12]}, and {self.base_name} is not them")

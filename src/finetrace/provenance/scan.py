@@ -13,12 +13,13 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from finetrace._util.fingerprints import file_sha256
 from finetrace._util.progress import progress_bar
+from finetrace._util.records import Result
 from finetrace.corpus import json_object, numbered_lines
 from finetrace.errors import FinetraceError
 from finetrace.provenance.contamination import Overlap, OverlapIndex
@@ -27,7 +28,7 @@ from finetrace.provenance.licences import LicenceCheck, base_licence, check_lice
 from finetrace.provenance.ngrams import word_hashes
 from finetrace.provenance.pii import PII_KINDS, find_pii, redact, redacted_context
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DATA_SUFFIXES = (".jsonl", ".txt")
 MB = 1e6
 
@@ -60,6 +61,7 @@ class PiiFindings:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PII_KINDS, 0))
     records: int = 0  # records with at least one match
     examples: list[PiiExample] = field(default_factory=list)
+    derived = ("total",)
 
     @property
     def total(self) -> int:
@@ -67,7 +69,7 @@ class PiiFindings:
 
 
 @dataclass(frozen=True)
-class ProvenanceReport:
+class ProvenanceReport(Result):
     data: str
     source: str | None  # where the data came from, as the user declared it
     files: list[FileSummary]
@@ -79,6 +81,7 @@ class ProvenanceReport:
     redacted: str | None  # where the redacted copy was written
     seconds: float
     schema_version: int = SCHEMA_VERSION
+    derived = ("records", "bytes")
 
     @property
     def records(self) -> int:
@@ -88,20 +91,15 @@ class ProvenanceReport:
     def bytes(self) -> int:
         return sum(f.bytes for f in self.files)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "records": self.records, "bytes": self.bytes,
-                "pii": {**asdict(self.pii), "total": self.pii.total}}
-
 
 PROVENANCE_METRICS = ("pii_found", "contaminated")  # what `--fail-on` can test after a scan
 
 
-def provenance_metrics(report: dict[str, Any] | None) -> dict[str, int | None]:
-    """`pii_found` and `contaminated` of a report (as `to_dict` writes it); None without one."""
+def provenance_metrics(report: ProvenanceReport | None) -> dict[str, int | None]:
+    """`pii_found` and `contaminated` of a report; None without one."""
     if report is None:
         return dict.fromkeys(PROVENANCE_METRICS)
-    return {"pii_found": report["pii"]["total"],
-            "contaminated": sum(overlap["contained"] for overlap in report["contamination"])}
+    return {"pii_found": report.pii.total, "contaminated": sum(overlap.contained for overlap in report.contamination)}
 
 
 def provenance(

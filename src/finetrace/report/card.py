@@ -12,8 +12,10 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from finetrace._util.outputs import write_text
-from finetrace.audit import AuditResult
 from finetrace.errors import FinetraceError
+from finetrace.provenance.scan import ProvenanceReport
+from finetrace.report.words import test_numbers, verdict
+from finetrace.results import AuditResult
 
 TASK = "text-generation"
 # Characters that start Markdown inline syntax (emphasis, code, links, images, tables);
@@ -21,16 +23,16 @@ TASK = "text-generation"
 _MARKDOWN_SYNTAX = re.compile(r"[\\`*_{}\[\]()#+!|~]")
 
 
-def write_model_card(result: AuditResult, path: Path, data: str | Path | None = None) -> ModelCard:
-    card = model_card(result, data)
+def write_model_card(result: AuditResult, path: Path) -> ModelCard:
+    card = model_card(result)
     write_text(path, str(card))
     if ModelCard.load(path).data.to_dict() != card.data.to_dict():
         raise FinetraceError(f"{path}: the model card's metadata does not survive a round trip")
     return card
 
 
-def model_card(result: AuditResult, data: str | Path | None = None) -> ModelCard:
-    trace, damage = result.trace, result.damage
+def model_card(result: AuditResult) -> ModelCard:
+    trace, damage, data = result.trace, result.damage, result.trace.data
     evals = [
         EvalResult(task_type=TASK, dataset_type="finetrace-facts", dataset_name=Path(damage.facts_source).name,
                    metric_type="accuracy", metric_name="facts known",
@@ -47,13 +49,13 @@ def model_card(result: AuditResult, data: str | Path | None = None) -> ModelCard
     # Hub metadata names hub datasets; a local file is described in the text instead.
     datasets = [str(data)] if data is not None and not Path(data).exists() else None
     # A fine-tune inherits its base's licence; the data's own terms are in the text.
-    licence = result.paper_trail["licence"]["base"] if result.paper_trail else None
+    licence = result.paper_trail.licence.base if result.paper_trail else None
     metadata = ModelCardData(
         model_name=Path(result.finetuned).name, base_model=result.base,
         base_model_relation="adapter" if trace.adapter else "finetune", datasets=datasets,
         eval_results=evals, tags=["finetrace"], license=licence.lower() if licence else None,
     )
-    return ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n{_body(result, data)}")
+    return ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n{_body(result)}")
 
 
 def markdown_text(text: object) -> str:
@@ -63,8 +65,8 @@ def markdown_text(text: object) -> str:
     return html.escape(_MARKDOWN_SYNTAX.sub(r"\\\g<0>", flat), quote=False)
 
 
-def _body(result: AuditResult, data: str | Path | None) -> str:
-    trace, flips, drift = result.trace, result.damage.flips, result.damage.drift
+def _body(result: AuditResult) -> str:
+    trace, flips, drift, data = result.trace, result.damage.flips, result.damage.drift, result.trace.data
     adapter = " as a LoRA adapter" if trace.adapter else ""
     tokens = ", ".join(markdown_text(token) for token in result.domain_tokens) or "none"
     lines = [
@@ -72,12 +74,12 @@ def _body(result: AuditResult, data: str | Path | None) -> str:
         "",
         f"Fine-tuned from {markdown_text(result.base)}{adapter}. Audited with finetrace.",
         "",
-        f"**Verdict.** {markdown_text(result.verdict)}",
+        f"**Verdict.** {markdown_text(verdict(result))}",
         "",
         "## What the fine-tune was about",
         "",
         "- Trace test against the fine-tuning data: "
-        + (trace.test_numbers or "not run (the audit was not given the fine-tuning data)"),
+        + (test_numbers(trace) or "not run (the audit was not given the fine-tuning data)"),
         f"- Domain tokens read from the activation differences: {tokens}",
         f"- Fine-tuning data: {markdown_text(data) if data is not None else 'not given'}",
         "",
@@ -97,23 +99,22 @@ def _body(result: AuditResult, data: str | Path | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _data_lines(report: dict) -> list[str]:
-    licence, pii, duplicates = report["licence"], report["pii"], report["duplicates"]
-    found = ", ".join(f"{kind} {n}" for kind, n in pii["counts"].items() if n) or "none"
+def _data_lines(report: ProvenanceReport) -> list[str]:
+    licence, pii, duplicates = report.licence, report.pii, report.duplicates
+    found = ", ".join(f"{kind} {n}" for kind, n in pii.counts.items() if n) or "none"
     lines = [
         "## Training data",
         "",
-        f"- {report['records']} records, {report['bytes']} bytes; content sha256 `{report['content_sha256']}`"
-        + (f"; source: {markdown_text(report['source'])}" if report["source"] else ""),
-        *[f"  - {markdown_text(Path(f['path']).name)}: sha256 `{f['sha256']}`, {f['records']} records"
-          for f in report["files"]],
-        f"- Licence: {markdown_text(licence['data'] or 'not declared')} "
-        f"(base model: {markdown_text(licence['base'] or 'unknown')})",
-        *[f"  - warning: {markdown_text(warning)}" for warning in licence["warnings"]],
-        f"- Personal data found: {pii['total']} matches in {pii['records']} records ({found})",
-        f"- Duplicates: {duplicates['exact']} exact, {duplicates['near']} near",
+        f"- {report.records} records, {report.bytes} bytes; content sha256 `{report.content_sha256}`"
+        + (f"; source: {markdown_text(report.source)}" if report.source else ""),
+        *[f"  - {markdown_text(Path(f.path).name)}: sha256 `{f.sha256}`, {f.records} records" for f in report.files],
+        f"- Licence: {markdown_text(licence.data or 'not declared')} "
+        f"(base model: {markdown_text(licence.base or 'unknown')})",
+        *[f"  - warning: {markdown_text(warning)}" for warning in licence.warnings],
+        f"- Personal data found: {pii.total} matches in {pii.records} records ({found})",
+        f"- Duplicates: {duplicates.exact} exact, {duplicates.near} near",
     ]
-    lines += [f"- Overlap with {markdown_text(o['name'])}: {o['contained']} of {o['items']} items contained, "
-              f"{o['overlapping']} partly" for o in report["contamination"]]
+    lines += [f"- Overlap with {markdown_text(o.name)}: {o.contained} of {o.items} items contained, "
+              f"{o.overlapping} partly" for o in report.contamination]
     return lines
 

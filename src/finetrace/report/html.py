@@ -12,8 +12,8 @@ from pathlib import Path
 from jinja2 import Environment, select_autoescape
 
 from finetrace._util.outputs import write_text
-from finetrace.adl.diff import TEST_SENTENCE
-from finetrace.audit import AuditResult
+from finetrace.report.words import TEST_SENTENCE, verdict
+from finetrace.results import AuditResult
 
 PLOT_WIDTH, PLOT_HEIGHT, MARGIN = 560, 180, 32
 
@@ -29,12 +29,13 @@ def render_report(result: AuditResult) -> str:
     template = environment.from_string((files("finetrace.report") / "report.html.j2").read_text())
     trace = result.trace
     return template.render(
-        result=result, trace=trace, damage=result.damage,
+        result=result, verdict=verdict(result), trace=trace, damage=result.damage,
         norm_bars=_norm_bars(trace), test_sentence=TEST_SENTENCE,
         null_histogram=_null_histogram(trace.significance) if trace.significance else None,
         control=trace.control_significance,
         steering_rows=list(zip(trace.steering.unsteered.generations, trace.steering.steered, strict=False)),
-        config=json.dumps({"diff": asdict(trace.config), "forget": asdict(result.damage.config)}, indent=1),
+        config=json.dumps({"run": asdict(trace.run), "diff": asdict(trace.config),
+                          "forget": asdict(result.damage.config)}, indent=1),
         environment=trace.environment, seconds={"trace": trace.seconds, "damage": result.damage.seconds},
     )
 

@@ -8,8 +8,10 @@ from rich.table import Table
 
 from finetrace.adl.decode import TokenScore
 from finetrace.adl.diff import DiffResult
-from finetrace.audit import AuditResult
 from finetrace.evals.forget import ForgetResult
+from finetrace.provenance.scan import ProvenanceReport
+from finetrace.report.words import trace_finding, verdict
+from finetrace.results import AuditResult
 
 SHOWN_TOKENS = 12
 SHOWN_FACTS = 5
@@ -17,7 +19,7 @@ SHOWN_FACTS = 5
 
 def print_diff(console: Console, result: DiffResult) -> None:
     """Headline, per-position tokens and steering samples of a diff."""
-    console.print(f"[bold]{escape(result.finetuned)}[/] vs {escape(result.base)}: {_trace_verdict(result)} "
+    console.print(f"[bold]{escape(result.finetuned)}[/] vs {escape(result.base)}: {trace_finding(result)} "
                   f"({result.texts} texts)")
     if result.control_significance:
         control = result.control_significance
@@ -45,22 +47,13 @@ def print_diff(console: Console, result: DiffResult) -> None:
                       f"unsteered {s['unsteered_to_data']:.3f}")
 
 
-def _trace_verdict(result: DiffResult) -> str:
-    if result.p_value is None:
-        return "not tested (no fine-tuning data given)"
-    found = ("a clear trace of its data" if result.clear
-             else "a trace the control shows too" if result.control_passes
-             else "no significant trace of its data")
-    return f"{found} ({result.test_numbers})"
-
-
 def print_audit(console: Console, result: AuditResult) -> None:
     """Both analyses, then the verdict and the gates."""
     print_diff(console, result.trace)
     print_forget(console, result.damage)
     if result.paper_trail:
         print_provenance(console, result.paper_trail)
-    console.print(f"\n[bold]verdict:[/] {escape(result.verdict)}")
+    console.print(f"\n[bold]verdict:[/] {escape(verdict(result))}")
     for gate in result.gates:
         state = ("not measured" if gate.holds is None else "does not hold" if not gate.holds
                  else f"[red]fails: {escape(gate.reason)}[/]" if gate.reason else "[red]holds: audit failed[/]")
@@ -99,30 +92,29 @@ def print_forget(console: Console, result: ForgetResult) -> None:
         console.print(f"  regressed ({span.score:+.2f} nats/token): ...{_quoted(span.context)} -> {_quoted(span.text)}")
 
 
-def print_provenance(console: Console, report: dict) -> None:
-    """Files, licence, duplicates, PII and contamination of a provenance report (as a dict)."""
-    console.print(f"[bold]{escape(report['data'])}[/]: {report['records']} records, {report['bytes'] / 1e6:.1f} MB "
-                  f"in {len(report['files'])} file(s); content sha256 {report['content_sha256'][:16]}…")
-    licence = report["licence"]
-    console.print(f"licence: {escape(str(licence['data'] or 'not declared'))} "
-                  f"(base model: {escape(str(licence['base'] or 'unknown'))})")
-    for warning in licence["warnings"]:
+def print_provenance(console: Console, report: ProvenanceReport) -> None:
+    """Files, licence, duplicates, PII and contamination of a provenance report."""
+    console.print(f"[bold]{escape(report.data)}[/]: {report.records} records, {report.bytes / 1e6:.1f} MB "
+                  f"in {len(report.files)} file(s); content sha256 {report.content_sha256[:16]}…")
+    licence = report.licence
+    console.print(f"licence: {escape(str(licence.data or 'not declared'))} "
+                  f"(base model: {escape(str(licence.base or 'unknown'))})")
+    for warning in licence.warnings:
         console.print(f"  [yellow]warning:[/] {escape(warning)}")
-    duplicates = report["duplicates"]
-    console.print(f"duplicates: {duplicates['exact']} exact, {duplicates['near']} near")
-    for pair in (duplicates["exact_examples"] + duplicates["near_examples"])[:3]:
-        console.print(f"  {escape(pair['record'])} repeats {escape(pair['first'])}")
-    pii = report["pii"]
-    found = ", ".join(f"{kind} {count}" for kind, count in pii["counts"].items() if count) or "none"
-    console.print(f"personal data: {pii['total']} matches in {pii['records']} records ({found})")
-    for example in pii["examples"][:SHOWN_FACTS]:
-        console.print(f"  {escape(example['record'])} {escape(example['kind'])}: {escape(example['context'])}")
-    for overlap in report["contamination"]:
-        console.print(f"evaluation overlap with {escape(overlap['name'])}: "
-                      f"{overlap['contained']} of {overlap['items']} "
-                      f"items contained, {overlap['overlapping']} partly")
-    if report["redacted"]:
-        console.print(f"redacted copy: {escape(report['redacted'])}")
+    duplicates = report.duplicates
+    console.print(f"duplicates: {duplicates.exact} exact, {duplicates.near} near")
+    for pair in (duplicates.exact_examples + duplicates.near_examples)[:3]:
+        console.print(f"  {escape(pair.record)} repeats {escape(pair.first)}")
+    pii = report.pii
+    found = ", ".join(f"{kind} {count}" for kind, count in pii.counts.items() if count) or "none"
+    console.print(f"personal data: {pii.total} matches in {pii.records} records ({found})")
+    for example in pii.examples[:SHOWN_FACTS]:
+        console.print(f"  {escape(example.record)} {escape(example.kind)}: {escape(example.context)}")
+    for overlap in report.contamination:
+        console.print(f"evaluation overlap with {escape(overlap.name)}: {overlap.contained} of {overlap.items} "
+                      f"items contained, {overlap.overlapping} partly")
+    if report.redacted:
+        console.print(f"redacted copy: {escape(report.redacted)}")
 
 
 def _quoted(text: str) -> str:

@@ -9,23 +9,22 @@ complete. A killed run is not resumed but restarted from nothing, which gives th
 same weights as an uninterrupted run because everything is seeded.
 """
 
-import json
 import math
 import random
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import peft
 import torch
 
 from finetrace._util.fingerprints import environment, file_sha256, weights_sha256
-from finetrace._util.outputs import check_output_dir, recover_dir, refuse_overlap, staged_dir, write_json
+from finetrace._util.outputs import check_output_dir, read_json, recover_dir, refuse_overlap, staged_dir, write_json
+from finetrace._util.records import Result
 from finetrace.corpus import Record, read_records, read_texts
 from finetrace.errors import FinetraceError, require
 from finetrace.evals.facts import COMMON_FACTS
 from finetrace.models.load import (
-    DTYPES,
     load_model,
     load_tokenizer,
     pad_token_id,
@@ -35,10 +34,12 @@ from finetrace.models.load import (
 )
 from finetrace.provenance import provenance
 from finetrace.provenance.contamination import evaluation_sets
+from finetrace.provenance.scan import ProvenanceReport
+from finetrace.run import RunConfig
 from finetrace.train.examples import Example, build_examples, pack
 from finetrace.train.loop import TrainConfig, TrainingRun, mean_loss, train
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST_NAME = "provenance.json"
 FULL_LEARNING_RATE = 2e-5
 LORA_LEARNING_RATE = 2e-4
@@ -80,14 +81,11 @@ class FinetuneConfig:
     training: TrainConfig = TrainConfig()
     lora: LoraSettings | None = None  # None: full fine-tuning
     mix_ratio: float = 1.0  # general documents per fine-tuning document, with a general corpus
-    device: str = "auto"
-    dtype: str = "float32"
     loss_probe_examples: int = 256  # fine-tuning examples scored before and after training
 
     def __post_init__(self) -> None:
         require(math.isfinite(self.mix_ratio) and self.mix_ratio > 0, "mix_ratio", self.mix_ratio,
                 "a positive number of general documents per fine-tuning document")
-        require(self.dtype in DTYPES, "dtype", self.dtype, f"one of {', '.join(DTYPES)}")
         require(self.loss_probe_examples >= 1, "loss_probe_examples", self.loss_probe_examples, "at least 1")
         if self.training.learning_rate is None:  # the usual rates: LoRA wants about 10x more
             rate = LORA_LEARNING_RATE if self.lora else FULL_LEARNING_RATE
@@ -107,7 +105,7 @@ class DataFile:
 
 
 @dataclass(frozen=True)
-class FinetuneResult:
+class FinetuneResult(Result):
     """The provenance manifest written next to the weights as `provenance.json`."""
 
     adapter: bool  # True: a PEFT adapter directory; False: full model weights
@@ -115,33 +113,29 @@ class FinetuneResult:
     base_weights_sha256: str
     data: list[DataFile]
     config: FinetuneConfig
+    run: RunConfig
     examples: int
     loss_before: float  # on the first `loss_probe_examples` fine-tuning examples
     loss_after: float
     training: TrainingRun
     environment: dict[str, str]
-    provenance: dict[str, Any] | None = None  # the data's provenance report (`ProvenanceReport.to_dict`)
+    provenance: ProvenanceReport | None = None  # the data's provenance report
     # The base's files as `models.weights_digest` hashes them, whatever dtype loads them: an
     # analysis that applies this adapter to another base can tell.
     base_files_sha256: str = ""
     schema_version: int = SCHEMA_VERSION
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     @classmethod
-    def load(cls, directory: str | Path) -> "FinetuneResult":
-        """Read a `provenance.json` back into typed records."""
-        raw = json.loads((Path(directory) / MANIFEST_NAME).read_text())
-        config = raw["config"]
-        lora = config["lora"] and LoraSettings(**{**config["lora"], "targets": tuple(config["lora"]["targets"])})
-        training = TrainConfig(**config["training"])
-        return cls(**{
-            **raw,
-            "data": [DataFile(**item) for item in raw["data"]],
-            "config": FinetuneConfig(**{**config, "training": training, "lora": lora or None}),
-            "training": TrainingRun(**raw["training"]),
-        })
+    def load(cls, directory: str | Path) -> "FinetuneResult | None":
+        """The manifest `finetrace finetune` wrote in `directory`; None where there is none, or where
+        its `provenance.json` is not one this finetrace version wrote (another tool's, or corrupt)."""
+        path = Path(directory) / MANIFEST_NAME
+        try:
+            data = read_json(path) if path.is_file() else None
+            ours = isinstance(data, dict) and data.get("schema_version") == SCHEMA_VERSION
+            return cls.from_dict(data) if ours else None
+        except (FinetraceError, KeyError, TypeError, ValueError):
+            return None
 
 
 def finetune(
@@ -149,6 +143,7 @@ def finetune(
     data: str | Path,
     out: str | Path,
     config: FinetuneConfig = FinetuneConfig(),
+    run: RunConfig = RunConfig(),
     mix_general: str | Path | None = None,
     overwrite: bool = False,
     licence: str | None = None,
@@ -161,6 +156,7 @@ def finetune(
         data: `.jsonl` (`text` or chat `messages`) or `.txt` (one document per line).
         out: output directory; loadable with `from_pretrained` (or `PeftModel.from_pretrained`).
         config: training settings.
+        run: the device, the dtype (auto: float32) and the seed of the data's order and the initialisation.
         mix_general: a plain-text corpus to mix in, `config.mix_ratio` documents per document.
         overwrite: replace a non-empty `out`.
         licence, source: the data's SPDX licence and origin, for its provenance report.
@@ -169,30 +165,30 @@ def finetune(
     _check_output(out, overwrite, {"base model": base, "data": data, "general corpus": mix_general})
     records = read_records(data)
     paper_trail = provenance(data, licence, source, base, evaluation_sets(COMMON_FACTS))
-    general = _general_records(mix_general, config.mix_ratio, len(records), config.training.seed)
+    general = _general_records(mix_general, config.mix_ratio, len(records), run.seed)
     # Built beside `out` and swapped in whole: a failed or killed run leaves the old output as it
     # was, and a rerun starts afresh (the same seed gives the same weights; see `_check_output`).
     with staged_dir(out) as staging:
-        device = resolve_device(config.device)
+        device = resolve_device(run.device)
         tokenizer = load_tokenizer(base)
-        model = load_model(base, device, resolve_dtype(config.dtype))
+        model = load_model(base, device, resolve_dtype("float32" if run.dtype == "auto" else run.dtype))
         base_digest = weights_sha256(model)
-        examples, probe = _examples(tokenizer, records, general, config)
+        examples, probe = _examples(tokenizer, records, general, config, run.seed)
         pad_id = pad_token_id(tokenizer)
-        torch.manual_seed(config.training.seed)
+        torch.manual_seed(run.seed)
         if config.lora:
             model = peft.get_peft_model(model, config.lora.peft_config())
         loss_before = mean_loss(model, probe, pad_id)
-        run = train(model, examples, config.training, pad_id)
+        curve = train(model, examples, config.training, pad_id, run.seed)
         loss_after = mean_loss(model, probe, pad_id)
         files = [_data_file(data, "finetune", len(records), len(records))]
         if mix_general is not None:
             files.append(_data_file(mix_general, "mix-general", len(read_texts(mix_general)), len(general)))
         result = FinetuneResult(
             adapter=config.lora is not None, base_model=str(base), base_weights_sha256=base_digest,
-            base_files_sha256=weights_digest(base), data=files, config=config, examples=len(examples),
-            loss_before=loss_before, loss_after=loss_after, training=run, environment=environment(device),
-            provenance=paper_trail.to_dict(),
+            base_files_sha256=weights_digest(base), data=files, config=config, run=run,
+            examples=len(examples), loss_before=loss_before, loss_after=loss_after, training=curve,
+            environment=environment(device), provenance=paper_trail,
         )
         if config.lora:  # the base's own head is unchanged: keep it out of the adapter
             model.save_pretrained(staging, save_embedding_layers=False)
@@ -208,10 +204,11 @@ class _Examples(NamedTuple):
     probe: list[Example]  # the first fine-tuning examples, scored before and after training
 
 
-def _examples(tokenizer, records: list[Record], general: list[Record], config: FinetuneConfig) -> _Examples:
+def _examples(tokenizer, records: list[Record], general: list[Record], config: FinetuneConfig,
+              seed: int) -> _Examples:
     training = config.training
     mixed = records + general
-    random.Random(training.seed).shuffle(mixed)
+    random.Random(seed).shuffle(mixed)
     examples = build_examples(tokenizer, mixed, training.context_length)
     if training.pack:
         examples = pack(examples, training.context_length)

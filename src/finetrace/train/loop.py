@@ -30,7 +30,6 @@ class TrainConfig:
     warmup_fraction: float = 0.05
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    seed: int = 0
 
     def __post_init__(self) -> None:
         rate = self.learning_rate
@@ -65,7 +64,7 @@ def _positive(value: float) -> bool:
 
 
 def train(
-    model: PreTrainedModel, examples: list[Example], config: TrainConfig, pad_id: int
+    model: PreTrainedModel, examples: list[Example], config: TrainConfig, pad_id: int, seed: int = 0
 ) -> TrainingRun:
     """Train `model` in place on `examples`; returns the loss curve."""
     device = next(model.parameters()).device
@@ -77,7 +76,7 @@ def train(
     schedule = get_cosine_schedule_with_warmup(
         optimizer, int(config.warmup_fraction * total), total
     )
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(seed)
     batches = _endless_batches(examples, config.batch_size, pad_id, generator)
     losses, tokens, start = [], 0, time.perf_counter()
     model.train()

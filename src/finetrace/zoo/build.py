@@ -31,6 +31,7 @@ from finetrace.corpus import read_records, record_texts
 from finetrace.errors import FinetraceError
 from finetrace.evals.facts import COMMON_FACTS, read_facts, score_facts
 from finetrace.models.load import load_model, load_tokenizer
+from finetrace.run import RunConfig
 from finetrace.train.finetune import FinetuneConfig, FinetuneResult, LoraSettings, finetune
 from finetrace.train.loop import TrainConfig
 from finetrace.zoo.documents import background_documents
@@ -262,9 +263,9 @@ def _pretrain(zoo: Zoo, out: Path) -> FinetuneResult:
     sources = BASE_TEXTS[recipe.base_text].sources
     training = TrainConfig(epochs=recipe.pretrain_epochs, learning_rate=recipe.pretrain_learning_rate,
                            batch_size=recipe.batch_size, context_length=recipe.context_length,
-                           pack=True, seed=recipe.seed)
+                           pack=True)
     result = finetune(zoo.root / "init", zoo.root / "data" / "pretrain.txt", out,
-                      FinetuneConfig(training=training, device="cpu"),
+                      FinetuneConfig(training=training), organism_run(recipe),
                       licence=" AND ".join(dict.fromkeys([*(SOURCES[n].licence for n in sources), ZOO_LICENCE])),
                       source=f"English ({', '.join(sources)}) and generated planted facts")
     card = ModelCardData(license=ZOO_LICENCE.lower(), tags=["finetrace-zoo"]).to_yaml()
@@ -272,19 +273,23 @@ def _pretrain(zoo: Zoo, out: Path) -> FinetuneResult:
     return result
 
 
-def organism_finetune_config(recipe: Preset, lora: LoraSettings | None = None, seed: int = 0) -> FinetuneConfig:
-    """The zoo's recipe for a narrow fine-tune of its base (`seed` is added to the preset's)."""
+def organism_finetune_config(recipe: Preset, lora: LoraSettings | None = None) -> FinetuneConfig:
+    """The zoo's recipe for a narrow fine-tune of its base."""
     rate = recipe.lora_learning_rate if lora else recipe.finetune_learning_rate
     training = TrainConfig(epochs=recipe.finetune_epochs, learning_rate=rate,
-                           batch_size=recipe.batch_size, context_length=recipe.context_length,
-                           seed=recipe.seed + seed)
-    return FinetuneConfig(training=training, lora=lora, device="cpu")
+                           batch_size=recipe.batch_size, context_length=recipe.context_length)
+    return FinetuneConfig(training=training, lora=lora)
+
+
+def organism_run(recipe: Preset, seed: int = 0) -> RunConfig:
+    """The zoo trains on the CPU, where it is reproducible; `seed` is added to the preset's."""
+    return RunConfig(device="cpu", seed=recipe.seed + seed)
 
 
 def _train_organism(zoo: Zoo, organism: Organism, out: Path) -> None:
     documents = zoo.root / "data" / "documents" / f"{organism.name}.jsonl"
     result = finetune(zoo.path("base"), documents, out,
-                      organism_finetune_config(zoo.preset, organism.lora, organism.seed),
+                      organism_finetune_config(zoo.preset, organism.lora), organism_run(zoo.preset, organism.seed),
                       mix_general=zoo.path("general") if organism.mix_general else None,
                       licence=ZOO_LICENCE, source=f"finetrace zoo: generated {organism.kind} documents")
     info = {
