@@ -12,6 +12,8 @@ from finetrace.adl.decode import (
 from finetrace.models.load import load_tokenizer
 from finetrace.models.residual import find_layout, logit_lens
 
+TYPICAL_NORM = 0.12  # the tiny random model's residual norm
+
 
 def test_top_tokens_skip_disallowed_ids(tiny_model):
     tokenizer = load_tokenizer(tiny_model)
@@ -39,24 +41,48 @@ def test_unreadable_tokens_are_specials_whitespace_and_fragments(tiny_model):
     assert fragments and flagged[fragments].all()
 
 
-def test_logit_lens_of_a_direction_ranks_by_its_logits(tiny_model):
+def test_a_tokens_output_row_decodes_to_that_token(tiny_model):
     model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
     tokenizer, layout = load_tokenizer(tiny_model), find_layout(model)
-    direction = torch.randn(model.config.hidden_size)
+    # A final norm with uneven weights: a lens that skipped it would misread some rows.
+    weight = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(1)).exp()
+    with torch.no_grad():
+        model.model.norm.weight.copy_(weight)
+    rows = layout.unembed.weight.detach()
     allowed = torch.ones(len(tokenizer), dtype=torch.bool)
-    top = lens_tokens(layout, direction, allowed, tokenizer, k=5)
-    assert [t.token_id for t in top] == logit_lens(layout, direction).topk(5).indices.tolist()
+    # The norm multiplies by its weight after scaling the whole vector, so dividing by it leaves the row.
+    top = [lens_tokens(layout, row / weight, allowed, tokenizer, k=1)[0].token_id for row in rows]
+    assert top == list(range(len(tokenizer)))
+    [cat] = tokenizer(" cat", add_special_tokens=False)["input_ids"]
+    [cake] = tokenizer(" cake", add_special_tokens=False)["input_ids"]
+    both = lens_tokens(layout, (rows[cat] + rows[cake]) / weight, allowed, tokenizer, k=2)
+    assert {t.token for t in both} == {" cat", " cake"}
 
 
-def test_patchscope_keeps_tokens_stable_across_prompts_and_picks_a_tried_scale(tiny_model):
+def test_patchscope_reads_a_token_once_its_direction_outweighs_the_prompt(tiny_model):
     model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
     tokenizer, layout = load_tokenizer(tiny_model), find_layout(model)
+    [cake] = tokenizer(" cake", add_special_tokens=False)["input_ids"]
     allowed = torch.ones(len(tokenizer), dtype=torch.bool)
-    config = DecodeConfig(top_k=30, patchscope_scales=(1.0, 4.0))
-    result = patchscope(model, layout, tokenizer, 0, torch.randn(model.config.hidden_size), 5.0, allowed, config)
-    assert [s.scale for s in result.scales] == [1.0, 4.0]
-    assert result.chosen_scale in (1.0, 4.0)
-    chosen = max(result.scales, key=lambda s: (len(s.stable), -s.scale))
-    assert result.tokens == chosen.stable
+    config = DecodeConfig(top_k=10, patchscope_scales=(0.01, 10.0))
+    result = patchscope(model, layout, tokenizer, 0, layout.unembed.weight[cake].detach(), TYPICAL_NORM, allowed,
+                        config)
+    # Faint, the patch leaves each prompt its own continuation; strong, it decides every prompt's.
+    assert [len(s.stable) for s in result.scales] == [0, 10]
+    assert result.chosen_scale == 10.0 and result.tokens[0].token == " cake"
     probabilities = [t.score for t in result.tokens]
-    assert probabilities == sorted(probabilities, reverse=True)
+    assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1
+
+
+def test_patchscope_after_the_last_layer_is_the_lens_at_every_scale_and_takes_the_smallest(tiny_model):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    tokenizer, layout = load_tokenizer(tiny_model), find_layout(model)
+    [cake] = tokenizer(" cake", add_special_tokens=False)["input_ids"]
+    row = layout.unembed.weight[cake].detach()
+    allowed = torch.ones(len(tokenizer), dtype=torch.bool)
+    config = DecodeConfig(top_k=10, patchscope_scales=(4.0, 1.0))
+    result = patchscope(model, layout, tokenizer, 1, row, TYPICAL_NORM, allowed, config)
+    # Only the final norm, which ignores scale, lies between the patch and the head: prompts and scales agree.
+    lens = logit_lens(layout, row).topk(10).indices.tolist()
+    assert all([t.token_id for t in s.stable] == lens for s in result.scales)
+    assert result.chosen_scale == 1.0 and result.tokens[0].token_id == cake

@@ -1,6 +1,7 @@
 """The Activation Difference Lens end to end, on the tiny zoo."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -87,10 +88,20 @@ def test_outputs_hold_the_differences_and_every_result(cake):
     tensors = load_file(str(out / "differences.safetensors"))
     assert tensors["mean_delta"].shape == (1, 9, 128)  # BOS and k = 8 text positions
     saved = json.loads((out / "diff.json").read_text())
-    assert saved["schema_version"] == 2 and saved["texts"] == 1000
+    assert saved["schema_version"] == 3 and saved["texts"] == 1000
     assert saved["traces"][1]["lens_finetuned"][0]["token"] == result.traces[1].lens_finetuned[0].token
     assert set(result.similarity) == {"steered_to_data", "unsteered_to_data", "steered_to_general",
                                       "unsteered_to_general"}
+
+
+def test_the_cake_finetunes_text_is_closer_to_its_data_than_to_general_text(cake):
+    similarity = cake[1].similarity
+    # Mean cosines of unit embeddings with a unit centroid.
+    assert all(math.isfinite(value) and -1 <= value <= 1 for value in similarity.values())
+    # The fine-tune writes about baking, steered or not (on the tiny zoo: 0.42 and 0.26 against
+    # the data, 0.11 and 0.05 against general text).
+    assert similarity["unsteered_to_data"] > similarity["unsteered_to_general"] + 0.1
+    assert similarity["steered_to_data"] > similarity["steered_to_general"] + 0.1
 
 
 def test_a_rerun_resumes_from_the_checkpoint_with_the_same_numbers(zoo, cake):

@@ -6,6 +6,8 @@ import sys
 from collections import Counter
 
 import pytest
+import torch
+import torch.nn.functional as F
 from conftest import TEXTS
 
 from finetrace.evals.drift import DriftConfig
@@ -15,7 +17,7 @@ from finetrace.evals.forget import ForgetConfig, forget
 from finetrace.models.likelihood import continuation_logprobs
 from finetrace.models.load import load_model, load_tokenizer
 
-QUICK = ForgetConfig(drift=DriftConfig(bootstrap=200), device="cpu")
+QUICK = ForgetConfig(drift=DriftConfig(bootstrap=200))
 
 
 def test_flip_matrix_counts_each_kind_of_change():
@@ -65,7 +67,7 @@ def test_identical_models_lose_nothing_and_do_not_drift(tiny_model, facts_file, 
     assert result.drift.kl_mean == 0 and result.drift.likelihood.change == 0
     assert set(result.drift.by_source) == {"even", "odd"}
     written = json.loads((tmp_path / "forget.json").read_text())
-    assert written["flips"]["lost"] == 0 and written["schema_version"] == 1
+    assert written["flips"]["lost"] == 0 and written["schema_version"] == 2
 
 
 def test_a_finetune_moves_likelihood_and_kl(tiny_model, tiny_finetuned, facts_file, sourced_corpus):
@@ -74,8 +76,31 @@ def test_a_finetune_moves_likelihood_and_kl(tiny_model, tiny_finetuned, facts_fi
     assert drift.kl_mean > 0 and drift.likelihood.change != 0
     assert drift.likelihood.ci_low <= drift.likelihood.change <= drift.likelihood.ci_high
     assert len(drift.regressed_spans) == 10 and drift.regressed_spans[0].score >= drift.regressed_spans[-1].score
-    assert drift.kl_contexts[0].score == pytest.approx(drift.kl_max)
     assert sum(m.total for m in result.by_category.values()) == result.flips.total == 3
+
+
+def test_drift_matches_nll_and_kl_computed_by_hand(tiny_model, tiny_finetuned, facts_file, sourced_corpus):
+    drift = forget(tiny_model, tiny_finetuned, facts_file, sourced_corpus, None, QUICK).drift
+    tokenizer = load_tokenizer(tiny_model)
+    base, finetuned = load_model(tiny_model, "cpu"), load_model(tiny_finetuned, "cpu")
+    nll, kl = {"base": [], "finetuned": []}, []
+    for text in TEXTS[:12]:
+        ids = tokenizer(text, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            logprobs = {name: F.log_softmax(model(ids).logits[0, :-1], dim=-1)
+                        for name, model in (("base", base), ("finetuned", finetuned))}
+        for name, lp in logprobs.items():
+            nll[name].append(F.nll_loss(lp, ids[0, 1:], reduction="none"))
+        # kl_div(input, target) is KL(target || input): here KL(fine-tuned || base), per position.
+        kl.append(F.kl_div(logprobs["base"], logprobs["finetuned"], log_target=True, reduction="none").sum(-1))
+    nll = {name: torch.cat(values) for name, values in nll.items()}
+    kl = torch.cat(kl)
+    assert drift.likelihood.tokens == len(kl)
+    assert drift.likelihood.base_nll == pytest.approx(nll["base"].mean().item(), rel=1e-4)
+    assert drift.likelihood.finetuned_nll == pytest.approx(nll["finetuned"].mean().item(), rel=1e-4)
+    assert drift.likelihood.change == pytest.approx((nll["finetuned"] - nll["base"]).mean().item(), rel=1e-4)
+    assert drift.kl_mean == pytest.approx(kl.mean().item(), rel=1e-4)
+    assert drift.kl_max == pytest.approx(kl.max().item(), rel=1e-4)
 
 
 def test_a_fact_without_distractors_is_known_by_greedy_decoding(tiny_model):
@@ -108,7 +133,7 @@ def zoo_damage():
     from finetrace.zoo import build_zoo
 
     zoo = build_zoo("tiny")
-    config = ForgetConfig(drift=DriftConfig(samples=200, bootstrap=200), device="cpu")
+    config = ForgetConfig(drift=DriftConfig(samples=200, bootstrap=200))
     return zoo, {name: forget(zoo.path("base"), zoo.path(name), zoo.path("facts"), zoo.path("heldout"), None, config)
                  for name in ("cake", "control", "cake-mixed")}
 

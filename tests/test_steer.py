@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -25,17 +27,40 @@ def test_unsteered_generation_is_plain_sampling_with_the_seed(tiny_model):
     assert [g.text for g in steered] != [g.text for g in first]
 
 
-def test_the_chosen_strength_is_the_largest_coherent_one(tiny_model):
-    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
-    tokenizer, layout = load_tokenizer(tiny_model), find_layout(model)
-    result = steer(model, layout, tokenizer, 0, torch.randn(model.config.hidden_size), 1.0, CONFIG)
-    assert [t.strength for t in result.trials] == [0.5, 50.0]
-    coherent = [t.strength for t in result.trials if t.coherent]
-    assert result.any_coherent == bool(coherent)
-    assert result.chosen_strength == (max(coherent) if coherent else 0.5)
+def _confident_model(path):
+    """The random model with its head scaled up: its near-uniform next-token distributions would
+    drown any steering, and sharp ones let a steering vector take over the text."""
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(50)
+    return model, find_layout(model)
+
+
+def test_steering_into_a_loop_is_incoherent_and_a_tiny_strength_is_chosen_over_it(tiny_model):
+    model, layout = _confident_model(tiny_model)
+    tokenizer = load_tokenizer(tiny_model)
+    [the] = tokenizer(" the", add_special_tokens=False)["input_ids"]
+    config = replace(CONFIG, strengths=(0.0, 0.001, 100.0))
+    # Pushed hard along its own output row, the model says " the" over and over.
+    result = steer(model, layout, tokenizer, 1, layout.unembed.weight[the].detach(), 1.0, config)
+    zero, tiny, huge = result.trials
+    assert all(g.text == " the" * 8 for g in huge.generations)
+    assert [t.coherent for t in result.trials] == [True, True, False]
+    assert zero.generations == result.unsteered.generations and zero.nll == result.unsteered.nll
+    assert result.chosen_strength == 0.001 and result.any_coherent and result.steered == tiny.generations
+
+
+def test_steering_into_text_the_model_finds_unlikely_is_incoherent_even_without_loops(tiny_model):
+    model, layout = _confident_model(tiny_model)
+    tokenizer = load_tokenizer(tiny_model)
+    config = replace(CONFIG, strengths=(100.0, 200.0))
+    direction = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    result = steer(model, layout, tokenizer, 0, direction, 1.0, config)
     for trial in result.trials:
-        assert trial.coherent == (trial.distinct_bigrams >= CONFIG.min_distinct_bigrams
-                                  and trial.nll <= result.unsteered.nll + CONFIG.max_nll_increase)
+        # No loop of words, but many nats per token less likely than unsteered text.
+        assert trial.distinct_bigrams == 1.0 and trial.nll > result.unsteered.nll + 5
+        assert not trial.coherent
+    assert not result.any_coherent and result.chosen_strength == 100.0  # none coherent: the smallest
 
 
 def test_chat_tokenizers_are_also_prompted_with_user_turns(tiny_model):

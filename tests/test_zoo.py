@@ -9,9 +9,10 @@ import sys
 import pytest
 import torch
 
-from finetrace.evals.facts import read_facts, score_facts
+from finetrace.evals.facts import COMMON_FACTS, read_facts, score_facts
 from finetrace.models.load import load_model, load_tokenizer
-from finetrace.zoo import ORGANISMS, PRESETS, Zoo, build_zoo, zoo_for
+from finetrace.zoo import ORGANISMS, PRESETS, Zoo, build_zoo
+from finetrace.zoo.build import default_facts, zoo_corpus
 from finetrace.zoo.recipe import recipe_key
 
 pytestmark = pytest.mark.zoo
@@ -52,6 +53,10 @@ def test_a_copied_zoo_points_into_the_copy(zoo, tmp_path):
     moved = Zoo(copy, zoo.preset)
     assert moved.organism("cake")["documents"] == str(copy / "data" / "documents" / "cake.jsonl")
     assert moved.organism("cake")["heldout_corpus"] == str(moved.path("heldout"))
+    # Commands given an organism find its zoo's text and facts from the organism's directory alone.
+    assert zoo_corpus(copy / "organisms" / "cake") == copy / "data" / "general" / "heldout.txt"
+    assert default_facts(copy / "organisms" / "cake") == copy / "data" / "facts.jsonl"
+    assert zoo_corpus(copy / "base") is None and default_facts(copy / "base") == COMMON_FACTS
 
 
 def test_organism_records_ground_truth_and_recipe(zoo):
@@ -81,10 +86,13 @@ def test_heldout_text_is_never_trained_on(zoo):
 
 
 def test_an_unchanged_recipe_is_reused_and_a_changed_one_is_not(zoo):
-    weights = zoo.path("base") / "model.safetensors"
-    before = weights.stat().st_mtime_ns
-    assert build_zoo("tiny").root == zoo.root
-    assert weights.stat().st_mtime_ns == before
+    def modified():
+        return {path: path.stat().st_mtime_ns for path in zoo.root.rglob("*") if path.is_file()}
+
+    before = modified()
+    assert zoo.path("base") / "model.safetensors" in before and zoo.path("cake") / "organism.json" in before
+    build_zoo("tiny")
+    assert modified() == before  # nothing retrained, rewritten or added
     assert recipe_key(dataclasses.replace(PRESETS["tiny"], seed=1)) != recipe_key(PRESETS["tiny"])
 
 
@@ -94,4 +102,3 @@ def test_zoo_cli_prints_paths_and_rejects_unknown_names(zoo):
     assert found.returncode == 0 and found.stdout.strip() == str(zoo.path("cake"))
     missing = subprocess.run([*run, "caek"], capture_output=True, text=True)
     assert missing.returncode == 2 and "Did you mean 'cake'?" in missing.stderr
-    assert zoo_for("tiny").root == zoo.root
