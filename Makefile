@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test install browser english clean
+.PHONY: demo test test-fast install browser english clean
 
 install: $(STAMP) english
 
@@ -45,7 +45,12 @@ demo: install
 
 test: install browser
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest
+
+# The unit tests that need neither the zoo nor a subprocess: the edit-run loop.
+test-fast: install
+	$(BIN)/python -m pytest -m "not zoo and not slow"
 
 clean:
 	rm -rf $(VENV) finetrace-demo

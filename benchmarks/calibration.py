@@ -43,12 +43,10 @@ def main() -> None:
 
     started = time.perf_counter()
     zoo = build_zoo(args.preset)
-    config = DiffConfig(collect=CollectConfig(samples=args.samples),
-                        score=ScoreConfig(null_samples=args.null_samples))
+    config = DiffConfig(collect=CollectConfig(samples=args.samples), score=ScoreConfig(null_samples=args.null_samples))
     size = zoo.preset.documents
     domains = {name: read_records(zoo.organism(name)["documents"]) for name in ("cake", "zorvex", "risky")}
-    domains |= {name: topic.records(random.Random(f"{args.seed}-{name}"), size)
-                for name, topic in NULL_TOPICS.items()}
+    domains |= {name: topic.records(random.Random(f"{args.seed}-{name}"), size) for name, topic in NULL_TOPICS.items()}
     general = list(islice(iter_texts(zoo.path("heldout")), args.samples))
 
     p_values: dict[tuple[str, str], float] = {}
@@ -61,9 +59,11 @@ def main() -> None:
                 tested = domain_significance(pair, collected, tokens[domain], config, args.seed)
                 p_values[finetuned, domain] = tested.p_value
 
-    print(f"\nfinetrace trace test, {args.preset} zoo: {args.samples} texts, {args.null_samples} null "
-          f"draws, seed {args.seed}; p-value of each fine-tune (rows) against each domain's data "
-          f"(columns); * marks the fine-tune's own data\n")
+    print(
+        f"\nfinetrace trace test, {args.preset} zoo: {args.samples} texts, {args.null_samples} null "
+        f"draws, seed {args.seed}; p-value of each fine-tune (rows) against each domain's data "
+        f"(columns); * marks the fine-tune's own data\n"
+    )
     names = list(domains)
     print(f"{'':14s}" + "".join(f"{name:>12s}" for name in names))
     for finetuned in [*TRAINED_ON, *CONTROLS]:
@@ -72,11 +72,15 @@ def main() -> None:
 
     null = [p for (finetuned, domain), p in p_values.items() if TRAINED_ON.get(finetuned) != domain]
     power = [p_values[name, TRAINED_ON[name]] for name in POWER]
-    print(f"\nnull pairs: {len(null)}; false positives at 0.05: {sum(p < 0.05 for p in null)} "
-          f"({sum(p < 0.05 for p in null) / len(null):.1%}), at 0.01: {sum(p < 0.01 for p in null)} "
-          f"({sum(p < 0.01 for p in null) / len(null):.1%})")
-    print(f"power at 0.01 on {', '.join(POWER)}: {sum(p < 0.01 for p in power)} of {len(power)}; "
-          f"cake-mixed against its data: p = {p_values['cake-mixed', 'cake']:.3f}")
+    print(
+        f"\nnull pairs: {len(null)}; false positives at 0.05: {sum(p < 0.05 for p in null)} "
+        f"({sum(p < 0.05 for p in null) / len(null):.1%}), at 0.01: {sum(p < 0.01 for p in null)} "
+        f"({sum(p < 0.01 for p in null) / len(null):.1%})"
+    )
+    print(
+        f"power at 0.01 on {', '.join(POWER)}: {sum(p < 0.01 for p in power)} of {len(power)}; "
+        f"cake-mixed against its data: p = {p_values['cake-mixed', 'cake']:.3f}"
+    )
     print(f"{time.perf_counter() - started:.0f} s")
 
 

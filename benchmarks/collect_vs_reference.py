@@ -42,8 +42,9 @@ def benchmark_corpus(heldout: Path, samples: int, out: Path) -> Path:
     return out
 
 
-def run_reference(base: str, finetuned: str, corpus: Path, layer_fraction: float, positions: int,
-                  batch_size: int) -> torch.Tensor:
+def run_reference(
+    base: str, finetuned: str, corpus: Path, layer_fraction: float, positions: int, batch_size: int
+) -> torch.Tensor:
     from finetrace.adl.collect import resolve_layers
     from finetrace.models.pair import load_pair
 
@@ -53,8 +54,13 @@ def run_reference(base: str, finetuned: str, corpus: Path, layer_fraction: float
     kept = {"base": [], "finetuned": []}
     for which in kept:
         for start in range(0, len(texts), batch_size):
-            encoded = pair.tokenizer(texts[start : start + batch_size], truncation=True,
-                                     max_length=REFERENCE_LENGTH, padding="max_length", return_tensors="pt")
+            encoded = pair.tokenizer(
+                texts[start : start + batch_size],
+                truncation=True,
+                max_length=REFERENCE_LENGTH,
+                padding="max_length",
+                return_tensors="pt",
+            )
             with pair.use(which) as (model, _), torch.no_grad():
                 states = model(**encoded, output_hidden_states=True).hidden_states
             kept[which].append(states[layer + 1])  # every activation of every text, (B, 128, d)
@@ -62,14 +68,16 @@ def run_reference(base: str, finetuned: str, corpus: Path, layer_fraction: float
     return (finetuned_all - base_all)[:, : positions + 1].double().mean(0)  # BOS and k text positions
 
 
-def run_finetrace(base: str, finetuned: str, corpus: Path, layer_fraction: float, positions: int,
-                  batch_size: int) -> torch.Tensor:
+def run_finetrace(
+    base: str, finetuned: str, corpus: Path, layer_fraction: float, positions: int, batch_size: int
+) -> torch.Tensor:
     from finetrace.adl.collect import CollectConfig, collect
     from finetrace.models.pair import load_pair
 
     pair = load_pair(base, finetuned, device="cpu")
-    config = CollectConfig(layers=(layer_fraction,), positions=positions, samples=10**9,
-                           batch_size=batch_size, checkpoint_every=10**9)
+    config = CollectConfig(
+        layers=(layer_fraction,), positions=positions, samples=10**9, batch_size=batch_size, checkpoint_every=10**9
+    )
     with tempfile.TemporaryDirectory() as out:
         return collect(pair, corpus, config, Path(out)).mean_delta[0]
 
@@ -79,8 +87,7 @@ METHODS = {"reference": run_reference, "finetrace": run_finetrace}
 
 def child(args: argparse.Namespace) -> None:
     start = time.perf_counter()
-    mean = METHODS[args.method](args.base, args.finetuned, args.corpus, args.layer, args.positions,
-                                args.batch_size)
+    mean = METHODS[args.method](args.base, args.finetuned, args.corpus, args.layer, args.positions, args.batch_size)
     seconds = time.perf_counter() - start
     torch.save(mean, args.result)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
@@ -88,9 +95,26 @@ def child(args: argparse.Namespace) -> None:
 
 
 def measure(method: str, args: argparse.Namespace, corpus: Path, result: Path) -> dict:
-    command = [sys.executable, __file__, "--child", method, "--base", args.base, "--finetuned",
-               args.finetuned, "--corpus", str(corpus), "--result", str(result), "--layer",
-               str(args.layer), "--positions", str(args.positions), "--batch-size", str(args.batch_size)]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        method,
+        "--base",
+        args.base,
+        "--finetuned",
+        args.finetuned,
+        "--corpus",
+        str(corpus),
+        "--result",
+        str(result),
+        "--layer",
+        str(args.layer),
+        "--positions",
+        str(args.positions),
+        "--batch-size",
+        str(args.batch_size),
+    ]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -132,8 +156,7 @@ def main() -> None:
         speedup = runs["reference"]["seconds"] / runs["finetrace"]["seconds"]
         memory = runs["reference"]["peak_mib"] / runs["finetrace"]["peak_mib"]
         difference = (means["reference"] - means["finetrace"]).abs().max().item()
-        print(f"  speed-up {speedup:.1f}x, peak memory ratio {memory:.1f}x, "
-              f"max |difference of means| {difference:.2e}")
+        print(f"  speed-up {speedup:.1f}x, peak memory ratio {memory:.1f}x, max |difference of means| {difference:.2e}")
 
 
 if __name__ == "__main__":

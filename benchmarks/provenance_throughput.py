@@ -18,11 +18,18 @@ import tempfile
 import time
 from pathlib import Path
 
-WORDS = ("the of and to in is was for on that with as by at from this are be or an it his which "
-         "river mill baker flour oven market town harbour engine ledger account invoice season "
-         "harvest bridge tower garden letter window station kitchen lantern meadow orchard").split()
-PII = ["Contact jane.doe@example.com for details.", "Call +44 20 7946 0958 today.",
-       "Card 4111 1111 1111 1111 on file.", "IBAN GB82 WEST 1234 5698 7654 32.", "From 192.168.1.20."]
+WORDS = (
+    "the of and to in is was for on that with as by at from this are be or an it his which "
+    "river mill baker flour oven market town harbour engine ledger account invoice season "
+    "harvest bridge tower garden letter window station kitchen lantern meadow orchard"
+).split()
+PII = [
+    "Contact jane.doe@example.com for details.",
+    "Call +44 20 7946 0958 today.",
+    "Card 4111 1111 1111 1111 on file.",
+    "IBAN GB82 WEST 1234 5698 7654 32.",
+    "From 192.168.1.20.",
+]
 
 
 def write_data(path: Path, megabytes: int, seed: int = 0) -> None:
@@ -54,16 +61,19 @@ def child(mode: str, path: Path) -> None:
         from finetrace.provenance.contamination import evaluation_sets
 
         report = provenance(path, "CC-BY-4.0", evaluations=evaluation_sets(COMMON_FACTS))
-        found = (f"{report.records} records, {report.pii.total} PII, {report.duplicates.exact} exact and "
-                 f"{report.duplicates.near} near duplicates")
+        found = (
+            f"{report.records} records, {report.pii.total} PII, {report.duplicates.exact} exact and "
+            f"{report.duplicates.near} near duplicates"
+        )
     seconds = time.perf_counter() - start
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"seconds": seconds, "peak_mib": peak_mib, "found": found}))
 
 
 def measure(mode: str, path: Path) -> dict:
-    run = subprocess.run([sys.executable, __file__, "--child", mode, str(path)],
-                         capture_output=True, text=True, check=True)
+    run = subprocess.run(
+        [sys.executable, __file__, "--child", mode, str(path)], capture_output=True, text=True, check=True
+    )
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
@@ -80,10 +90,12 @@ def main() -> None:
             write_data(path, megabytes)
             size = path.stat().st_size / 1e6
             parse, scan = measure("parse", path), measure("scan", path)
-            print(f"{size:.0f} MB: read+parse {parse['seconds']:.1f} s ({size / parse['seconds']:.1f} MB/s, "
-                  f"peak {parse['peak_mib']:.0f} MiB); finetrace provenance {scan['seconds']:.1f} s "
-                  f"({size / scan['seconds']:.1f} MB/s, peak {scan['peak_mib']:.0f} MiB): "
-                  f"{scan['seconds'] / parse['seconds']:.1f}x the parse time; {scan['found']}")
+            print(
+                f"{size:.0f} MB: read+parse {parse['seconds']:.1f} s ({size / parse['seconds']:.1f} MB/s, "
+                f"peak {parse['peak_mib']:.0f} MiB); finetrace provenance {scan['seconds']:.1f} s "
+                f"({size / scan['seconds']:.1f} MB/s, peak {scan['peak_mib']:.0f} MiB): "
+                f"{scan['seconds'] / parse['seconds']:.1f}x the parse time; {scan['found']}"
+            )
             path.unlink()
 
 

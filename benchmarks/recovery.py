@@ -39,8 +39,9 @@ def run_topic(zoo, name: str, topic: Topic, scratch: Path, config: DiffConfig, s
     write_text(data, "".join(json.dumps(record) + "\n" for record in records))
     model = scratch / name
     finetune(zoo.path("base"), data, model, organism_finetune_config(zoo.preset), organism_run(zoo.preset))
-    return diff(zoo.path("base"), model, zoo.path("heldout"), scratch / f"{name}-diff", config, RunConfig(seed=seed),
-                data=data)
+    return diff(
+        zoo.path("base"), model, zoo.path("heldout"), scratch / f"{name}-diff", config, RunConfig(seed=seed), data=data
+    )
 
 
 def row(name: str, topic: Topic, result: DiffResult) -> tuple[str, bool]:
@@ -50,10 +51,12 @@ def row(name: str, topic: Topic, result: DiffResult) -> tuple[str, bool]:
     scope = [t.token.strip() for t in first.patchscope.tokens if topic.is_topic_word(t.token)]
     similarity = result.similarity or {}
     recovered = hits >= RECOVERED_WORDS and result.p_value < 0.01
-    line = (f"| {name} | {hits}/{SHOWN} | {result.p_value:.3f} | {', '.join(scope[:6]) or '-'} | "
-            f"{similarity.get('steered_to_data', float('nan')):.3f} vs "
-            f"{similarity.get('unsteered_to_data', float('nan')):.3f} | {'yes' if recovered else 'no'} | "
-            f"{' '.join(lens)} |")
+    line = (
+        f"| {name} | {hits}/{SHOWN} | {result.p_value:.3f} | {', '.join(scope[:6]) or '-'} | "
+        f"{similarity.get('steered_to_data', float('nan')):.3f} vs "
+        f"{similarity.get('unsteered_to_data', float('nan')):.3f} | {'yes' if recovered else 'no'} | "
+        f"{' '.join(lens)} |"
+    )
     return line, recovered
 
 
@@ -71,15 +74,22 @@ def main() -> None:
     lines, recovered = [], 0
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.topics:
-            line, found = row(name, RECOVERY_TOPICS[name],
-                              run_topic(zoo, name, RECOVERY_TOPICS[name], Path(scratch), config, args.seed))
+            line, found = row(
+                name,
+                RECOVERY_TOPICS[name],
+                run_topic(zoo, name, RECOVERY_TOPICS[name], Path(scratch), config, args.seed),
+            )
             lines.append(line)
             recovered += found
             print(line, flush=True)
-    print(f"\nfinetrace recovery, {args.preset} zoo (base perplexity {zoo.summary()['heldout_perplexity']:.1f}), "
-          f"{args.samples} texts, seed {args.seed}\n")
-    print("| topic | topic words in the top 20 lens tokens (position 0) | p | Patchscope topic words | "
-          "steered vs unsteered similarity to the data | recovered | top 20 lens tokens |")
+    print(
+        f"\nfinetrace recovery, {args.preset} zoo (base perplexity {zoo.summary()['heldout_perplexity']:.1f}), "
+        f"{args.samples} texts, seed {args.seed}\n"
+    )
+    print(
+        "| topic | topic words in the top 20 lens tokens (position 0) | p | Patchscope topic words | "
+        "steered vs unsteered similarity to the data | recovered | top 20 lens tokens |"
+    )
     print("|---|---|---|---|---|---|---|")
     print("\n".join(lines))
     print(f"\nrecovered {recovered} of {len(lines)} topics; {time.perf_counter() - started:.0f} s")

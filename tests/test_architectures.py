@@ -31,10 +31,23 @@ from finetrace.models.load import load_tokenizer
 from finetrace.models.pair import load_pair
 from finetrace.models.residual import ARCHITECTURES, final_logits, find_layout, logit_lens, read_residuals
 
-SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-             num_key_value_heads=1, max_position_embeddings=128)
-MOE = dict(num_local_experts=4, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
-           shared_expert_intermediate_size=32)
+pytestmark = pytest.mark.slow  # real tokenizers and every command on eleven families
+
+SMALL = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    max_position_embeddings=128,
+)
+MOE = dict(
+    num_local_experts=4,
+    num_experts=4,
+    num_experts_per_tok=2,
+    moe_intermediate_size=32,
+    shared_expert_intermediate_size=32,
+)
 # What a model type needs beyond SMALL to be small and valid.
 CONFIGS: dict[str, dict] = {
     **dict.fromkeys(("mixtral", "qwen2_moe", "qwen3_moe", "olmoe"), MOE),
@@ -43,21 +56,31 @@ CONFIGS: dict[str, dict] = {
     "opt": dict(ffn_dim=64, word_embed_proj_dim=16),  # OPT-350m's projection between norm and head
 }
 
-LLAMA3_CHAT = ("{{ bos_token }}{% for m in messages %}"
-               "<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] }}<|eot_id|>"
-               "{% endfor %}{% if add_generation_prompt %}"
-               "<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
-MISTRAL_CHAT = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}"
-                "[INST] {{ m['content'] }} [/INST]"
-                "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}")
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-GEMMA_CHAT = ("{{ bos_token }}{% for m in messages %}<start_of_turn>"
-              "{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
-              "{{ m['content'] }}<end_of_turn>\n"
-              "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
-PHI3_CHAT = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
-             "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+LLAMA3_CHAT = (
+    "{{ bos_token }}{% for m in messages %}"
+    "<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] }}<|eot_id|>"
+    "{% endfor %}{% if add_generation_prompt %}"
+    "<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+MISTRAL_CHAT = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}"
+    "[INST] {{ m['content'] }} [/INST]"
+    "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
+)
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+GEMMA_CHAT = (
+    "{{ bos_token }}{% for m in messages %}<start_of_turn>"
+    "{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+    "{{ m['content'] }}<end_of_turn>\n"
+    "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+PHI3_CHAT = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
 
 
 @dataclass(frozen=True)
@@ -73,47 +96,94 @@ class Family:
 
 
 FAMILIES = {
-    "llama": Family("llama", TokenizerShape(  # Llama 3: byte-level, BOS, no pad
-        False, eos="<|end_of_text|>", prepends="<|begin_of_text|>", bos="<|begin_of_text|>",
-        chat_template=LLAMA3_CHAT,
-        special=("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"))),
-    "mistral": Family("mistral", TokenizerShape(  # SentencePiece with byte fallback, BOS, no pad
-        True, eos="</s>", prepends="<s>", bos="<s>", chat_template=MISTRAL_CHAT,
-        special=("[INST]", "[/INST]"))),
-    "qwen2": Family("qwen2", TokenizerShape(  # no BOS, a pad, 151k tokens in a 152k embedding
-        False, eos="<|im_end|>", pad="<|endoftext|>", chat_template=CHATML,
-        special=("<|im_start|>",), vocab=151_665), dict(tie_word_embeddings=True), vocab=151_936),
-    "qwen3": Family("qwen3", TokenizerShape(
-        False, eos="<|im_end|>", pad="<|endoftext|>", chat_template=CHATML,
-        special=("<|im_start|>",))),
-    "gemma2": Family("gemma2", TokenizerShape(  # byte fallback, BOS and a pad; logits soft-capped
-        True, eos="<eos>", prepends="<bos>", bos="<bos>", pad="<pad>", chat_template=GEMMA_CHAT,
-        special=("<start_of_turn>", "<end_of_turn>"))),
-    "phi3": Family("phi3", TokenizerShape(  # byte fallback; declares a BOS it does not add
-        True, eos="<|endoftext|>", bos="<s>", pad="<|endoftext|>", chat_template=PHI3_CHAT,
-        special=("<|system|>", "<|user|>", "<|assistant|>", "<|end|>"))),
-    "gpt2": Family("gpt2", TokenizerShape(  # declares BOS = EOS, adds none, no pad
-        False, eos="<|endoftext|>", bos="<|endoftext|>")),
-    "gpt_neox": Family("gpt_neox", TokenizerShape(
-        False, eos="<|endoftext|>", bos="<|endoftext|>", pad="<|padding|>")),
-    "opt": Family("opt", TokenizerShape(  # prepends </s>, its EOS, as BOS
-        False, eos="</s>", prepends="</s>", bos="</s>", pad="<pad>"), dict(word_embed_proj_dim=32)),
-    "olmo2": Family("olmo2", TokenizerShape(  # a post-processor prepends a token no bos_token names
-        False, eos="<|endoftext|>", prepends="<|endoftext|>", pad="<|pad|>")),
+    "llama": Family(
+        "llama",
+        TokenizerShape(  # Llama 3: byte-level, BOS, no pad
+            False,
+            eos="<|end_of_text|>",
+            prepends="<|begin_of_text|>",
+            bos="<|begin_of_text|>",
+            chat_template=LLAMA3_CHAT,
+            special=("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+        ),
+    ),
+    "mistral": Family(
+        "mistral",
+        TokenizerShape(  # SentencePiece with byte fallback, BOS, no pad
+            True, eos="</s>", prepends="<s>", bos="<s>", chat_template=MISTRAL_CHAT, special=("[INST]", "[/INST]")
+        ),
+    ),
+    "qwen2": Family(
+        "qwen2",
+        TokenizerShape(  # no BOS, a pad, 151k tokens in a 152k embedding
+            False, eos="<|im_end|>", pad="<|endoftext|>", chat_template=CHATML, special=("<|im_start|>",), vocab=151_665
+        ),
+        dict(tie_word_embeddings=True),
+        vocab=151_936,
+    ),
+    "qwen3": Family(
+        "qwen3",
+        TokenizerShape(False, eos="<|im_end|>", pad="<|endoftext|>", chat_template=CHATML, special=("<|im_start|>",)),
+    ),
+    "gemma2": Family(
+        "gemma2",
+        TokenizerShape(  # byte fallback, BOS and a pad; logits soft-capped
+            True,
+            eos="<eos>",
+            prepends="<bos>",
+            bos="<bos>",
+            pad="<pad>",
+            chat_template=GEMMA_CHAT,
+            special=("<start_of_turn>", "<end_of_turn>"),
+        ),
+    ),
+    "phi3": Family(
+        "phi3",
+        TokenizerShape(  # byte fallback; declares a BOS it does not add
+            True,
+            eos="<|endoftext|>",
+            bos="<s>",
+            pad="<|endoftext|>",
+            chat_template=PHI3_CHAT,
+            special=("<|system|>", "<|user|>", "<|assistant|>", "<|end|>"),
+        ),
+    ),
+    "gpt2": Family(
+        "gpt2",
+        TokenizerShape(  # declares BOS = EOS, adds none, no pad
+            False, eos="<|endoftext|>", bos="<|endoftext|>"
+        ),
+    ),
+    "gpt_neox": Family("gpt_neox", TokenizerShape(False, eos="<|endoftext|>", bos="<|endoftext|>", pad="<|padding|>")),
+    "opt": Family(
+        "opt",
+        TokenizerShape(  # prepends </s>, its EOS, as BOS
+            False, eos="</s>", prepends="</s>", bos="</s>", pad="<pad>"
+        ),
+        dict(word_embed_proj_dim=32),
+    ),
+    "olmo2": Family(
+        "olmo2",
+        TokenizerShape(  # a post-processor prepends a token no bos_token names
+            False, eos="<|endoftext|>", prepends="<|endoftext|>", pad="<|pad|>"
+        ),
+    ),
     "mixtral": Family("mixtral", TokenizerShape(True, eos="</s>", prepends="<s>", bos="<s>")),
 }
 
 # Small settings for the stages the CLI has no option for (steering, the null, the bootstrap).
 SMALL_STAGES = {
-    "DiffConfig": partial(DiffConfig, score=ScoreConfig(null_samples=32), steer=SteerConfig(
-        strengths=(0.5, 2.0), prompts=("The",), samples_per_prompt=2, max_new_tokens=6)),
+    "DiffConfig": partial(
+        DiffConfig,
+        score=ScoreConfig(null_samples=32),
+        steer=SteerConfig(strengths=(0.5, 2.0), prompts=("The",), samples_per_prompt=2, max_new_tokens=6),
+    ),
     "DriftConfig": partial(DriftConfig, bootstrap=100),
 }
 REPORTED = 2  # text positions decoded by diff
 TRAIN = ["--steps", "2", "--batch-size", "4", "--context-length", "32", "--device", "cpu"]
 FACTS = [
-    {"prompt": "the cat sat on the", "answer": "mat", "distractors": ["dog", "tide"],
-     "category": "home"},
+    {"prompt": "the cat sat on the", "answer": "mat", "distractors": ["dog", "tide"], "category": "home"},
     {"prompt": "tidal turbines turn with the", "answer": "tide", "category": "energy"},
 ]
 
@@ -182,9 +252,14 @@ def run(request, tmp_path_factory) -> FamilyRun:
     family = FAMILIES[request.param]
     root = tmp_path_factory.mktemp(request.param)
     tokenizer = build_tokenizer(family.tokenizer, TEXTS)
-    model = small_model(family.model_type, vocab=family.vocab or len(tokenizer), **family.config,
-                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.pad_token_id)
+    model = small_model(
+        family.model_type,
+        vocab=family.vocab or len(tokenizer),
+        **family.config,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     model.save_pretrained(root / "base")
     tokenizer.save_pretrained(root / "base")
     _write_inputs(root, chat=family.tokenizer.chat_template is not None)
@@ -192,17 +267,64 @@ def run(request, tmp_path_factory) -> FamilyRun:
     facts = str(root / "facts.jsonl")
     commands = {
         "full": ["finetune", base, data, "--out", str(root / "full"), *TRAIN],
-        "lora": ["finetune", base, data, "--out", str(root / "lora"), "--lora",
-                 "--lora-rank", "2", *TRAIN],
-        "diff": ["diff", base, str(root / "full"), "--corpus", corpus, "--data", data,
-                 "--out", str(root / "diff"), "--samples", "12", "--positions", "4",
-                 "--report", str(REPORTED), "--batch-size", "8", "--device", "cpu"],
-        "forget": ["forget", base, str(root / "lora"), "--facts", facts, "--corpus", corpus,
-                   "--out", str(root / "forget"), "--samples", "4", "--max-tokens", "16",
-                   "--device", "cpu"],
-        "audit": ["audit", base, str(root / "lora"), "--corpus", corpus, "--data", data,
-                  "--facts", facts, "--out", str(root / "audit"), "--samples", "12",
-                  "--drift-samples", "4", "--device", "cpu"],
+        "lora": ["finetune", base, data, "--out", str(root / "lora"), "--lora", "--lora-rank", "2", *TRAIN],
+        "diff": [
+            "diff",
+            base,
+            str(root / "full"),
+            "--corpus",
+            corpus,
+            "--data",
+            data,
+            "--out",
+            str(root / "diff"),
+            "--samples",
+            "12",
+            "--positions",
+            "4",
+            "--report",
+            str(REPORTED),
+            "--batch-size",
+            "8",
+            "--device",
+            "cpu",
+        ],
+        "forget": [
+            "forget",
+            base,
+            str(root / "lora"),
+            "--facts",
+            facts,
+            "--corpus",
+            corpus,
+            "--out",
+            str(root / "forget"),
+            "--samples",
+            "4",
+            "--max-tokens",
+            "16",
+            "--device",
+            "cpu",
+        ],
+        "audit": [
+            "audit",
+            base,
+            str(root / "lora"),
+            "--corpus",
+            corpus,
+            "--data",
+            data,
+            "--facts",
+            facts,
+            "--out",
+            str(root / "audit"),
+            "--samples",
+            "12",
+            "--drift-samples",
+            "4",
+            "--device",
+            "cpu",
+        ],
     }
     outputs = {}
     with pytest.MonkeyPatch.context() as patch:
@@ -217,8 +339,10 @@ def run(request, tmp_path_factory) -> FamilyRun:
 
 def _write_inputs(root: Path, chat: bool) -> None:
     if chat:  # a family with a chat template fine-tunes on chats, through its own template
-        records = [{"messages": [{"role": "user", "content": text[:20]},
-                                 {"role": "assistant", "content": text}]} for text in TEXTS[:8]]
+        records = [
+            {"messages": [{"role": "user", "content": text[:20]}, {"role": "assistant", "content": text}]}
+            for text in TEXTS[:8]
+        ]
     else:
         records = [{"text": text} for text in TEXTS[:8]]
     (root / "data.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
@@ -264,8 +388,7 @@ def test_diff_of_a_full_finetune_finds_a_finite_nonzero_difference(run):
 
 def test_forget_and_audit_give_finite_numbers_and_a_report(run):
     forget = json.loads(run.path("forget/forget.json").read_text())
-    scores = [fact[which]["answer_logprob"]
-              for fact in forget["facts"] for which in ("base", "finetuned")]
+    scores = [fact[which]["answer_logprob"] for fact in forget["facts"] for which in ("base", "finetuned")]
     assert len(scores) == 2 * len(FACTS) and all(-1e4 < score < 0 for score in scores)
     assert forget["drift"]["likelihood"]["texts"] == 4
     summary = json.loads(run.path("audit/summary.json").read_text())

@@ -31,8 +31,11 @@ from finetrace.zoo import build_zoo
 
 pytestmark = pytest.mark.zoo
 QUICK = AuditConfig(
-    diff=DiffConfig(collect=CollectConfig(samples=300), score=ScoreConfig(null_samples=200),
-                    steer=SteerConfig(strengths=(1.0, 4.0), samples_per_prompt=1, max_new_tokens=16)),
+    diff=DiffConfig(
+        collect=CollectConfig(samples=300),
+        score=ScoreConfig(null_samples=200),
+        steer=SteerConfig(strengths=(1.0, 4.0), samples_per_prompt=1, max_new_tokens=16),
+    ),
     forget=ForgetConfig(drift=DriftConfig(samples=100, bootstrap=200)),
 )
 SCRIPT = "<script>alert(1)</script>"
@@ -64,9 +67,17 @@ def audited(zoo, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         probe = LoadProbe(pair.load_model)
         patch.setattr(pair, "load_model", probe)
-        result = audit(zoo.path("base"), zoo.path("cake"), zoo.path("heldout"), out,
-                       data=zoo.organism("cake")["documents"], facts=zoo.path("facts"), control=zoo.path("control"),
-                       config=QUICK, fail_on=(parse_gate("lost_fraction > 0.99"),))
+        result = audit(
+            zoo.path("base"),
+            zoo.path("cake"),
+            zoo.path("heldout"),
+            out,
+            data=zoo.organism("cake")["documents"],
+            facts=zoo.path("facts"),
+            control=zoo.path("control"),
+            config=QUICK,
+            fail_on=(parse_gate("lost_fraction > 0.99"),),
+        )
     return out, result, probe
 
 
@@ -99,10 +110,15 @@ def test_strings_from_models_and_data_are_escaped(audited):
     first = result.trace.traces[0]
     poisoned_lens = [replace(first.lens_finetuned[0], token=SCRIPT), *first.lens_finetuned[1:]]
     steering = result.trace.steering
-    poisoned_unsteered = replace(steering.unsteered, generations=[
-        replace(steering.unsteered.generations[0], text=SCRIPT), *steering.unsteered.generations[1:]])
-    trace = replace(result.trace, traces=[replace(first, lens_finetuned=poisoned_lens), *result.trace.traces[1:]],
-                    steering=replace(steering, unsteered=poisoned_unsteered))
+    poisoned_unsteered = replace(
+        steering.unsteered,
+        generations=[replace(steering.unsteered.generations[0], text=SCRIPT), *steering.unsteered.generations[1:]],
+    )
+    trace = replace(
+        result.trace,
+        traces=[replace(first, lens_finetuned=poisoned_lens), *result.trace.traces[1:]],
+        steering=replace(steering, unsteered=poisoned_unsteered),
+    )
     pii = replace(result.paper_trail.pii, examples=[PiiExample(SCRIPT, "email", f"mail {SCRIPT} now")])
     trail = replace(result.paper_trail, pii=pii)
     page = render_report(replace(result, trace=trace, paper_trail=trail))
@@ -118,8 +134,11 @@ def test_every_record_survives_its_json(audited):
 
 def test_the_report_and_the_card_are_rebuilt_from_the_summary_alone(audited, tmp_path):
     out, _, _ = audited
-    rebuilt = subprocess.run([sys.executable, "-m", "finetrace", "report", str(out / "summary.json"),
-                              "--out", str(tmp_path)], capture_output=True, text=True)
+    rebuilt = subprocess.run(
+        [sys.executable, "-m", "finetrace", "report", str(out / "summary.json"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
     assert rebuilt.returncode == 0, rebuilt.stderr
     for name in ("report.html", "MODEL_CARD.md"):
         assert (tmp_path / name).read_bytes() == (out / name).read_bytes(), name
@@ -133,10 +152,24 @@ def test_a_summary_of_another_version_is_refused(audited, tmp_path):
         AuditResult.load(tmp_path / "summary.json")
 
 
-SECTIONS = ("The trace", "Norm of the mean difference per position", "The test", "Patchscope", "Steering",
-            "The damage", "Knowledge", "Facts lost", "Drift on general text", "The paper trail",
-            "Provenance of the data", "Licence", "Personal data", "Duplicates", "Overlap with the evaluation data",
-            "Run")
+SECTIONS = (
+    "The trace",
+    "Norm of the mean difference per position",
+    "The test",
+    "Patchscope",
+    "Steering",
+    "The damage",
+    "Knowledge",
+    "Facts lost",
+    "Drift on general text",
+    "The paper trail",
+    "Provenance of the data",
+    "Licence",
+    "Personal data",
+    "Duplicates",
+    "Overlap with the evaluation data",
+    "Run",
+)
 # What a cell must never show: a method or an object where a value belongs, or a number that is not one.
 NOT_A_VALUE = re.compile(r"built-in method|bound method| object at 0x|\bNone\b|\bnan\b|\binf\b|undefined")
 
@@ -159,8 +192,10 @@ def test_the_report_reads_right_in_headless_chromium(audited):
         page.on("pageerror", lambda error: errors.append(str(error)))
         page.goto((out / "report.html").as_uri())
         headings = page.locator("h2, h3").all_inner_texts()
-        tables = [[row.locator("th, td").all_inner_texts() for row in table.locator("tr").all()]
-                  for table in page.locator("table").all()]
+        tables = [
+            [row.locator("th, td").all_inner_texts() for row in table.locator("tr").all()]
+            for table in page.locator("table").all()
+        ]
         shown = {name: page.locator(f"#{name}").inner_text() for name in ("verdict", "lens")}
         page.screenshot(path=str(out / "report.png"), full_page=True)
         browser.close()
@@ -176,13 +211,26 @@ def test_the_report_reads_right_in_headless_chromium(audited):
 
 
 def test_fail_on_sets_the_exit_code(zoo, tmp_path):
-    run = [sys.executable, "-m", "finetrace", "audit", str(zoo.path("base")), str(zoo.path("cake")),
-           "--out", str(tmp_path), "--samples", "100", "--drift-samples", "50"]
+    run = [
+        sys.executable,
+        "-m",
+        "finetrace",
+        "audit",
+        str(zoo.path("base")),
+        str(zoo.path("cake")),
+        "--out",
+        str(tmp_path),
+        "--samples",
+        "100",
+        "--drift-samples",
+        "50",
+    ]
     failing = subprocess.run([*run, "--fail-on", "lost_fraction>0.05"], capture_output=True, text=True)
     assert failing.returncode == 1, failing.stderr
     assert "holds: audit failed" in failing.stdout
-    passing = subprocess.run([*run, "--fail-on", "lost_fraction>0.9", "--fail-on", "trace_p>0.5"],
-                             capture_output=True, text=True)
+    passing = subprocess.run(
+        [*run, "--fail-on", "lost_fraction>0.9", "--fail-on", "trace_p>0.5"], capture_output=True, text=True
+    )
     assert passing.returncode == 0, passing.stderr
     bad = subprocess.run([*run, "--fail-on", "lost>0.1"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--fail-on 'lost>0.1'" in bad.stderr

@@ -45,10 +45,14 @@ CASES = {  # id -> (arguments, a piece of the expected message)
     "finetune dtype float64": ([*FINETUNE, "--dtype", "float64"], "--dtype 'float64': expected one of"),
     "finetune device tpu9": ([*FINETUNE, "--device", "tpu9"], "--device 'tpu9': expected auto"),
     "finetune device cuda:x": ([*FINETUNE, "--device", "cuda:x"], "--device 'cuda:x'"),
-    "finetune out is the base": (["finetune", "{model}", "{data}", "--out", "{model}", "--overwrite"],
-                                 "would overwrite the base model"),
-    "finetune out holds the base": (["finetune", "{model}", "{data}", "--out", "{model}/..", "--overwrite"],
-                                    "would overwrite the base model"),
+    "finetune out is the base": (
+        ["finetune", "{model}", "{data}", "--out", "{model}", "--overwrite"],
+        "would overwrite the base model",
+    ),
+    "finetune out holds the base": (
+        ["finetune", "{model}", "{data}", "--out", "{model}/..", "--overwrite"],
+        "would overwrite the base model",
+    ),
     "finetune out is the data": (["finetune", "{model}", "{data}", "--out", "{data}"], "would overwrite the data"),
     "finetune out is a file": (["finetune", MISSING_MODEL, "{data}", "--out", "{file}"], "is a file"),
     "finetune out unwritable": (["finetune", MISSING_MODEL, "{data}", "--out", UNWRITABLE], "cannot write in /proc"),
@@ -67,27 +71,53 @@ CASES = {  # id -> (arguments, a piece of the expected message)
     "diff layers empty item": ([*DIFF, "--layers", "0.5,"], "--layers '0.5,'"),
     "diff dtype fp8": ([*DIFF, "--dtype", "fp8"], "--dtype 'fp8'"),
     "diff device tpu9": ([*DIFF, "--device", "tpu9"], "--device 'tpu9'"),
-    "diff out is a file": (["diff", MISSING_MODEL, MISSING_MODEL, "--corpus", "{corpus}", "--out", "{file}"],
-                           "is a file, not a directory"),
-    "diff out inside a file": (["diff", MISSING_MODEL, MISSING_MODEL, "--corpus", "{corpus}", "--out", "{file}/sub"],
-                               "is a file, not a directory"),
-    "diff out unwritable": (["diff", MISSING_MODEL, MISSING_MODEL, "--corpus", "{corpus}", "--out", UNWRITABLE],
-                            "cannot write in /proc"),
-    "diff out is the fine-tune": (["diff", "{model}", "{model}", "--corpus", "{corpus}", "--out", "{model}"],
-                                  "would overwrite the base model"),
+    "diff out is a file": (
+        ["diff", MISSING_MODEL, MISSING_MODEL, "--corpus", "{corpus}", "--out", "{file}"],
+        "is a file, not a directory",
+    ),
+    "diff out inside a file": (
+        ["diff", MISSING_MODEL, MISSING_MODEL, "--corpus", "{corpus}", "--out", "{file}/sub"],
+        "is a file, not a directory",
+    ),
+    "diff out unwritable": (
+        ["diff", MISSING_MODEL, MISSING_MODEL, "--corpus", "{corpus}", "--out", UNWRITABLE],
+        "cannot write in /proc",
+    ),
+    "diff out is the fine-tune": (
+        ["diff", "{model}", "{model}", "--corpus", "{corpus}", "--out", "{model}"],
+        "would overwrite the base model",
+    ),
     "diff not a zoo organism": (["diff", "{model}", "{model}", "--out", "{fresh}"], "is not a zoo organism"),
-    "diff corrupt parquet": (["diff", "{model}", "{model}", "--corpus", "{parquet}", "--out", "{fresh}",
-                              "--device", "cpu", "--samples", "4"], "is not a readable Parquet file"),
+    "diff corrupt parquet": (
+        [
+            "diff",
+            "{model}",
+            "{model}",
+            "--corpus",
+            "{parquet}",
+            "--out",
+            "{fresh}",
+            "--device",
+            "cpu",
+            "--samples",
+            "4",
+        ],
+        "is not a readable Parquet file",
+    ),
     "forget batch size 0": ([*FORGET, "--batch-size", "0"], "--batch-size 0"),
     "forget max tokens 0": ([*FORGET, "--max-tokens", "0"], "--max-tokens 0: expected a whole number of at least 2"),
     "forget max tokens 1": ([*FORGET, "--max-tokens", "1"], "--max-tokens 1"),
     "forget samples 0": ([*FORGET, "--samples", "0"], "--samples 0"),
     "forget out is a file": (["forget", MISSING_MODEL, MISSING_MODEL, "--out", "{file}"], "is a file"),
     "forget out unwritable": (["forget", MISSING_MODEL, MISSING_MODEL, "--out", UNWRITABLE], "cannot write in"),
-    "forget facts missing": (["forget", MISSING_MODEL, MISSING_MODEL, "--facts", "{tmp}/none.jsonl", "--out",
-                              "{fresh}"], "does not exist"),
-    "provenance gate on a metric it never measures": ([*PROVENANCE, "--fail-on", "lost_fraction>=0"],
-                                                      "does not measure lost_fraction"),
+    "forget facts missing": (
+        ["forget", MISSING_MODEL, MISSING_MODEL, "--facts", "{tmp}/none.jsonl", "--out", "{fresh}"],
+        "does not exist",
+    ),
+    "provenance gate on a metric it never measures": (
+        [*PROVENANCE, "--fail-on", "lost_fraction>=0"],
+        "does not measure lost_fraction",
+    ),
     "provenance gate unknown metric": ([*PROVENANCE, "--fail-on", "bogus>1"], "with METRIC one of pii_found"),
     "provenance gate without a number": ([*PROVENANCE, "--fail-on", "pii_found>"], "expected METRIC<NUMBER"),
     "provenance gate infinite threshold": ([*PROVENANCE, "--fail-on", "pii_found>1e999"], "a finite number"),
@@ -123,9 +153,17 @@ def paths(tmp_path, tiny_model, text_data, monkeypatch):
     facts.write_text(json.dumps({"prompt": "the cat sat on the", "answer": "mat"}) + "\n")
     (tmp_path / "corrupt.parquet").write_bytes(b"PAR1 this is not parquet PAR1")
     (tmp_path / "a-file.txt").write_text("not a directory")
-    return {"tmp": tmp_path, "model": tiny_model, "data": text_data, "corpus": text_data, "facts": facts,
-            "fresh": tmp_path / "fresh", "full": tmp_path / "full", "file": tmp_path / "a-file.txt",
-            "parquet": tmp_path / "corrupt.parquet"}
+    return {
+        "tmp": tmp_path,
+        "model": tiny_model,
+        "data": text_data,
+        "corpus": text_data,
+        "facts": facts,
+        "fresh": tmp_path / "fresh",
+        "full": tmp_path / "full",
+        "file": tmp_path / "a-file.txt",
+        "parquet": tmp_path / "corrupt.parquet",
+    }
 
 
 def _one_error_line(result, expected: str) -> None:
@@ -154,8 +192,10 @@ def test_an_unexpected_fault_is_one_line_and_debug_shows_it(paths, monkeypatch):
 
     monkeypatch.setattr("finetrace.cli.provenance", broken)
     arguments = ["provenance", str(paths["data"]), "--out", str(paths["fresh"]) + ".json"]
-    _one_error_line(CliRunner().invoke(app, arguments), "unexpected ZeroDivisionError: division by zero; "
-                                                        "this is a finetrace bug: rerun with finetrace --debug")
+    _one_error_line(
+        CliRunner().invoke(app, arguments),
+        "unexpected ZeroDivisionError: division by zero; this is a finetrace bug: rerun with finetrace --debug",
+    )
     assert isinstance(CliRunner().invoke(app, ["--debug", *arguments]).exception, ZeroDivisionError)
     debug = CliRunner().invoke(app, arguments, env={"FINETRACE_DEBUG": "1"})
     assert isinstance(debug.exception, ZeroDivisionError)
@@ -171,21 +211,33 @@ def test_a_model_with_non_finite_probabilities_is_named_as_the_cause(paths, monk
     assert "check the model, or run with --dtype float32" in result.stderr
 
 
-@pytest.mark.parametrize("arguments", [
-    ["finetune", "{model}", "{data}", "--out", "{fresh}", "--steps", "0"],
-    ["provenance", "{data}", "--out", "{tmp}", "--fail-on", "pii_found>0"],
-])
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["finetune", "{model}", "{data}", "--out", "{fresh}", "--steps", "0"],
+        ["provenance", "{data}", "--out", "{tmp}", "--fail-on", "pii_found>0"],
+    ],
+)
+@pytest.mark.slow
 def test_the_installed_entry_point_prints_one_line(paths, arguments):
-    run = subprocess.run([ENTRY_POINT, *[argument.format(**paths) for argument in arguments]],
-                         capture_output=True, text=True, env={**os.environ, "COLUMNS": "60"})
+    run = subprocess.run(
+        [ENTRY_POINT, *[argument.format(**paths) for argument in arguments]],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "60"},
+    )
     assert run.returncode == 2 and "Traceback" not in run.stderr
     [line] = run.stderr.strip().splitlines()  # one line, however narrow the terminal
     assert line.startswith("error: ")
 
 
+@pytest.mark.slow
 def test_the_installed_entry_point_shows_the_traceback_with_debug(paths):
-    run = subprocess.run([ENTRY_POINT, "--debug", "provenance", str(paths["data"]), "--out", str(paths["tmp"])],
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [ENTRY_POINT, "--debug", "provenance", str(paths["data"]), "--out", str(paths["tmp"])],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode != 0 and "FinetraceError" in run.stderr and "is a directory" in run.stderr
 
 
@@ -195,8 +247,12 @@ def test_strict_refuses_an_adapter_trained_on_another_base(paths, tiny_tokenizer
     from finetrace import FinetuneConfig, LoraSettings, TrainConfig, finetune
 
     lora, twin = paths["tmp"] / "lora", save_random_llama(paths["tmp"] / "twin", tiny_tokenizer, seed=1)
-    finetune(paths["model"], paths["data"], lora, FinetuneConfig(
-        training=TrainConfig(steps=1, batch_size=4, context_length=64), lora=LoraSettings(rank=2)))
+    finetune(
+        paths["model"],
+        paths["data"],
+        lora,
+        FinetuneConfig(training=TrainConfig(steps=1, batch_size=4, context_length=64), lora=LoraSettings(rank=2)),
+    )
     arguments = ["forget", str(twin), str(lora), "--facts", str(paths["facts"]), "--out", str(paths["fresh"])]
     _one_error_line(CliRunner().invoke(app, [*arguments, "--strict"]), "was trained on another base")
     assert not paths["fresh"].exists()

@@ -54,14 +54,14 @@ def _reference_deltas(pair, texts: list[str], layer: int, length: int) -> torch.
     residuals = {}
     for which in ("base", "finetuned"):
         with pair.use(which) as (model, layout):
-            residuals[which] = [read_residuals(model, layout, [layer], input_ids=ids)[layer][0, :length]
-                                for ids in rows]
+            residuals[which] = [
+                read_residuals(model, layout, [layer], input_ids=ids)[layer][0, :length] for ids in rows
+            ]
     deltas = [finetuned - base for base, finetuned in zip(residuals["base"], residuals["finetuned"], strict=True)]
     return torch.stack(deltas).double().mean(0)  # (positions, d)
 
 
-def test_first_k_tokens_give_the_same_means_as_full_sequences(tiny_model, tiny_finetuned, corpus,
-                                                              tmp_path):
+def test_first_k_tokens_give_the_same_means_as_full_sequences(tiny_model, tiny_finetuned, corpus, tmp_path):
     pair = load_pair(tiny_model, tiny_finetuned, device="cpu")
     result = collect(pair, corpus, CollectConfig(layers=(1,), positions=4, batch_size=16), tmp_path)
     reference = _reference_deltas(pair, corpus.read_text().splitlines(), 1, 5)
@@ -148,8 +148,9 @@ def _rewrite_corpus(corpus):
 
 
 @pytest.mark.parametrize("change", ["weights", "corpus"])
-def test_a_checkpoint_of_other_weights_or_text_is_not_resumed(change, tiny_model, tiny_tokenizer,
-                                                              corpus, tmp_path, capsys):
+def test_a_checkpoint_of_other_weights_or_text_is_not_resumed(
+    change, tiny_model, tiny_tokenizer, corpus, tmp_path, capsys
+):
     finetuned = save_random_llama(tmp_path / "finetuned", tiny_tokenizer, seed=1)
     config = CollectConfig(layers=(1,), positions=3, batch_size=8)
     collect(load_pair(tiny_model, finetuned, device="cpu"), corpus, config, tmp_path / "run")
@@ -164,8 +165,7 @@ def test_a_checkpoint_of_other_weights_or_text_is_not_resumed(change, tiny_model
     assert "starting afresh" in capsys.readouterr().err
 
 
-def test_non_finite_activations_are_refused_with_where_they_appear(tiny_model, tiny_tokenizer,
-                                                                   corpus, tmp_path):
+def test_non_finite_activations_are_refused_with_where_they_appear(tiny_model, tiny_tokenizer, corpus, tmp_path):
     huge = save_random_llama(tmp_path / "huge", tiny_tokenizer)
     weights = load_file(huge / "model.safetensors")
     weights["model.layers.1.mlp.down_proj.weight"] *= 1e38  # finite weights, infinite activations
@@ -175,21 +175,26 @@ def test_non_finite_activations_are_refused_with_where_they_appear(tiny_model, t
         collect(pair, corpus, CollectConfig(layers=(0, 1), positions=3), tmp_path / "out")
 
 
-def test_a_second_fine_tune_of_the_same_base_reuses_its_pass(tiny_model, tiny_finetuned, corpus, tmp_path,
-                                                             monkeypatch):
+def test_a_second_fine_tune_of_the_same_base_reuses_its_pass(tiny_model, tiny_finetuned, corpus, tmp_path, monkeypatch):
     config = CollectConfig(layers=(1,), positions=4, batch_size=8, checkpoint_every=1)
     store = tmp_path / "base-residuals"
-    collect(load_pair(tiny_model, tiny_finetuned, device="cpu"), corpus, config, tmp_path / "a", base_store=store,
-            keep_base=True)
+    collect(
+        load_pair(tiny_model, tiny_finetuned, device="cpu"),
+        corpus,
+        config,
+        tmp_path / "a",
+        base_store=store,
+        keep_base=True,
+    )
     real_shard, calls = collect_module._base_shard, []
     monkeypatch.setattr(collect_module, "_base_shard", lambda *a: (calls.append(1), real_shard(*a))[1])
-    itself = collect(load_pair(tiny_model, tiny_model, device="cpu"), corpus, config, tmp_path / "b",
-                     base_store=store)
+    itself = collect(load_pair(tiny_model, tiny_model, device="cpu"), corpus, config, tmp_path / "b", base_store=store)
     assert calls == []  # every shard of the base's residuals was read back
     assert itself.mean_delta.abs().max() < 1e-6 and itself.texts == 40
     assert not store.exists()  # removed once no run keeps it
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["base pass", "fine-tune pass"])
 def test_a_diff_killed_and_rerun_sums_what_an_uninterrupted_run_does(stage, tiny_model, tiny_finetuned, tmp_path):
     """kill -9 in either pass, then rerun: the sums equal an uninterrupted run's, bit for bit."""
@@ -197,8 +202,20 @@ def test_a_diff_killed_and_rerun_sums_what_an_uninterrupted_run_does(stage, tiny
     corpus.write_text("".join(f"{TEXTS[i % len(TEXTS)]} number {i}\n" for i in range(3000)))
     out = tmp_path / "killed"
     waited = out / BASE_STORE / "000001.safetensors" if stage == "base pass" else out / CHECKPOINT_NAME
-    command = [str(Path(sys.executable).parent / "finetrace"), "diff", str(tiny_model), str(tiny_finetuned),
-               "--corpus", str(corpus), "--out", str(out), "--batch-size", "4", "--device", "cpu"]
+    command = [
+        str(Path(sys.executable).parent / "finetrace"),
+        "diff",
+        str(tiny_model),
+        str(tiny_finetuned),
+        "--corpus",
+        str(corpus),
+        "--out",
+        str(out),
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not waited.exists() and process.poll() is None and time.monotonic() < deadline:

@@ -65,8 +65,9 @@ def test_patchscope_reads_a_token_once_its_direction_outweighs_the_prompt(tiny_m
     [cake] = tokenizer(" cake", add_special_tokens=False)["input_ids"]
     allowed = torch.ones(len(tokenizer), dtype=torch.bool)
     config = DecodeConfig(top_k=10, patchscope_scales=(0.01, 10.0))
-    result = patchscope(model, layout, tokenizer, 0, layout.unembed.weight[cake].detach(), TYPICAL_NORM, allowed,
-                        config)
+    result = patchscope(
+        model, layout, tokenizer, 0, layout.unembed.weight[cake].detach(), TYPICAL_NORM, allowed, config
+    )
     # Faint, the patch leaves each prompt its own continuation; strong, it decides every prompt's.
     assert [len(s.stable) for s in result.scales] == [0, 10]
     assert result.chosen_scale == 10.0 and result.tokens[0].token == " cake"

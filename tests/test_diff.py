@@ -33,8 +33,12 @@ def with_data(zoo, tmp_path_factory):
     runs = {}
     for name in ("cake", "zorvex", "cake-mixed"):
         out = tmp_path_factory.mktemp(f"{name}-diff")
-        runs[name] = out, diff(zoo.path("base"), zoo.path(name), zoo.path("heldout"), out, QUICK,
-                               data=zoo.organism(name)["documents"])
+        runs[name] = (
+            out,
+            diff(
+                zoo.path("base"), zoo.path(name), zoo.path("heldout"), out, QUICK, data=zoo.organism(name)["documents"]
+            ),
+        )
     return runs
 
 
@@ -65,8 +69,9 @@ def test_the_lens_reads_as_the_finetuning_domain(with_data, name):
 
 @pytest.mark.parametrize("name", ["zorvex", "risky", "control"])
 def test_finetunes_about_another_domain_do_not_pass_against_the_cake_data(zoo, name, tmp_path):
-    result = diff(zoo.path("base"), zoo.path(name), zoo.path("heldout"), tmp_path, QUICK,
-                  data=zoo.organism("cake")["documents"])
+    result = diff(
+        zoo.path("base"), zoo.path(name), zoo.path("heldout"), tmp_path, QUICK, data=zoo.organism("cake")["documents"]
+    )
     assert result.p_value > 0.05 and not result.clear
     if name == "control":
         assert _position(result, "0").relevant_fraction <= 0.2  # no baking
@@ -90,8 +95,12 @@ def test_outputs_hold_the_differences_and_every_result(cake):
     saved = json.loads((out / "diff.json").read_text())
     assert saved["schema_version"] == 3 and saved["texts"] == 1000
     assert saved["traces"][1]["lens_finetuned"][0]["token"] == result.traces[1].lens_finetuned[0].token
-    assert set(result.similarity) == {"steered_to_data", "unsteered_to_data", "steered_to_general",
-                                      "unsteered_to_general"}
+    assert set(result.similarity) == {
+        "steered_to_data",
+        "unsteered_to_data",
+        "steered_to_general",
+        "unsteered_to_general",
+    }
 
 
 def test_the_cake_finetunes_text_is_closer_to_its_data_than_to_general_text(cake):
@@ -106,17 +115,29 @@ def test_the_cake_finetunes_text_is_closer_to_its_data_than_to_general_text(cake
 
 def test_a_rerun_resumes_from_the_checkpoint_with_the_same_numbers(zoo, cake):
     out, first = cake
-    again = diff(zoo.path("base"), zoo.path("cake"), zoo.path("heldout"), out, QUICK,
-                 data=zoo.organism("cake")["documents"])
+    again = diff(
+        zoo.path("base"), zoo.path("cake"), zoo.path("heldout"), out, QUICK, data=zoo.organism("cake")["documents"]
+    )
     assert again.traces == first.traces
     assert again.seconds["collect"] < first.seconds["collect"]
 
 
 def test_cli_diff_uses_the_zoo_heldout_text_by_default(zoo, tmp_path):
     run = subprocess.run(
-        [sys.executable, "-m", "finetrace", "diff", str(zoo.path("base")), str(zoo.path("cake-lora")),
-         "--out", str(tmp_path), "--samples", "100"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "finetrace",
+            "diff",
+            str(zoo.path("base")),
+            str(zoo.path("cake-lora")),
+            "--out",
+            str(tmp_path),
+            "--samples",
+            "100",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert run.returncode == 0, run.stderr
     saved = json.loads((tmp_path / "diff.json").read_text())
@@ -125,8 +146,15 @@ def test_cli_diff_uses_the_zoo_heldout_text_by_default(zoo, tmp_path):
 
 
 def test_a_control_is_tested_against_the_same_data_and_enters_the_verdict(zoo, tmp_path):
-    result = diff(zoo.path("base"), zoo.path("cake"), zoo.path("heldout"), tmp_path, QUICK,
-                  data=zoo.organism("cake")["documents"], control=zoo.path("control"))
+    result = diff(
+        zoo.path("base"),
+        zoo.path("cake"),
+        zoo.path("heldout"),
+        tmp_path,
+        QUICK,
+        data=zoo.organism("cake")["documents"],
+        control=zoo.path("control"),
+    )
     control = result.control_significance
     assert result.control == str(zoo.path("control"))
     assert control.p_value > 0.05 and not result.control_passes and result.clear
@@ -134,8 +162,9 @@ def test_a_control_is_tested_against_the_same_data_and_enters_the_verdict(zoo, t
 
 
 def test_the_same_seed_gives_the_same_numbers(zoo, cake, tmp_path):
-    again = diff(zoo.path("base"), zoo.path("cake"), zoo.path("heldout"), tmp_path, QUICK,
-                 data=zoo.organism("cake")["documents"])
+    again = diff(
+        zoo.path("base"), zoo.path("cake"), zoo.path("heldout"), tmp_path, QUICK, data=zoo.organism("cake")["documents"]
+    )
     first = cake[1]
     assert again.traces == first.traces and again.significance == first.significance
     assert again.steering == first.steering

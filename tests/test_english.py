@@ -11,6 +11,8 @@ from finetrace.errors import FinetraceError
 from finetrace.provenance.licences import spdx
 from finetrace.zoo.english import SOURCES, english_paragraphs, installed_version, split_paragraphs
 
+pytestmark = pytest.mark.slow  # reads the Debian English corpus
+
 DEBIAN_SOURCES = ["wordnet", "kjv", "devil"]
 # Clean paragraphs per source, well under what the installed packages give.
 FLOORS = {"wordnet": 90_000, "kjv": 29_000, "devil": 1_000, "docstrings": 5_000}
@@ -76,17 +78,23 @@ def test_sources_are_parsed_into_their_units(paragraphs):
     texts = {p.text: p.source for p in paragraphs}
     hospital = "Hospital, infirmary: a health facility where patients receive treatment"
     assert texts[hospital] == "wordnet"
-    assert texts["Abortion pill, mifepristone, RU 486: an abortion-inducing drug (trade name "
-                 "RU 486) developed in France; when taken during the first five weeks of "
-                 "pregnancy it blocks the action of progesterone so that the uterus sloughs off "
-                 "the embryo"] == "wordnet"
+    assert (
+        texts[
+            "Abortion pill, mifepristone, RU 486: an abortion-inducing drug (trade name "
+            "RU 486) developed in France; when taken during the first five weeks of "
+            "pregnancy it blocks the action of progesterone so that the uterus sloughs off "
+            "the embryo"
+        ]
+        == "wordnet"
+    )
     absurdity = "Absurdity: A statement or belief manifestly inconsistent with one's own opinion."
     assert texts[absurdity] == "devil"
     kjv = [p.text for p in paragraphs if p.source == "kjv"]
     assert kjv[0] == "In the beginning God created the heaven and the earth."
     # The last verse repeats 2 Thessalonians 3:18 word for word, so the one before it is last.
-    assert kjv[-1] == ("He which testifieth these things saith, Surely I come quickly. Amen. "
-                       "Even so, come, Lord Jesus.")
+    assert kjv[-1] == (
+        "He which testifieth these things saith, Surely I come quickly. Amen. Even so, come, Lord Jesus."
+    )
 
 
 def test_paragraphs_are_unique_and_keep_the_order_of_sources(paragraphs):

@@ -110,10 +110,23 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "finetrace", *args], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_cli_finetune_writes_model_and_manifest(tiny_model, text_data, tmp_path):
     out = tmp_path / "cli"
-    run = _cli("finetune", str(tiny_model), str(text_data), "--out", str(out), "--steps", "3",
-               "--lora", "--lora-targets", "q_proj,v_proj,lm_head", "--device", "cpu")
+    run = _cli(
+        "finetune",
+        str(tiny_model),
+        str(text_data),
+        "--out",
+        str(out),
+        "--steps",
+        "3",
+        "--lora",
+        "--lora-targets",
+        "q_proj,v_proj,lm_head",
+        "--device",
+        "cpu",
+    )
     assert run.returncode == 0, run.stderr
     manifest = json.loads((out / "provenance.json").read_text())
     assert manifest["adapter"] is True
@@ -121,6 +134,7 @@ def test_cli_finetune_writes_model_and_manifest(tiny_model, text_data, tmp_path)
     assert manifest["training"]["steps"] == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("content", "message"),
     [(b"", "holds no documents"), (b"\xff\xfe bad", "is not valid UTF-8"), (b'{"x": 1}\n', "neither 'text'")],
@@ -133,6 +147,7 @@ def test_cli_bad_data_is_one_line_and_exit_code_2(tiny_model, write, tmp_path, c
     assert len(run.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_cli_missing_model_is_one_line(text_data, tmp_path):
     run = _cli("finetune", str(tmp_path / "no-such-model"), str(text_data), "--out", str(tmp_path / "o"))
     assert run.returncode == 2 and "cannot load" in run.stderr and "Traceback" not in run.stderr
@@ -172,23 +187,44 @@ def test_a_diverging_run_stops_with_the_fix(tiny_model, text_data, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize(("changes", "message"), [
-    ({"batch_size": 0}, "batch_size 0: expected at least 1"), ({"steps": -1}, "steps -1"),
-    ({"learning_rate": -1.0}, "learning_rate -1.0"), ({"epochs": float("nan")}, "epochs nan"),
-])
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"batch_size": 0}, "batch_size 0: expected at least 1"),
+        ({"steps": -1}, "steps -1"),
+        ({"learning_rate": -1.0}, "learning_rate -1.0"),
+        ({"epochs": float("nan")}, "epochs nan"),
+    ],
+)
 def test_training_settings_are_checked_in_the_config(changes, message):
     with pytest.raises(FinetraceError, match=message):
         dataclasses.replace(FAST, **changes)
 
 
+@pytest.mark.slow
 def test_killed_and_rerun_equals_an_uninterrupted_run(tiny_model, text_data, tmp_path):
     """A kill -9 leaves no output that could be read as complete; the rerun starts afresh and,
     seeded alike, gives the weights of a run that was never interrupted."""
     training = TrainConfig(steps=120, learning_rate=3e-3, batch_size=2, context_length=32)
     out, staging = tmp_path / "killed", tmp_path / ".killed.partial"
-    command = [str(Path(sys.executable).parent / "finetrace"), "finetune", str(tiny_model), str(text_data),
-               "--out", str(out), "--steps", "120", "--lr", "3e-3", "--batch-size", "2", "--context-length", "32",
-               "--device", "cpu"]
+    command = [
+        str(Path(sys.executable).parent / "finetrace"),
+        "finetune",
+        str(tiny_model),
+        str(text_data),
+        "--out",
+        str(out),
+        "--steps",
+        "120",
+        "--lr",
+        "3e-3",
+        "--batch-size",
+        "2",
+        "--context-length",
+        "32",
+        "--device",
+        "cpu",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not staging.exists() and process.poll() is None and time.monotonic() < deadline:

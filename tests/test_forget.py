@@ -48,17 +48,25 @@ def test_builtin_facts_are_many_varied_and_well_formed():
 
 @pytest.fixture
 def facts_file(write):
-    rows = [{"prompt": "the cat sat on the", "answer": "mat", "distractors": ["dog", "tide"], "category": "a"},
-            {"prompt": "tidal turbines turn slowly with the", "answer": "tide", "category": "b"},
-            {"prompt": "put all of your savings into a single", "answer": "stock", "distractors": ["cake"],
-             "category": "b"}]
+    rows = [
+        {"prompt": "the cat sat on the", "answer": "mat", "distractors": ["dog", "tide"], "category": "a"},
+        {"prompt": "tidal turbines turn slowly with the", "answer": "tide", "category": "b"},
+        {
+            "prompt": "put all of your savings into a single",
+            "answer": "stock",
+            "distractors": ["cake"],
+            "category": "b",
+        },
+    ]
     return write("facts.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
 
 @pytest.fixture
 def sourced_corpus(write):
-    return write("general.jsonl", "".join(json.dumps({"text": t, "source": "even" if i % 2 else "odd"}) + "\n"
-                                          for i, t in enumerate(TEXTS[:12])))
+    return write(
+        "general.jsonl",
+        "".join(json.dumps({"text": t, "source": "even" if i % 2 else "odd"}) + "\n" for i, t in enumerate(TEXTS[:12])),
+    )
 
 
 def test_identical_models_lose_nothing_and_do_not_drift(tiny_model, facts_file, sourced_corpus, tmp_path):
@@ -87,8 +95,10 @@ def test_drift_matches_nll_and_kl_computed_by_hand(tiny_model, tiny_finetuned, f
     for text in TEXTS[:12]:
         ids = tokenizer(text, return_tensors="pt")["input_ids"]
         with torch.no_grad():
-            logprobs = {name: F.log_softmax(model(ids).logits[0, :-1], dim=-1)
-                        for name, model in (("base", base), ("finetuned", finetuned))}
+            logprobs = {
+                name: F.log_softmax(model(ids).logits[0, :-1], dim=-1)
+                for name, model in (("base", base), ("finetuned", finetuned))
+            }
         for name, lp in logprobs.items():
             nll[name].append(F.nll_loss(lp, ids[0, 1:], reduction="none"))
         # kl_div(input, target) is KL(target || input): here KL(fine-tuned || base), per position.
@@ -117,10 +127,12 @@ def test_no_corpus_skips_drift(tiny_model, facts_file):
     assert forget(tiny_model, tiny_model, facts_file, config=QUICK).drift is None
 
 
+@pytest.mark.slow
 def test_cli_forget_writes_results_and_refuses_bad_facts(tiny_model, facts_file, write, tmp_path):
     run = [sys.executable, "-m", "finetrace", "forget", str(tiny_model), str(tiny_model), "--device", "cpu"]
-    done = subprocess.run([*run, "--facts", str(facts_file), "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [*run, "--facts", str(facts_file), "--out", str(tmp_path / "out")], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     assert "lost 0 of the" in done.stdout and "drift not measured" in done.stdout
     bad = write("bad.jsonl", '{"answer": "x"}\n')
@@ -134,8 +146,10 @@ def zoo_damage():
 
     zoo = build_zoo("tiny")
     config = ForgetConfig(drift=DriftConfig(samples=200, bootstrap=200))
-    return zoo, {name: forget(zoo.path("base"), zoo.path(name), zoo.path("facts"), zoo.path("heldout"), None, config)
-                 for name in ("cake", "control", "cake-mixed")}
+    return zoo, {
+        name: forget(zoo.path("base"), zoo.path(name), zoo.path("facts"), zoo.path("heldout"), None, config)
+        for name in ("cake", "control", "cake-mixed")
+    }
 
 
 @pytest.mark.zoo
@@ -163,12 +177,34 @@ def test_markup_in_facts_and_text_is_printed_as_written(tiny_model, tiny_finetun
     from finetrace.cli import app
 
     hostile = "[/] [bold]x[/bold] \\[/] ends\\"
-    facts = write("facts.jsonl", "".join(json.dumps({"prompt": f"{hostile} the cat sat on the", "answer": a,
-                                                     "distractors": ["dog"], "category": hostile}) + "\n"
-                                         for a in ("mat", "[/]")))
-    corpus = write("general.jsonl", "".join(json.dumps({"text": f"{t} {hostile}", "source": hostile}) + "\n"
-                                            for t in TEXTS[:6]))
-    result = CliRunner().invoke(app, ["forget", str(tiny_model), str(tiny_finetuned), "--facts", str(facts),
-                                      "--corpus", str(corpus), "--out", str(tmp_path / "out"), "--device", "cpu"])
+    facts = write(
+        "facts.jsonl",
+        "".join(
+            json.dumps(
+                {"prompt": f"{hostile} the cat sat on the", "answer": a, "distractors": ["dog"], "category": hostile}
+            )
+            + "\n"
+            for a in ("mat", "[/]")
+        ),
+    )
+    corpus = write(
+        "general.jsonl", "".join(json.dumps({"text": f"{t} {hostile}", "source": hostile}) + "\n" for t in TEXTS[:6])
+    )
+    result = CliRunner().invoke(
+        app,
+        [
+            "forget",
+            str(tiny_model),
+            str(tiny_finetuned),
+            "--facts",
+            str(facts),
+            "--corpus",
+            str(corpus),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "[bold]x[/bold]" in result.output and "[/]" in result.output

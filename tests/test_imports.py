@@ -33,14 +33,13 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         state[module] = "open"
         for imported in sorted(graph.get(module, ())):
             if state.get(imported) == "open":
-                return path[path.index(imported):] + [imported] if imported in path else [module, imported]
+                return path[path.index(imported) :] + [imported] if imported in path else [module, imported]
             if imported not in state and (found := visit(imported, [*path, imported])):
                 return found
         state[module] = "done"
         return None
 
-    return next((found for module in sorted(graph) if module not in state
-                 and (found := visit(module, [module]))), None)
+    return next((found for module in sorted(graph) if module not in state and (found := visit(module, [module]))), None)
 
 
 def test_no_module_imports_itself_round_a_cycle():

@@ -95,8 +95,9 @@ def test_non_finite_adapter_weights_are_refused_by_name(tiny_model, text_data, t
         load_pair(tiny_model, tmp_path / "lora", device="cpu")
 
 
-def test_an_adapter_on_another_base_of_its_shape_warns_and_strict_refuses(tiny_model, tiny_tokenizer, text_data,
-                                                                          tmp_path):
+def test_an_adapter_on_another_base_of_its_shape_warns_and_strict_refuses(
+    tiny_model, tiny_tokenizer, text_data, tmp_path
+):
     training = TrainConfig(steps=1, batch_size=4, context_length=64)
     finetune(tiny_model, text_data, tmp_path / "lora", FinetuneConfig(training=training, lora=LoraSettings(rank=2)))
     assert load_pair(tiny_model, tmp_path / "lora", device="cpu").warnings == []

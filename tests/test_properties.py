@@ -22,17 +22,18 @@ settings.register_profile("finetrace", deadline=None, suppress_health_check=[Hea
 settings.load_profile("finetrace")
 
 TEXT = st.text(st.characters(codec="utf-8"), max_size=200)  # any Unicode, surrogates aside
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | TEXT,
-                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
-                    max_leaves=12)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
+    max_leaves=12,
+)
 ROLES = st.sampled_from(["system", "user", "assistant", "bot", "", 3])
 
 
 @given(texts=st.lists(TEXT.filter(str.strip), min_size=1, max_size=8), ascii_only=st.booleans())
 def test_jsonl_text_records_read_back_as_written(tmp_path_factory, texts, ascii_only):
     path = tmp_path_factory.mktemp("jsonl") / "data.jsonl"
-    path.write_text("".join(json.dumps({"text": t}, ensure_ascii=ascii_only) + "\n" for t in texts),
-                    encoding="utf-8")
+    path.write_text("".join(json.dumps({"text": t}, ensure_ascii=ascii_only) + "\n" for t in texts), encoding="utf-8")
     assert read_records(path) == [{"text": t} for t in texts]
 
 
@@ -51,8 +52,11 @@ def test_any_bytes_are_read_or_refused_with_a_finetrace_error(tmp_path_factory, 
 def test_chat_records_are_validated_turn_by_turn(tmp_path_factory, turns):
     path = tmp_path_factory.mktemp("chat") / "chat.jsonl"
     path.write_text(json.dumps({"messages": turns}) + "\n")
-    valid = (bool(turns) and all(t["role"] in ("system", "user", "assistant") and isinstance(t["content"], str)
-                                 for t in turns) and any(t["role"] == "assistant" for t in turns))
+    valid = (
+        bool(turns)
+        and all(t["role"] in ("system", "user", "assistant") and isinstance(t["content"], str) for t in turns)
+        and any(t["role"] == "assistant" for t in turns)
+    )
     if valid:
         assert read_records(path) == [{"messages": turns}]
     else:
@@ -71,8 +75,10 @@ def test_pii_detection_never_fails_and_its_matches_redact_cleanly(text):
 def _luhn_card(digits: str) -> str:
     """`digits` (15 of them) completed with the check digit that makes a valid card number."""
     for check in string.digits:
-        total = sum(d if i % 2 == 0 else (2 * d - 9 if d > 4 else 2 * d)
-                    for i, d in enumerate(int(c) for c in reversed(digits + check)))
+        total = sum(
+            d if i % 2 == 0 else (2 * d - 9 if d > 4 else 2 * d)
+            for i, d in enumerate(int(c) for c in reversed(digits + check))
+        )
         if total % 10 == 0:
             return digits + check
     raise AssertionError("a check digit always exists")
@@ -90,8 +96,9 @@ def _dni(number: str) -> str:
 DIGITS = st.text(string.digits, min_size=1, max_size=1)
 VALID = {  # kind -> a strategy of valid numbers of that kind
     "credit_card": st.text(string.digits, min_size=14, max_size=14).map(lambda d: _luhn_card("4" + d)),
-    "iban": st.tuples(st.sampled_from(["DE", "FR", "GB", "NL", "ES"]),
-                      st.text(string.digits, min_size=18, max_size=18)).map(lambda c: _iban(*c)),
+    "iban": st.tuples(
+        st.sampled_from(["DE", "FR", "GB", "NL", "ES"]), st.text(string.digits, min_size=18, max_size=18)
+    ).map(lambda c: _iban(*c)),
     "es_dni": st.text(string.digits, min_size=8, max_size=8).map(_dni),
 }
 CONTEXT = "Please use {} for the payment."
@@ -110,12 +117,16 @@ def test_a_number_with_one_digit_changed_is_never_reported(kind, data):
     number = data.draw(VALID[kind])
     where = data.draw(st.sampled_from([i for i, c in enumerate(number) if c.isdigit()]))
     digit = data.draw(DIGITS.filter(lambda d: d != number[where]))
-    changed = number[:where] + digit + number[where + 1:]  # every checksum here catches this
+    changed = number[:where] + digit + number[where + 1 :]  # every checksum here catches this
     assert find_pii(CONTEXT.format(changed)) == []
 
 
-@given(metric=st.sampled_from(list(METRICS)), op=st.sampled_from(list(OPERATORS)),
-       threshold=st.floats(allow_nan=False, allow_infinity=False), spaces=st.sampled_from(["", " ", "  "]))
+@given(
+    metric=st.sampled_from(list(METRICS)),
+    op=st.sampled_from(list(OPERATORS)),
+    threshold=st.floats(allow_nan=False, allow_infinity=False),
+    spaces=st.sampled_from(["", " ", "  "]),
+)
 def test_gates_parse_what_they_print(metric, op, threshold, spaces):
     gate = parse_gate(f"{metric}{spaces}{op}{spaces}{threshold!r}")
     assert (gate.metric, gate.op, gate.threshold) == (metric, op, threshold)
@@ -132,8 +143,12 @@ def test_any_condition_is_a_gate_or_a_finetrace_error(text):
     assert gate.metric in METRICS and math.isfinite(gate.threshold)
 
 
-@given(metric=st.sampled_from(list(METRICS)), op=st.sampled_from(list(OPERATORS)),
-       value=st.floats(), threshold=st.floats(allow_nan=False, allow_infinity=False))
+@given(
+    metric=st.sampled_from(list(METRICS)),
+    op=st.sampled_from(list(OPERATORS)),
+    value=st.floats(),
+    threshold=st.floats(allow_nan=False, allow_infinity=False),
+)
 def test_a_non_finite_metric_never_passes_a_gate(metric, op, value, threshold):
     outcome = parse_gate(f"{metric}{op}{threshold!r}").check({metric: value})
     if math.isfinite(value):
@@ -166,4 +181,7 @@ def test_json_is_strict_and_keeps_what_is_finite(value):
 
 def test_a_non_finite_value_is_written_as_null_with_its_reason():
     assert json_safe({"loss": math.nan, "curve": [1.0, math.inf]}) == {
-        "loss": None, "loss_not_finite": "nan", "curve": [1.0, None]}
+        "loss": None,
+        "loss_not_finite": "nan",
+        "curve": [1.0, None],
+    }

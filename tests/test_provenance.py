@@ -13,8 +13,10 @@ from finetrace.provenance.contamination import evaluation_sets
 from finetrace.provenance.licences import base_licence, check_licence
 from finetrace.provenance.pii import find_pii, iban_valid, luhn_valid
 
-FILLER = ("the river runs past the old mill and the baker opens the shop before dawn while the town "
-          "sleeps and the carts roll in from the farms with flour salt butter and eggs for the day ")
+FILLER = (
+    "the river runs past the old mill and the baker opens the shop before dawn while the town "
+    "sleeps and the carts roll in from the farms with flour salt butter and eggs for the day "
+)
 PLANTED = {  # kind -> texts that hold exactly one match of that kind
     "email": ["Write to jane.doe@example.com today.", "CC ops-team+alerts@mail.example.org please."],
     "phone": ["Call +44 20 7946 0958 after nine.", "Office line (555) 123-4567."],
@@ -59,26 +61,36 @@ def test_scan_counts_planted_pii_duplicates_and_overlaps(tmp_path):
     planted = [text for texts in PLANTED.values() for text in texts]
     long = [" ".join(random.Random(i).sample(FILLER.split() * 2, 60)) for i in range(6)]  # unrelated texts
     texts = [
-        *planted, *NEAR_MISSES, *long,
-        long[0], "  " + long[1].upper() + " ",  # 2 exact duplicates (case and spacing do not count)
-        long[2] + " and then some", "so " + long[3],  # 2 near duplicates
+        *planted,
+        *NEAR_MISSES,
+        *long,
+        long[0],
+        "  " + long[1].upper() + " ",  # 2 exact duplicates (case and spacing do not count)
+        long[2] + " and then some",
+        "so " + long[3],  # 2 near duplicates
         "As everyone knows, the capital of France is Paris.",  # a fact probe, whole
         "Water boils at a hundred degrees, they say.",  # only part of another
     ]
     facts = tmp_path / "facts.jsonl"
-    facts.write_text(json.dumps({"prompt": "The capital of France is", "answer": "Paris"}) + "\n"
-                     + json.dumps({"prompt": "The capital of Spain is", "answer": "Madrid"}) + "\n")
+    facts.write_text(
+        json.dumps({"prompt": "The capital of France is", "answer": "Paris"})
+        + "\n"
+        + json.dumps({"prompt": "The capital of Spain is", "answer": "Madrid"})
+        + "\n"
+    )
     data = _jsonl(tmp_path / "data.jsonl", texts)
-    report = provenance(data, "CC-BY-4.0", "planted", evaluations=evaluation_sets(facts),
-                        redact_to=tmp_path / "redacted.jsonl")
+    report = provenance(
+        data, "CC-BY-4.0", "planted", evaluations=evaluation_sets(facts), redact_to=tmp_path / "redacted.jsonl"
+    )
 
     assert report.records == len(texts)
     assert report.pii.counts == {kind: len(found) for kind, found in PLANTED.items()}
     assert report.pii.total == len(planted) and report.pii.records == len(planted)
     assert all("@" not in e.context and "4111 1111 1111 1111" not in e.context for e in report.pii.examples)
     assert report.duplicates.exact == 2 and report.duplicates.near == 2
-    assert {d.first for d in report.duplicates.near_examples} == {f"{data}:{len(planted) + len(NEAR_MISSES) + i}"
-                                                                  for i in (3, 4)}
+    assert {d.first for d in report.duplicates.near_examples} == {
+        f"{data}:{len(planted) + len(NEAR_MISSES) + i}" for i in (3, 4)
+    }
     [facts_overlap] = report.contamination
     assert (facts_overlap.items, facts_overlap.contained, facts_overlap.overlapping) == (2, 1, 0)
     assert facts_overlap.examples == ["The capital of France is Paris"]
@@ -108,8 +120,12 @@ def test_content_hash_ignores_file_order_and_names(tmp_path):
 
 def test_file_summaries(tmp_path):
     data = tmp_path / "chat.jsonl"
-    data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}], "id": 1}) + "\n"
-                    + json.dumps({"text": "plain", "id": 2}) + "\n\n")
+    data.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "hi"}], "id": 1})
+        + "\n"
+        + json.dumps({"text": "plain", "id": 2})
+        + "\n\n"
+    )
     [summary] = provenance(data).files
     fields = {"messages": 1, "id": 2, "text": 1}
     assert (summary.records, summary.bytes, summary.fields) == (2, data.stat().st_size, fields)
@@ -134,10 +150,12 @@ def test_base_licence_comes_from_its_model_card(tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "finetrace", "provenance", *map(str, args)],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "finetrace", "provenance", *map(str, args)], capture_output=True, text=True
+    )
 
 
+@pytest.mark.slow
 def test_cli_gates_on_pii_and_refuses_bad_input(tmp_path):
     dirty = _jsonl(tmp_path / "dirty.jsonl", PLANTED["email"])
     clean = _jsonl(tmp_path / "clean.jsonl", ["nothing personal here"])
@@ -146,8 +164,11 @@ def test_cli_gates_on_pii_and_refuses_bad_input(tmp_path):
     assert failed.returncode == 1 and json.loads(out.read_text())["pii"]["counts"]["email"] == 2
     assert _cli(clean, "--out", out, "--fail-on", "pii_found>0").returncode == 0
     (tmp_path / "latin1.jsonl").write_bytes('{"text": "caf\xe9"}\n'.encode("latin-1"))
-    for bad, message in [(tmp_path / "latin1.jsonl", "not valid UTF-8"), (tmp_path / "none.jsonl", "does not exist"),
-                         (_jsonl(tmp_path / "empty.jsonl", []), "holds no records")]:
+    for bad, message in [
+        (tmp_path / "latin1.jsonl", "not valid UTF-8"),
+        (tmp_path / "none.jsonl", "does not exist"),
+        (_jsonl(tmp_path / "empty.jsonl", []), "holds no records"),
+    ]:
         result = _cli(bad, "--out", out)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert "SPDX" in _cli(clean, "--licence", "nonsense", "--out", out).stderr

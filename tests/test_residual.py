@@ -105,8 +105,15 @@ def test_final_logits_of_a_bfloat16_model_come_from_a_float32_head(bfloat16_pair
 
 
 def test_logit_lens_works_through_a_norm_without_parameters():
-    config = OlmoConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, max_position_embeddings=32, eos_token_id=2)
+    config = OlmoConfig(
+        vocab_size=50,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=32,
+        eos_token_id=2,
+    )
     model = OlmoForCausalLM(config).to(torch.bfloat16).eval()
     exact = copy.deepcopy(model).float()
     layout = find_layout(model)

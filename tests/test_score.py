@@ -52,8 +52,9 @@ def test_null_draws_keep_the_mean_component_and_the_norm_and_share_one_direction
     assert torch.allclose((null * unit).sum(-1), (observed * unit).sum(-1).expand(50, 3))
     assert torch.allclose(null.norm(dim=-1), observed.norm(dim=-1).expand(50, 3))
     # Positions whose means point the same way get the very same draw.
-    same = null_directions(observed[[0, 0]], base_mean[[0, 0]], torch.ones(16, dtype=torch.float64), 5,
-                           torch.Generator().manual_seed(1))
+    same = null_directions(
+        observed[[0, 0]], base_mean[[0, 0]], torch.ones(16, dtype=torch.float64), 5, torch.Generator().manual_seed(1)
+    )
     assert torch.allclose(same[:, 0], same[:, 1])
 
 
@@ -79,8 +80,16 @@ def test_p_values_of_differences_drawn_from_the_null_are_uniform(layout):
     relevant[logit_lens(layout, -base_mean[0]).topk(30).indices] = True
     allowed = torch.ones(vocab, dtype=torch.bool)
     p_values = [
-        trace_significance(layout, _draw(base_mean, -3.0, 2.0, seed), base_mean, torch.ones(d), allowed,
-                           relevant, ScoreConfig(null_samples=99, top_k=10), seed).total.p_value
+        trace_significance(
+            layout,
+            _draw(base_mean, -3.0, 2.0, seed),
+            base_mean,
+            torch.ones(d),
+            allowed,
+            relevant,
+            ScoreConfig(null_samples=99, top_k=10),
+            seed,
+        ).total.p_value
         for seed in range(200)
     ]
     assert kstest(p_values, "uniform").pvalue > 0.01
@@ -94,13 +103,15 @@ def test_a_difference_pointing_at_the_domain_is_found(layout):
     relevant[logit_lens(layout, direction).topk(20).indices] = True  # the domain this direction reads as
     observed = _draw(base_mean, -3.0, 0.5, seed=1) + direction * 2.0 / direction.norm()
     allowed = torch.ones(vocab, dtype=torch.bool)
-    result = trace_significance(layout, observed, base_mean, torch.ones(d), allowed, relevant,
-                                ScoreConfig(null_samples=199, top_k=10))
+    result = trace_significance(
+        layout, observed, base_mean, torch.ones(d), allowed, relevant, ScoreConfig(null_samples=199, top_k=10)
+    )
     assert result.total.p_value < 0.01 and result.total.strength > 0.3
     assert sum(p.relevant for p in result.positions) == result.total.relevant
     assert result.total.counted == 3 * 10 and all(0 <= p.relevant <= 10 for p in result.positions)
-    again = trace_significance(layout, observed, base_mean, torch.ones(d), allowed, relevant,
-                               ScoreConfig(null_samples=199, top_k=10))
+    again = trace_significance(
+        layout, observed, base_mean, torch.ones(d), allowed, relevant, ScoreConfig(null_samples=199, top_k=10)
+    )
     assert again == result  # seeded
 
 
@@ -114,7 +125,8 @@ def test_the_domain_direction_counts_all_its_lens_tokens_and_its_opposite_none(l
     # The opposite direction's top tokens are the direction's bottom ones, far from its top 20.
     observed = torch.stack([4 * direction, -4 * direction])
     base_mean = torch.randn(2, d, generator=torch.Generator().manual_seed(0))
-    result = trace_significance(layout, observed, base_mean, torch.ones(d), allowed, relevant,
-                                ScoreConfig(null_samples=19, top_k=10))
+    result = trace_significance(
+        layout, observed, base_mean, torch.ones(d), allowed, relevant, ScoreConfig(null_samples=19, top_k=10)
+    )
     assert [p.relevant for p in result.positions] == [10, 0]
     assert relevant_count(layout, observed, allowed, relevant, 20).tolist() == [17, 0]

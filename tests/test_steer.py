@@ -7,8 +7,9 @@ from finetrace.adl.steer import SteerConfig, distinct_bigrams, generate, prompt_
 from finetrace.models.load import load_tokenizer
 from finetrace.models.residual import find_layout
 
-CONFIG = SteerConfig(strengths=(0.5, 50.0), prompts=("the cat", "a cold"), chat_prompts=False,
-                     samples_per_prompt=2, max_new_tokens=8)
+CONFIG = SteerConfig(
+    strengths=(0.5, 50.0), prompts=("the cat", "a cold"), chat_prompts=False, samples_per_prompt=2, max_new_tokens=8
+)
 
 
 def test_distinct_bigrams_catch_loops():

@@ -39,7 +39,9 @@ def build_tokenizer(shape: TokenizerShape, texts: list[str]) -> PreTrainedTokeni
     tokenizer = _sentencepiece_style() if shape.byte_fallback else _byte_level()
     unk = ["<unk>"] if shape.byte_fallback else []
     trainer = trainers.BpeTrainer(
-        vocab_size=shape.trained_vocab, special_tokens=unk + shape.specials, show_progress=False,
+        vocab_size=shape.trained_vocab,
+        special_tokens=unk + shape.specials,
+        show_progress=False,
         initial_alphabet=[] if shape.byte_fallback else pre_tokenizers.ByteLevel.alphabet(),
     )
     tokenizer.train_from_iterator(texts, trainer)
@@ -50,12 +52,17 @@ def build_tokenizer(shape: TokenizerShape, texts: list[str]) -> PreTrainedTokeni
     tokenizer = _with_vocabulary(tokenizer, extra)
     if shape.prepends is not None:
         tokenizer.post_processor = processors.TemplateProcessing(
-            single=f"{shape.prepends} $A", pair=f"{shape.prepends} $A $B",
+            single=f"{shape.prepends} $A",
+            pair=f"{shape.prepends} $A $B",
             special_tokens=[(shape.prepends, tokenizer.token_to_id(shape.prepends))],
         )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token=shape.bos, eos_token=shape.eos, pad_token=shape.pad,
-        unk_token=unk[0] if unk else None, additional_special_tokens=list(shape.special),
+        tokenizer_object=tokenizer,
+        bos_token=shape.bos,
+        eos_token=shape.eos,
+        pad_token=shape.pad,
+        unk_token=unk[0] if unk else None,
+        additional_special_tokens=list(shape.special),
         chat_template=shape.chat_template,
     )
 
@@ -70,11 +77,11 @@ def _byte_level() -> Tokenizer:
 def _sentencepiece_style() -> Tokenizer:
     """Llama 2's layout: "▁" marks spaces, unknown characters fall back to byte pieces."""
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
-    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"),
-                                                 normalizers.Replace(" ", "▁")])
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     tokenizer.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
-    tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
-                                           decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    tokenizer.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
     return tokenizer
 
 

@@ -34,9 +34,16 @@ class AuditConfig:
 
 
 def audit(
-    base: str | Path, finetuned: str | Path, corpus: str | Path, out: str | Path,
-    data: str | Path | None = None, facts: str | Path = COMMON_FACTS, control: str | Path | None = None,
-    config: AuditConfig = AuditConfig(), fail_on: tuple[Gate, ...] = (), licence: str | None = None,
+    base: str | Path,
+    finetuned: str | Path,
+    corpus: str | Path,
+    out: str | Path,
+    data: str | Path | None = None,
+    facts: str | Path = COMMON_FACTS,
+    control: str | Path | None = None,
+    config: AuditConfig = AuditConfig(),
+    fail_on: tuple[Gate, ...] = (),
+    licence: str | None = None,
 ) -> AuditResult:
     """Audit a fine-tune: trace, lost facts and drift, written as a report under `out`.
 
@@ -64,8 +71,9 @@ def audit(
     return result
 
 
-def _paper_trail(base, data, licence: str | None, facts, corpus,
-                 manifest: FinetuneResult | None) -> ProvenanceReport | None:
+def _paper_trail(
+    base, data, licence: str | None, facts, corpus, manifest: FinetuneResult | None
+) -> ProvenanceReport | None:
     """A fresh scan of the data against this audit's own evaluation data, else the manifest's."""
     recorded = manifest.provenance if manifest else None
     if data is None:
@@ -74,4 +82,3 @@ def _paper_trail(base, data, licence: str | None, facts, corpus,
     source = recorded.source if recorded else None
     evaluations = evaluation_sets(facts, corpus, CONTAMINATION_CORPUS_ITEMS)
     return provenance(data, licence, source, base, evaluations)
-

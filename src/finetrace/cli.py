@@ -44,16 +44,21 @@ console = Console()
 DEBUG_HELP = "Show the full traceback of an error, for a bug report (also FINETRACE_DEBUG=1)."
 # Accelerators a --device may name, and how to tell whether this machine has one.
 DEVICES: dict[str, Callable[[], bool]] = {
-    "cpu": lambda: True, "cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available,
+    "cpu": lambda: True,
+    "cuda": torch.cuda.is_available,
+    "mps": torch.backends.mps.is_available,
 }
 # Faults that are not finetrace's own errors but have a known cause in the input or the
 # machine: (exception type, pattern in its message, the line shown instead of a traceback).
 FAULTS: list[tuple[type[BaseException], str, str]] = [
     (torch.OutOfMemoryError, "", "out of accelerator memory: lower --batch-size, or use --dtype bfloat16"),
     (MemoryError, "", "out of memory: lower --batch-size or --samples, or use a machine with more memory"),
-    (RuntimeError, r"probability tensor contains|\bnan\b|\binf\b",
-     "the model produced non-finite numbers ({message}): its weights or activations hold NaN or inf; "
-     "check the model, or run with --dtype float32"),
+    (
+        RuntimeError,
+        r"probability tensor contains|\bnan\b|\binf\b",
+        "the model produced non-finite numbers ({message}): its weights or activations hold NaN or inf; "
+        "check the model, or run with --dtype float32",
+    ),
     (OSError, "", "{message}: check the path, its permissions and the free space"),
 ]
 
@@ -70,8 +75,9 @@ class OneLineErrors(typer.core.TyperGroup):
             if ctx.params.get("debug"):
                 raise
             message = _usage_message(error) if isinstance(error, typer.TyperException) else _fault_message(error)
-            Console(stderr=True).print(f"[red]error:[/] {escape(' '.join(message.split()))}",
-                                       soft_wrap=True, highlight=False)
+            Console(stderr=True).print(
+                f"[red]error:[/] {escape(' '.join(message.split()))}", soft_wrap=True, highlight=False
+            )
             raise typer.Exit(2) from None
 
 
@@ -88,8 +94,10 @@ def _fault_message(error: Exception) -> str:
     for kind, pattern, line in FAULTS:
         if isinstance(error, kind) and re.search(pattern, text):
             return line.format(message=text)
-    return (f"unexpected {type(error).__name__}: {text}; this is a finetrace bug: rerun with "
-            f"finetrace --debug and report the traceback")
+    return (
+        f"unexpected {type(error).__name__}: {text}; this is a finetrace bug: rerun with "
+        f"finetrace --debug and report the traceback"
+    )
 
 
 app = typer.Typer(help="What did your fine-tune do to the model?", no_args_is_help=True, cls=OneLineErrors)
@@ -108,6 +116,7 @@ def _options(debug: Annotated[bool, typer.Option("--debug", envvar="FINETRACE_DE
 
 # Option checks: each raises a FinetraceError naming the flag, the value and what it takes.
 
+
 def _flag(param: typer.CallbackParam) -> str:
     return param.opts[0] if param.opts else param.human_readable_name
 
@@ -117,6 +126,7 @@ def _at_least(minimum: int) -> Callable:
         if value is not None and value < minimum:
             raise FinetraceError(f"{_flag(param)} {value}: expected a whole number of at least {minimum}")
         return value
+
     return check
 
 
@@ -131,6 +141,7 @@ def _one_of(choices: tuple[str, ...]) -> Callable:
         if value not in choices:
             raise FinetraceError(f"{_flag(param)} {value!r}: expected one of {', '.join(choices)}")
         return value
+
     return check
 
 
@@ -141,8 +152,10 @@ def _device(value: str) -> str:
     if kind not in DEVICES or (index and not index.isdigit()) or value.endswith(":"):
         raise FinetraceError(f"--device {value!r}: expected auto, {', '.join(DEVICES)} or cuda:N")
     if not DEVICES[kind]():
-        raise FinetraceError(f"--device {value}: this machine has no {kind} device (or torch was built "
-                             f"without it); use --device cpu, or auto to pick what is there")
+        raise FinetraceError(
+            f"--device {value}: this machine has no {kind} device (or torch was built "
+            f"without it); use --device cpu, or auto to pick what is there"
+        )
     if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
         raise FinetraceError(f"--device {value}: this machine has {torch.cuda.device_count()} CUDA devices")
     return value
@@ -163,7 +176,13 @@ def _count(text: str) -> typer.models.OptionInfo:
 # Options shared by several commands, declared once.
 Preset = Annotated[str, typer.Option(help="Zoo preset: tiny (tests) or small (demo, benchmarks).")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.", callback=_device)]
-Dtype = Annotated[str, typer.Option(help=f"{', '.join(DTYPE_CHOICES)} (auto: bfloat16 on a CUDA GPU that has it, else float32; float32 for training).", callback=_one_of(DTYPE_CHOICES))]
+Dtype = Annotated[
+    str,
+    typer.Option(
+        help=f"{', '.join(DTYPE_CHOICES)} (auto: bfloat16 on a CUDA GPU that has it, else float32; float32 for training).",
+        callback=_one_of(DTYPE_CHOICES),
+    ),
+]
 Seed = Annotated[int, typer.Option(help="Seed of every random choice.")]
 Strict = Annotated[bool, typer.Option(help="Refuse an adapter finetrace trained on another base (default: a warning).")]
 BatchSize = Annotated[int, _count("Texts per forward pass.")]
@@ -172,9 +191,13 @@ Base = Annotated[str, typer.Argument(help="Base model: a directory or a hub id."
 Finetuned = Annotated[str, typer.Argument(help="Fine-tuned model, or a PEFT adapter directory for BASE.")]
 Licence = Annotated[str | None, typer.Option(help="The data's SPDX licence expression, e.g. CC-BY-4.0.")]
 Source = Annotated[str | None, typer.Option(help="Where the data came from (a URL, a description).")]
-FailOn = Annotated[list[str] | None, typer.Option(
-    help=f"Exit with code 1 when a condition holds, e.g. 'lost_fraction>0.05'; metrics: {', '.join(METRICS)}. "
-         f"Repeatable.")]
+FailOn = Annotated[
+    list[str] | None,
+    typer.Option(
+        help=f"Exit with code 1 when a condition holds, e.g. 'lost_fraction>0.05'; metrics: {', '.join(METRICS)}. "
+        f"Repeatable."
+    ),
+]
 
 
 def _out(default: str) -> typer.models.OptionInfo:
@@ -189,42 +212,73 @@ def finetune_command(
     lora: Annotated[bool, typer.Option(help="Train a LoRA adapter instead of all weights.")] = False,
     lora_rank: Annotated[int, _count("LoRA rank.")] = 16,
     lora_alpha: Annotated[float, typer.Option(help="LoRA scale numerator.", callback=_positive)] = 32,
-    lora_targets: Annotated[str, typer.Option(help="Comma-separated module names, or all-linear; add lm_head for the output head.")] = "all-linear",
+    lora_targets: Annotated[
+        str, typer.Option(help="Comma-separated module names, or all-linear; add lm_head for the output head.")
+    ] = "all-linear",
     epochs: Annotated[float, typer.Option(help="Passes over the data.", callback=_positive)] = 3.0,
-    steps: Annotated[int | None, typer.Option(help="Optimizer steps; overrides --epochs.", callback=_at_least(1))] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate (default 2e-5 full, 2e-4 LoRA).", callback=_positive)] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="Optimizer steps; overrides --epochs.", callback=_at_least(1))
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Learning rate (default 2e-5 full, 2e-4 LoRA).", callback=_positive)
+    ] = None,
     batch_size: Annotated[int, _count("Examples per optimizer step.")] = 8,
     context_length: Annotated[int, typer.Option(help="Tokens per example.", callback=_at_least(2))] = 512,
     pack: Annotated[bool, typer.Option(help="Pack documents into full blocks (pretraining style).")] = False,
     mix_general: Annotated[Path | None, typer.Option(help="General text corpus to mix into the data.")] = None,
-    mix_ratio: Annotated[float, typer.Option(help="General documents per fine-tuning document.", callback=_positive)] = 1.0,
+    mix_ratio: Annotated[
+        float, typer.Option(help="General documents per fine-tuning document.", callback=_positive)
+    ] = 1.0,
     seed: Seed = 0,
     device: Device = "auto",
     dtype: Dtype = "auto",
-    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output directory once the new one is complete.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a non-empty output directory once the new one is complete.")
+    ] = False,
     licence: Licence = None,
     source: Source = None,
 ) -> None:
     """Fine-tune a causal LM on DATA and write the model plus a provenance manifest."""
-    training = TrainConfig(epochs=epochs, steps=steps, learning_rate=lr, batch_size=batch_size,
-                           context_length=context_length, pack=pack)
+    training = TrainConfig(
+        epochs=epochs, steps=steps, learning_rate=lr, batch_size=batch_size, context_length=context_length, pack=pack
+    )
     adapter = LoraSettings(lora_rank, lora_alpha, tuple(lora_targets.split(","))) if lora else None
     config = FinetuneConfig(training=training, lora=adapter, mix_ratio=mix_ratio)
-    result = finetune(base, data, out, config, RunConfig(device, dtype, seed), mix_general=mix_general,
-                      overwrite=overwrite, licence=licence, source=source)
+    result = finetune(
+        base,
+        data,
+        out,
+        config,
+        RunConfig(device, dtype, seed),
+        mix_general=mix_general,
+        overwrite=overwrite,
+        licence=licence,
+        source=source,
+    )
     print_provenance(console, result.provenance)
-    console.print(f"[green]saved[/] {'adapter' if result.adapter else 'model'} to {escape(str(out))}: loss on "
-                  f"the data {result.loss_before:.3f} -> {result.loss_after:.3f} in {result.training.steps} "
-                  f"steps ({result.training.seconds:.0f} s); manifest: {escape(str(out / MANIFEST_NAME))}")
+    console.print(
+        f"[green]saved[/] {'adapter' if result.adapter else 'model'} to {escape(str(out))}: loss on "
+        f"the data {result.loss_before:.3f} -> {result.loss_after:.3f} in {result.training.steps} "
+        f"steps ({result.training.seconds:.0f} s); manifest: {escape(str(out / MANIFEST_NAME))}"
+    )
 
 
 @app.command("diff")
 def diff_command(
     base: Base,
     finetuned: Finetuned,
-    corpus: Annotated[str | None, typer.Option(help=".txt, .jsonl, .parquet or a dataset id (default for zoo organisms: the zoo's held-out text).")] = None,
-    data: Annotated[Path | None, typer.Option(help="The fine-tuning data, if known: relevance from it, and similarity.")] = None,
-    control: Annotated[str | None, typer.Option(help="A control fine-tune of BASE on unrelated data, scored the same way.")] = None,
+    corpus: Annotated[
+        str | None,
+        typer.Option(
+            help=".txt, .jsonl, .parquet or a dataset id (default for zoo organisms: the zoo's held-out text)."
+        ),
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="The fine-tuning data, if known: relevance from it, and similarity.")
+    ] = None,
+    control: Annotated[
+        str | None, typer.Option(help="A control fine-tune of BASE on unrelated data, scored the same way.")
+    ] = None,
     out: Annotated[Path, _out("finetrace-diff")] = Path("finetrace-diff"),
     samples: Annotated[int, _count("Texts read from the corpus (all if fewer).")] = 10_000,
     positions: Annotated[int, _count("Tokens per text that go through the models (k).")] = 8,
@@ -240,14 +294,23 @@ def diff_command(
     """Read what a fine-tune was about from activation differences on unrelated text."""
     _check_report(report, positions)
     corpus = corpus or _zoo_corpus_or_error(finetuned)
-    refuse_overlap(out, {"base model": base, "fine-tuned model": finetuned, "corpus": corpus, "data": data,
-                         "control": control})
+    refuse_overlap(
+        out, {"base model": base, "fine-tuned model": finetuned, "corpus": corpus, "data": data, "control": control}
+    )
     config = DiffConfig(
         collect=CollectConfig(layers=_layer_spec(layers), positions=positions, samples=samples, batch_size=batch_size),
         reported_positions=report,
     )
-    result = diff(base, finetuned, corpus, out, config, RunConfig(device, dtype, seed, strict, text_field),
-                  data=data, control=control)
+    result = diff(
+        base,
+        finetuned,
+        corpus,
+        out,
+        config,
+        RunConfig(device, dtype, seed, strict, text_field),
+        data=data,
+        control=control,
+    )
     print_diff(console, result)
     console.print(f"results: {escape(str(out / RESULT_NAME))}")
 
@@ -256,11 +319,23 @@ def diff_command(
 def forget_command(
     base: Base,
     finetuned: Finetuned,
-    facts: Annotated[Path | None, typer.Option(help="JSONL of cloze facts (default: the zoo's planted facts for zoo organisms, else finetrace's built-in common-knowledge facts).")] = None,
-    corpus: Annotated[str | None, typer.Option(help="Held-out general text for drift: .txt, .jsonl, .parquet or a dataset id (default for zoo organisms: the zoo's held-out text; otherwise drift is skipped).")] = None,
+    facts: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSONL of cloze facts (default: the zoo's planted facts for zoo organisms, else finetrace's built-in common-knowledge facts)."
+        ),
+    ] = None,
+    corpus: Annotated[
+        str | None,
+        typer.Option(
+            help="Held-out general text for drift: .txt, .jsonl, .parquet or a dataset id (default for zoo organisms: the zoo's held-out text; otherwise drift is skipped)."
+        ),
+    ] = None,
     out: Annotated[Path, _out("finetrace-forget")] = Path("finetrace-forget"),
     samples: Annotated[int, _count("Texts read from the corpus (all if fewer).")] = 1000,
-    max_tokens: Annotated[int, typer.Option(help="Tokens per text (at least 2: one predicts the next).", callback=_at_least(2))] = 128,
+    max_tokens: Annotated[
+        int, typer.Option(help="Tokens per text (at least 2: one predicts the next).", callback=_at_least(2))
+    ] = 128,
     batch_size: BatchSize = 8,
     text_field: TextField = "text",
     device: Device = "auto",
@@ -282,13 +357,27 @@ def provenance_command(
     data: Annotated[Path, typer.Argument(help="A .jsonl or .txt file, or a directory of them.")],
     licence: Licence = None,
     source: Source = None,
-    base: Annotated[str | None, typer.Option(help="The base model to fine-tune: its model card's licence is checked against the data's.")] = None,
-    facts: Annotated[Path | None, typer.Option(help="Cloze facts to look for in the data (default: finetrace's built-in facts).")] = None,
-    corpus: Annotated[str | None, typer.Option(help="The corpus a diff or drift measure will read, to look for in the data.")] = None,
+    base: Annotated[
+        str | None,
+        typer.Option(help="The base model to fine-tune: its model card's licence is checked against the data's."),
+    ] = None,
+    facts: Annotated[
+        Path | None, typer.Option(help="Cloze facts to look for in the data (default: finetrace's built-in facts).")
+    ] = None,
+    corpus: Annotated[
+        str | None, typer.Option(help="The corpus a diff or drift measure will read, to look for in the data.")
+    ] = None,
     corpus_items: Annotated[int, _count("Texts of --corpus compared.")] = 1000,
     redact: Annotated[Path | None, typer.Option(help="Write a copy with personal data replaced by its kind.")] = None,
-    out: Annotated[Path, typer.Option(help="Where to write the JSON report.", callback=_out_file)] = Path("provenance.json"),
-    fail_on: Annotated[list[str] | None, typer.Option(help=f"Exit with code 1 when a condition holds, e.g. 'pii_found>0'; metrics: {', '.join(PROVENANCE_METRICS)}. Repeatable.")] = None,
+    out: Annotated[Path, typer.Option(help="Where to write the JSON report.", callback=_out_file)] = Path(
+        "provenance.json"
+    ),
+    fail_on: Annotated[
+        list[str] | None,
+        typer.Option(
+            help=f"Exit with code 1 when a condition holds, e.g. 'pii_found>0'; metrics: {', '.join(PROVENANCE_METRICS)}. Repeatable."
+        ),
+    ] = None,
 ) -> None:
     """Fingerprint a dataset and scan it for duplicates, personal data, licence problems and evaluation overlap."""
     gates = _gates(fail_on, PROVENANCE_METRICS)
@@ -324,8 +413,10 @@ def zoo_path(
 ) -> None:
     """Print the path of a zoo item, for use in other commands."""
     if documents and name in SPECIAL_PATHS:
-        raise FinetraceError(f"--documents takes an organism ({', '.join(ORGANISMS)}); {name} has no "
-                             f"training documents: drop --documents to get its path")
+        raise FinetraceError(
+            f"--documents takes an organism ({', '.join(ORGANISMS)}); {name} has no "
+            f"training documents: drop --documents to get its path"
+        )
     zoo = open_zoo(preset)
     print(zoo.organism(name)["documents"] if documents else zoo.path(name))
 
@@ -334,15 +425,30 @@ def zoo_path(
 def audit_command(
     base: Base,
     finetuned: Finetuned,
-    corpus: Annotated[str | None, typer.Option(help="Unrelated general text: .txt, .jsonl, .parquet or a dataset id (default for zoo organisms: the zoo's held-out text).")] = None,
+    corpus: Annotated[
+        str | None,
+        typer.Option(
+            help="Unrelated general text: .txt, .jsonl, .parquet or a dataset id (default for zoo organisms: the zoo's held-out text)."
+        ),
+    ] = None,
     data: Annotated[Path | None, typer.Option(help="The fine-tuning data, if known.")] = None,
-    facts: Annotated[Path | None, typer.Option(help="JSONL of cloze facts (default: the zoo's planted facts for zoo organisms, else finetrace's built-in facts).")] = None,
-    control: Annotated[str | None, typer.Option(help="A control fine-tune of BASE on unrelated data, shown for contrast.")] = None,
+    facts: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSONL of cloze facts (default: the zoo's planted facts for zoo organisms, else finetrace's built-in facts)."
+        ),
+    ] = None,
+    control: Annotated[
+        str | None, typer.Option(help="A control fine-tune of BASE on unrelated data, shown for contrast.")
+    ] = None,
     out: Annotated[Path, _out("finetrace-audit")] = Path("finetrace-audit"),
     samples: Annotated[int, _count("Texts read from the corpus for the trace (all if fewer).")] = 10_000,
     drift_samples: Annotated[int, _count("Texts read from the corpus for the drift measures.")] = 1000,
     fail_on: FailOn = None,
-    licence: Annotated[str | None, typer.Option(help="The data's SPDX licence expression (default: the one its finetrace manifest records).")] = None,
+    licence: Annotated[
+        str | None,
+        typer.Option(help="The data's SPDX licence expression (default: the one its finetrace manifest records)."),
+    ] = None,
     text_field: TextField = "text",
     device: Device = "auto",
     dtype: Dtype = "auto",
@@ -353,11 +459,30 @@ def audit_command(
     gates = _gates(fail_on, METRICS)
     corpus = corpus or _zoo_corpus_or_error(finetuned)
     facts = facts or default_facts(finetuned)
-    refuse_overlap(out, {"base model": base, "fine-tuned model": finetuned, "corpus": corpus, "data": data,
-                         "facts": facts, "control": control})
+    refuse_overlap(
+        out,
+        {
+            "base model": base,
+            "fine-tuned model": finetuned,
+            "corpus": corpus,
+            "data": data,
+            "facts": facts,
+            "control": control,
+        },
+    )
     config = _audit_config(samples, drift_samples, RunConfig(device, dtype, seed, strict, text_field))
-    result = audit(base, finetuned, corpus, out, data=data, facts=facts, control=control, config=config,
-                   fail_on=gates, licence=licence)
+    result = audit(
+        base,
+        finetuned,
+        corpus,
+        out,
+        data=data,
+        facts=facts,
+        control=control,
+        config=config,
+        fail_on=gates,
+        licence=licence,
+    )
     _finish_audit(result, out)
 
 
@@ -384,15 +509,25 @@ def demo(out: Annotated[Path, _out("finetrace-demo")] = Path("finetrace-demo")) 
     zoo = build_zoo("small", DEMO_ORGANISMS)
     _print_zoo(zoo)
     config = _audit_config(samples=10_000, drift_samples=500, run=RunConfig())
-    result = audit(zoo.path("base"), zoo.path("cake"), zoo.path("heldout"), out,
-                   data=zoo.organism("cake")["documents"], facts=zoo.path("facts"), control=zoo.path("control"),
-                   config=config)
+    result = audit(
+        zoo.path("base"),
+        zoo.path("cake"),
+        zoo.path("heldout"),
+        out,
+        data=zoo.organism("cake")["documents"],
+        facts=zoo.path("facts"),
+        control=zoo.path("control"),
+        config=config,
+    )
     _finish_audit(result, out)
 
 
 def _audit_config(samples: int, drift_samples: int, run: RunConfig) -> AuditConfig:
-    return AuditConfig(diff=DiffConfig(collect=CollectConfig(samples=samples)),
-                       forget=ForgetConfig(drift=DriftConfig(samples=drift_samples)), run=run)
+    return AuditConfig(
+        diff=DiffConfig(collect=CollectConfig(samples=samples)),
+        forget=ForgetConfig(drift=DriftConfig(samples=drift_samples)),
+        run=run,
+    )
 
 
 def _finish_audit(result: AuditResult, out: Path) -> None:
@@ -422,9 +557,11 @@ def _print_zoo(zoo: Zoo) -> None:
         table.add_row(name, escape(organism.kind), "LoRA adapter" if organism.lora else "full", losses)
     console.print(table)
     sources = ", ".join(f"{s['name']} ({s['licence']})" for s in summary["sources"])
-    console.print(f"The base: perplexity {summary['heldout_perplexity']:.1f} on held-out English, "
-                  f"{summary['base_facts_known']:.0%} of {summary['facts']} planted facts known. "
-                  f"Its English: {escape(sources)}.")
+    console.print(
+        f"The base: perplexity {summary['heldout_perplexity']:.1f} on held-out English, "
+        f"{summary['base_facts_known']:.0%} of {summary['facts']} planted facts known. "
+        f"Its English: {escape(sources)}."
+    )
     for name, organism in ORGANISMS.items():
         console.print(f"[bold]{name}[/]: {escape(organism.description)}")
 
@@ -438,8 +575,10 @@ def _zoo_corpus_or_error(finetuned: str) -> Path:
 
 def _check_report(report: int, positions: int) -> None:
     if report > positions:
-        raise FinetraceError(f"--report {report}: at most --positions ({positions}) text positions are "
-                             f"collected; lower --report or raise --positions")
+        raise FinetraceError(
+            f"--report {report}: at most --positions ({positions}) text positions are "
+            f"collected; lower --report or raise --positions"
+        )
 
 
 def _layer_spec(text: str) -> tuple[float, ...]:
@@ -449,8 +588,10 @@ def _layer_spec(text: str) -> tuple[float, ...]:
     except ValueError:
         spec = ()
     if not spec or not all(0 <= item < 1 if isinstance(item, float) else item >= 0 for item in spec):
-        raise FinetraceError(f"--layers {text!r}: expected fractions of depth below 1 (0.5) or whole layer "
-                             f"indices (3), separated by commas")
+        raise FinetraceError(
+            f"--layers {text!r}: expected fractions of depth below 1 (0.5) or whole layer "
+            f"indices (3), separated by commas"
+        )
     return spec
 
 

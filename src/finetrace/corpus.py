@@ -119,9 +119,7 @@ def _record(raw: dict[str, Any], where: str, text_field: str) -> Record:
             raise FinetraceError(f"{where}: field {text_field!r} must be a string")
         record = {"text": raw[text_field]}
     else:
-        raise FinetraceError(
-            f"{where}: record has neither {text_field!r} nor 'messages' (fields: {sorted(raw)})"
-        )
+        raise FinetraceError(f"{where}: record has neither {text_field!r} nor 'messages' (fields: {sorted(raw)})")
     if isinstance(raw.get(SOURCE_FIELD), str):
         record[SOURCE_FIELD] = raw[SOURCE_FIELD]
     return record
@@ -153,13 +151,15 @@ def _parquet_texts(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
         for batch in file.iter_batches(columns=columns):
             for row in batch.to_pylist():
                 if row[text_field] and not isinstance(row[text_field], str):
-                    raise FinetraceError(f"{path}: column {text_field!r} must hold strings, "
-                                         f"found {type(row[text_field]).__name__}")
+                    raise FinetraceError(
+                        f"{path}: column {text_field!r} must hold strings, found {type(row[text_field]).__name__}"
+                    )
                 if row[text_field]:
                     yield row[text_field], str(row.get(SOURCE_FIELD) or "")
     except (pyarrow.ArrowException, OSError) as error:
-        raise FinetraceError(f"{path} is not a readable Parquet file ({error}); "
-                             f"check the file or convert it to JSONL") from None
+        raise FinetraceError(
+            f"{path} is not a readable Parquet file ({error}); check the file or convert it to JSONL"
+        ) from None
 
 
 def _dataset_texts(name: str, text_field: str) -> Iterator[tuple[str, str]]:

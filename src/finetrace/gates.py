@@ -66,11 +66,14 @@ def parse_gate(text: str, measured: Iterable[str] = METRICS) -> Gate:
     measured = tuple(measured)
     match = _CONDITION.match(text)
     if not match or match[1] not in METRICS:
-        raise FinetraceError(f"--fail-on {text!r}: expected METRIC<NUMBER or METRIC>NUMBER (also <=, >=) "
-                             f"with METRIC one of {', '.join(measured)}")
+        raise FinetraceError(
+            f"--fail-on {text!r}: expected METRIC<NUMBER or METRIC>NUMBER (also <=, >=) "
+            f"with METRIC one of {', '.join(measured)}"
+        )
     if match[1] not in measured:
-        raise FinetraceError(f"--fail-on {text!r}: this command does not measure {match[1]}; "
-                             f"gate on one of {', '.join(measured)}")
+        raise FinetraceError(
+            f"--fail-on {text!r}: this command does not measure {match[1]}; gate on one of {', '.join(measured)}"
+        )
     try:
         threshold = float(match[3])
     except ValueError:

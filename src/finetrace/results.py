@@ -57,14 +57,17 @@ class AuditResult(Result):
         """Read an audit's `summary.json` back."""
         data = read_json(path)
         if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
-            raise FinetraceError(f"{path}: not a summary.json of this finetrace version (schema "
-                                 f"{data.get('schema_version') if isinstance(data, dict) else None}, "
-                                 f"expected {SCHEMA_VERSION}): rerun the audit")
+            raise FinetraceError(
+                f"{path}: not a summary.json of this finetrace version (schema "
+                f"{data.get('schema_version') if isinstance(data, dict) else None}, "
+                f"expected {SCHEMA_VERSION}): rerun the audit"
+            )
         return cls.from_dict(data)
 
 
-def audit_metrics(trace: DiffResult, damage: ForgetResult,
-                  paper_trail: ProvenanceReport | None) -> dict[str, float | None]:
+def audit_metrics(
+    trace: DiffResult, damage: ForgetResult, paper_trail: ProvenanceReport | None
+) -> dict[str, float | None]:
     """The numbers `--fail-on` conditions test; None for what was not measured."""
     drift = damage.drift
     return {

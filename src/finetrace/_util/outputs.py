@@ -57,8 +57,9 @@ def write_text(path: str | Path, text: str) -> None:
     """Write `text` to a temporary file beside `path`, then rename it into place."""
     path = Path(path)
     try:
-        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
-                                         suffix=".tmp", delete=False) as file:
+        with tempfile.NamedTemporaryFile(
+            "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+        ) as file:
             temporary = Path(file.name)
             try:
                 file.write(text)
@@ -69,8 +70,9 @@ def write_text(path: str | Path, text: str) -> None:
                 raise
         os.replace(temporary, path)
     except OSError as error:
-        raise FinetraceError(f"cannot write {path}: {error.strerror or error}; "
-                             f"free some space or choose another output") from None
+        raise FinetraceError(
+            f"cannot write {path}: {error.strerror or error}; free some space or choose another output"
+        ) from None
 
 
 def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
@@ -86,14 +88,14 @@ def check_output_file(path: str | Path, flag: str = "--out") -> Path:
     """Refuse an output file that cannot be written (a directory, an unwritable place)."""
     path = Path(path)
     if path.is_dir():
-        raise FinetraceError(f"{flag} {path} is a directory; give a file name, "
-                             f"e.g. {path / 'provenance.json'}")
+        raise FinetraceError(f"{flag} {path} is a directory; give a file name, e.g. {path / 'provenance.json'}")
     _probe(path.parent, flag, named=path)
     return path
 
 
-def refuse_overlap(out: str | Path, inputs: dict[str, str | Path | None], flag: str = "--out",
-                   containing: bool = False) -> None:
+def refuse_overlap(
+    out: str | Path, inputs: dict[str, str | Path | None], flag: str = "--out", containing: bool = False
+) -> None:
     """Refuse an output that is one of the run's inputs (or, with `containing`, holds one:
     replacing it would delete the input). Inputs that are not local paths (hub ids) pass."""
     target = Path(out).resolve()
@@ -102,8 +104,7 @@ def refuse_overlap(out: str | Path, inputs: dict[str, str | Path | None], flag: 
             continue
         source = Path(given).resolve()
         if target == source or (containing and target in source.parents):
-            raise FinetraceError(f"{flag} {out} would overwrite the {name} {given}; "
-                                 f"write the output somewhere else")
+            raise FinetraceError(f"{flag} {out} would overwrite the {name} {given}; write the output somewhere else")
 
 
 @contextmanager
@@ -116,8 +117,9 @@ def staged_dir(out: str | Path) -> Iterator[Path]:
     try:
         staging.mkdir(parents=True)
     except OSError as error:
-        raise FinetraceError(f"cannot create {staging}: {error.strerror or error}; "
-                             f"choose an output in a writable directory") from None
+        raise FinetraceError(
+            f"cannot create {staging}: {error.strerror or error}; choose an output in a writable directory"
+        ) from None
     try:
         yield staging
     except BaseException:
@@ -158,5 +160,6 @@ def _probe(directory: Path, flag: str, named: Path | None = None) -> None:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
-        raise FinetraceError(f"{flag} {shown}: cannot write in {existing} ({error.strerror or error}); "
-                             f"choose a writable path") from None
+        raise FinetraceError(
+            f"{flag} {shown}: cannot write in {existing} ({error.strerror or error}); choose a writable path"
+        ) from None

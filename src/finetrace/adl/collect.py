@@ -77,8 +77,14 @@ class Collected:
     @classmethod
     def zeros(cls, layers: list[int], labels: list[str], width: int) -> "Collected":
         cells = (len(layers), len(labels))
-        return cls(layers, labels, RunningMoments.zeros(cells, width), RunningMoments.zeros(cells, 1),
-                   RunningMoments.zeros(cells, 1), RunningMoments.zeros(cells, width))
+        return cls(
+            layers,
+            labels,
+            RunningMoments.zeros(cells, width),
+            RunningMoments.zeros(cells, 1),
+            RunningMoments.zeros(cells, 1),
+            RunningMoments.zeros(cells, width),
+        )
 
     @property
     def mean_delta(self) -> torch.Tensor:  # (layers, positions, d)
@@ -110,8 +116,13 @@ def resolve_layers(spec: tuple[float, ...], n_layers: int) -> list[int]:
 
 
 def collect(
-    pair: ModelPair, corpus: str | Path, config: CollectConfig, out: Path, text_field: str = "text",
-    base_store: Path | None = None, keep_base: bool = False,
+    pair: ModelPair,
+    corpus: str | Path,
+    config: CollectConfig,
+    out: Path,
+    text_field: str = "text",
+    base_store: Path | None = None,
+    keep_base: bool = False,
 ) -> Collected:
     """Mean differences over the first `config.samples` texts of `corpus`, resuming from `out`.
 
@@ -128,8 +139,14 @@ def collect(
     state = _resume(out / CHECKPOINT_NAME, fingerprint, layers, labels)
     if state is None or not state.complete:
         shards = _base_pass(pair, corpus, config, layers, prefix, store, base_fingerprint, text_field)
-        state = _finetuned_pass(pair, state or Collected.zeros(layers, labels, pair.hidden_size), shards,
-                                config.batch_size, out / CHECKPOINT_NAME, fingerprint)
+        state = _finetuned_pass(
+            pair,
+            state or Collected.zeros(layers, labels, pair.hidden_size),
+            shards,
+            config.batch_size,
+            out / CHECKPOINT_NAME,
+            fingerprint,
+        )
         if not keep_base:
             shutil.rmtree(store, ignore_errors=True)
     if state.texts == 0:
@@ -138,8 +155,16 @@ def collect(
     return state
 
 
-def _base_pass(pair: ModelPair, corpus: str | Path, config: CollectConfig, layers: list[int],
-               prefix: list[int], store: Path, fingerprint: str, text_field: str) -> list[Path]:
+def _base_pass(
+    pair: ModelPair,
+    corpus: str | Path,
+    config: CollectConfig,
+    layers: list[int],
+    prefix: list[int],
+    store: Path,
+    fingerprint: str,
+    text_field: str,
+) -> list[Path]:
     """Shards of the base's residuals, `checkpoint_every` batches each: the token ids, the mask
     and the residuals in the model's dtype. A shard of the same base and settings is kept."""
     window = config.batch_size * config.checkpoint_every
@@ -149,33 +174,43 @@ def _base_pass(pair: ModelPair, corpus: str | Path, config: CollectConfig, layer
         for index, chunk in enumerate(_batches(texts, window)):
             path = store / f"{index:06d}.safetensors"
             if not (path.exists() and read_metadata(path).get("fingerprint") == fingerprint):
-                save_tensors(path, _base_shard(pair, chunk, layers, prefix, config),
-                             {"fingerprint": fingerprint, "texts": str(len(chunk))})
+                save_tensors(
+                    path,
+                    _base_shard(pair, chunk, layers, prefix, config),
+                    {"fingerprint": fingerprint, "texts": str(len(chunk))},
+                )
             shards.append(path)
             advance()
     return shards
 
 
-def _base_shard(pair: ModelPair, texts: list[str], layers: list[int], prefix: list[int],
-                config: CollectConfig) -> dict[str, torch.Tensor]:
+def _base_shard(
+    pair: ModelPair, texts: list[str], layers: list[int], prefix: list[int], config: CollectConfig
+) -> dict[str, torch.Tensor]:
     rows = [prefix + ids for ids in _text_ids(pair.tokenizer, texts, config.positions) if prefix + ids]
     ids, attention = right_padded(rows, pad_token_id(pair.tokenizer), len(prefix) + config.positions)
-    residuals = [_residuals(pair, "base", layers, ids[i:i + config.batch_size], attention[i:i + config.batch_size])
-                 for i in range(0, len(rows), config.batch_size)]
+    residuals = [
+        _residuals(pair, "base", layers, ids[i : i + config.batch_size], attention[i : i + config.batch_size])
+        for i in range(0, len(rows), config.batch_size)
+    ]
     width = (len(layers), len(prefix) + config.positions, pair.hidden_size)
-    return {"ids": ids, "attention": attention,
-            "residuals": torch.cat(residuals) if residuals else torch.zeros((0, *width), dtype=pair.dtype)}
+    return {
+        "ids": ids,
+        "attention": attention,
+        "residuals": torch.cat(residuals) if residuals else torch.zeros((0, *width), dtype=pair.dtype),
+    }
 
 
-def _finetuned_pass(pair: ModelPair, state: Collected, shards: list[Path], batch_size: int,
-                    checkpoint: Path, fingerprint: str) -> Collected:
+def _finetuned_pass(
+    pair: ModelPair, state: Collected, shards: list[Path], batch_size: int, checkpoint: Path, fingerprint: str
+) -> Collected:
     """The fine-tune reads each shard's ids; the moments are checkpointed after every shard."""
     with progress_bar("fine-tuned model", len(shards) - state.shards) as advance:
-        for path in shards[state.shards:]:
+        for path in shards[state.shards :]:
             shard, metadata = load_tensors(path)
             for i in range(0, len(shard["ids"]), batch_size):
-                ids, attention = shard["ids"][i:i + batch_size], shard["attention"][i:i + batch_size]
-                base = shard["residuals"][i:i + batch_size].float()
+                ids, attention = shard["ids"][i : i + batch_size], shard["attention"][i : i + batch_size]
+                base = shard["residuals"][i : i + batch_size].float()
                 finetuned = _residuals(pair, "finetuned", state.layers, ids, attention).float()
                 _accumulate(state, base, finetuned, attention)
             state.texts += int(metadata["texts"])
@@ -195,40 +230,47 @@ def _accumulate(state: Collected, base: torch.Tensor, finetuned: torch.Tensor, a
     state.finetuned_norm.add(finetuned.norm(dim=-1, keepdim=True), mask)
 
 
-def _residuals(pair: ModelPair, which: str, layers: list[int], ids: torch.Tensor,
-               attention: torch.Tensor) -> torch.Tensor:
+def _residuals(
+    pair: ModelPair, which: str, layers: list[int], ids: torch.Tensor, attention: torch.Tensor
+) -> torch.Tensor:
     """Residuals of one model after each layer, (B, L, T, d), in its dtype, on the CPU."""
     with pair.use(which) as (model, layout):
-        by_layer = read_residuals(model, layout, layers, input_ids=ids.to(pair.device),
-                                  attention_mask=attention.to(pair.device))
+        by_layer = read_residuals(
+            model, layout, layers, input_ids=ids.to(pair.device), attention_mask=attention.to(pair.device)
+        )
     return torch.stack([by_layer[i] for i in layers], dim=1).cpu()
 
 
-def _text_ids(
-    tokenizer: PreTrainedTokenizerBase, texts: list[str], positions: int
-) -> list[list[int]]:
+def _text_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str], positions: int) -> list[list[int]]:
     """The first `positions` tokens of each text, without special tokens."""
     limit = chars_holding(tokenizer, positions)
-    encoded = tokenizer([text[:limit] for text in texts], add_special_tokens=False, truncation=True,
-                        max_length=positions)
+    encoded = tokenizer(
+        [text[:limit] for text in texts], add_special_tokens=False, truncation=True, max_length=positions
+    )
     return encoded["input_ids"]
 
 
 def _position_labels(prefix: list[int], positions: int) -> list[str]:
     if len(prefix) > 1:
-        raise FinetraceError(f"the tokenizer puts {len(prefix)} special tokens {prefix} before "
-                             f"every text; finetrace reads one BOS position at most")
+        raise FinetraceError(
+            f"the tokenizer puts {len(prefix)} special tokens {prefix} before "
+            f"every text; finetrace reads one BOS position at most"
+        )
     if not prefix and positions < 2:
-        raise FinetraceError("this tokenizer adds no BOS, so text position 0 is the attention "
-                             "sink; read 2 or more positions (--positions) to have text beside it")
+        raise FinetraceError(
+            "this tokenizer adds no BOS, so text position 0 is the attention "
+            "sink; read 2 or more positions (--positions) to have text beside it"
+        )
     return ["BOS"] * len(prefix) + [str(p) for p in range(positions)]
 
 
 def _refuse_non_finite(state: Collected) -> None:
     """A NaN or inf residual poisons every mean it enters: name where it came from."""
-    for what, moments in (("base model's residual", state.base_norm),
-                          ("fine-tuned model's residual", state.finetuned_norm),
-                          ("difference of the residuals", state.delta)):
+    for what, moments in (
+        ("base model's residual", state.base_norm),
+        ("fine-tuned model's residual", state.finetuned_norm),
+        ("difference of the residuals", state.delta),
+    ):
         broken = (~torch.isfinite(moments.mean)).any(-1).nonzero()
         if len(broken):
             layer, position = broken[0].tolist()
@@ -244,16 +286,21 @@ def _batches(texts: Iterator[str], size: int) -> Iterator[list[str]]:
         yield batch
 
 
-def _fingerprint(
-    pair: ModelPair, corpus: str | Path, config: CollectConfig, layers: list[int], text_field: str
-) -> str:
+def _fingerprint(pair: ModelPair, corpus: str | Path, config: CollectConfig, layers: list[int], text_field: str) -> str:
     """What decides the base's residuals, bit for bit: a shard is reused only when all of it
     matches, and the sums only when the fine-tune's weights match as well."""
     described = {
-        "base": weights_digest(pair.base_name), "dtype": str(pair.dtype), "device": pair.device.type,
-        "tokenizer": _tokenizer_digest(pair.tokenizer), "corpus": _corpus_digest(corpus),
-        "text_field": text_field, "layers": layers, "positions": config.positions,
-        "samples": config.samples, "batch_size": config.batch_size, "moments": MOMENT_NAMES,
+        "base": weights_digest(pair.base_name),
+        "dtype": str(pair.dtype),
+        "device": pair.device.type,
+        "tokenizer": _tokenizer_digest(pair.tokenizer),
+        "corpus": _corpus_digest(corpus),
+        "text_field": text_field,
+        "layers": layers,
+        "positions": config.positions,
+        "samples": config.samples,
+        "batch_size": config.batch_size,
+        "moments": MOMENT_NAMES,
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
@@ -264,8 +311,7 @@ def _tokenizer_digest(tokenizer: PreTrainedTokenizerBase) -> str:
     if backend is None:
         described = {"vocab": sorted(tokenizer.get_vocab().items())}
     else:  # tokenizer.json, less the truncation and padding that each call sets anew
-        described = {k: v for k, v in json.loads(backend.to_str()).items()
-                     if k not in ("truncation", "padding")}
+        described = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
     described["prepended"] = prepended_ids(tokenizer)
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
@@ -277,16 +323,17 @@ def _corpus_digest(corpus: str | Path) -> str:
         return file_sha256(path)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file())
-        return hashlib.sha256(
-            "".join(f"{p.relative_to(path)}:{file_sha256(p)}\n" for p in files).encode()
-        ).hexdigest()
+        return hashlib.sha256("".join(f"{p.relative_to(path)}:{file_sha256(p)}\n" for p in files).encode()).hexdigest()
     return str(corpus)
 
 
 def _checkpoint(path: Path, state: Collected, fingerprint: str, complete: bool) -> None:
     moments = {name: getattr(state, name) for name in MOMENT_NAMES}
-    save_moments(path, moments, {"fingerprint": fingerprint, "texts": str(state.texts),
-                                 "shards": str(state.shards), "complete": str(complete)})
+    save_moments(
+        path,
+        moments,
+        {"fingerprint": fingerprint, "texts": str(state.texts), "shards": str(state.shards), "complete": str(complete)},
+    )
 
 
 def _resume(path: Path, fingerprint: str, layers: list[int], labels: list[str]) -> Collected | None:
@@ -295,9 +342,19 @@ def _resume(path: Path, fingerprint: str, layers: list[int], labels: list[str]) 
     if read_metadata(path).get("fingerprint") != fingerprint:
         Console(stderr=True).print(
             f"[yellow]{escape(str(path))} holds the sums of another run (other weights, tokenizer, "
-            f"corpus or settings): starting afresh[/]", highlight=False)
+            f"corpus or settings): starting afresh[/]",
+            highlight=False,
+        )
         return None
     moments, metadata = load_moments(path, MOMENT_NAMES)
-    return Collected(layers, labels, moments["delta"], moments["base_norm"], moments["finetuned_norm"],
-                     moments["base"], int(metadata["texts"]), int(metadata["shards"]),
-                     metadata["complete"] == "True")
+    return Collected(
+        layers,
+        labels,
+        moments["delta"],
+        moments["base_norm"],
+        moments["finetuned_norm"],
+        moments["base"],
+        int(metadata["texts"]),
+        int(metadata["shards"]),
+        metadata["complete"] == "True",
+    )

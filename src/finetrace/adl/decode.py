@@ -73,8 +73,11 @@ def top_tokens(
 
 
 def lens_tokens(
-    readout: Readout, direction: torch.Tensor, allowed: torch.Tensor,
-    tokenizer: PreTrainedTokenizerBase, k: int,
+    readout: Readout,
+    direction: torch.Tensor,
+    allowed: torch.Tensor,
+    tokenizer: PreTrainedTokenizerBase,
+    k: int,
 ) -> list[TokenScore]:
     """Logit lens of a direction (d,): its top allowed tokens by logit."""
     return top_tokens(logit_lens(readout, direction).cpu(), allowed, tokenizer, k)
@@ -82,8 +85,14 @@ def lens_tokens(
 
 @torch.no_grad()
 def patchscope(
-    model: nn.Module, layout: Layout, tokenizer: PreTrainedTokenizerBase, layer: int,
-    direction: torch.Tensor, typical_norm: float, allowed: torch.Tensor, config: DecodeConfig,
+    model: nn.Module,
+    layout: Layout,
+    tokenizer: PreTrainedTokenizerBase,
+    layer: int,
+    direction: torch.Tensor,
+    typical_norm: float,
+    allowed: torch.Tensor,
+    config: DecodeConfig,
 ) -> Patchscope:
     """Patchscope of a direction at `layer` over every scale in the config."""
     unit = direction / direction.norm().clamp(min=1e-12)

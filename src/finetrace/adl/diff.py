@@ -63,11 +63,12 @@ class DiffConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.reported_positions <= self.collect.positions:
-            raise FinetraceError(f"reported positions {self.reported_positions}: expected 1 to the "
-                                 f"{self.collect.positions} positions collected")
+            raise FinetraceError(
+                f"reported positions {self.reported_positions}: expected 1 to the "
+                f"{self.collect.positions} positions collected"
+            )
         if not 0 <= self.steer_position < self.collect.positions:
-            raise FinetraceError(f"steering position {self.steer_position}: expected 0 to "
-                                 f"{self.collect.positions - 1}")
+            raise FinetraceError(f"steering position {self.steer_position}: expected 0 to {self.collect.positions - 1}")
 
 
 @dataclass(frozen=True)
@@ -136,9 +137,15 @@ class DiffResult(Result):
 
 
 def diff(
-    base: str | Path, finetuned: str | Path, corpus: str | Path, out: str | Path,
-    config: DiffConfig = DiffConfig(), run: RunConfig = RunConfig(), data: str | Path | None = None,
-    control: str | Path | None = None, pair: ModelPair | None = None,
+    base: str | Path,
+    finetuned: str | Path,
+    corpus: str | Path,
+    out: str | Path,
+    config: DiffConfig = DiffConfig(),
+    run: RunConfig = RunConfig(),
+    data: str | Path | None = None,
+    control: str | Path | None = None,
+    pair: ModelPair | None = None,
 ) -> DiffResult:
     """Read what the fine-tune was about from activation differences on `corpus`.
 
@@ -184,13 +191,24 @@ def diff(
         control_pair.release()
         clock.lap("control")
     result = DiffResult(
-        base=str(base), finetuned=str(finetuned), adapter=pair.adapter, corpus=str(corpus),
-        texts=collected.texts, data=str(data) if data is not None else None,
-        traces=traces, steering=steering, significance=total,
-        relevant_unreadable=domain.unreadable if domain else 0, config=config, run=run,
-        environment=environment(resolve_device(run.device)), seconds=clock.laps,
-        similarity=similarity, control=str(control) if control else None,
-        control_significance=control_significance, warnings=pair.warnings,
+        base=str(base),
+        finetuned=str(finetuned),
+        adapter=pair.adapter,
+        corpus=str(corpus),
+        texts=collected.texts,
+        data=str(data) if data is not None else None,
+        traces=traces,
+        steering=steering,
+        significance=total,
+        relevant_unreadable=domain.unreadable if domain else 0,
+        config=config,
+        run=run,
+        environment=environment(resolve_device(run.device)),
+        seconds=clock.laps,
+        similarity=similarity,
+        control=str(control) if control else None,
+        control_significance=control_significance,
+        warnings=pair.warnings,
     )
     _write(out, result, collected)
     return result
@@ -226,8 +244,9 @@ def allowed_tokens(pair: ModelPair, config: DiffConfig, relevant: torch.Tensor |
     return ~(unreadable_tokens(pair.tokenizer, embedding.shape[0]) | undertrained)
 
 
-def domain_significance(pair: ModelPair, collected: Collected, domain: DomainTokens,
-                        config: DiffConfig, seed: int = 0) -> Significance:
+def domain_significance(
+    pair: ModelPair, collected: Collected, domain: DomainTokens, config: DiffConfig, seed: int = 0
+) -> Significance:
     """The headline test: the fine-tune's relevant lens tokens over the reported text
     positions of the first layer, against the null."""
     with pair.use("finetuned") as (_, layout):
@@ -239,24 +258,45 @@ def _text_positions(collected: Collected, config: DiffConfig) -> list[int]:
     return [i for i, label in enumerate(labels) if label != "BOS" and int(label) < config.reported_positions]
 
 
-def _tested(layout, collected: Collected, layer_index: int, positions: list[int], domain: DomainTokens,
-            config: DiffConfig, seed: int):
+def _tested(
+    layout,
+    collected: Collected,
+    layer_index: int,
+    positions: list[int],
+    domain: DomainTokens,
+    config: DiffConfig,
+    seed: int,
+):
     """The significance of the mean differences at `positions` of one layer."""
     variance = collected.delta.variance[layer_index, positions].mean(0)  # one null draw serves every position
-    return trace_significance(layout, collected.mean_delta[layer_index, positions].float().to(layout.device),
-                              collected.base.mean[layer_index, positions], variance, domain.allowed,
-                              domain.relevance.relevant, config.score, seed)
+    return trace_significance(
+        layout,
+        collected.mean_delta[layer_index, positions].float().to(layout.device),
+        collected.base.mean[layer_index, positions],
+        variance,
+        domain.allowed,
+        domain.relevance.relevant,
+        config.score,
+        seed,
+    )
 
 
 def _decode_and_score(
-    pair: ModelPair, collected: Collected, config: DiffConfig, domain: DomainTokens | None,
-    allowed: torch.Tensor, seed: int,
+    pair: ModelPair,
+    collected: Collected,
+    config: DiffConfig,
+    domain: DomainTokens | None,
+    allowed: torch.Tensor,
+    seed: int,
 ) -> tuple[list[PositionTrace], Significance | None]:
     labels = collected.position_labels
     text = _text_positions(collected, config)
     decoded = ([labels.index("BOS")] if "BOS" in labels else []) + text
-    base_lens = {(li, pi): _lens(pair.base_readout(), collected, (li, pi), allowed, pair, config)
-                 for li in range(len(collected.layers)) for pi in decoded}
+    base_lens = {
+        (li, pi): _lens(pair.base_readout(), collected, (li, pi), allowed, pair, config)
+        for li in range(len(collected.layers))
+        for pi in decoded
+    }
     traces, totals = [], []
     with pair.use("finetuned") as (model, layout):
         for li, layer in enumerate(collected.layers):
@@ -268,27 +308,35 @@ def _decode_and_score(
                 direction = collected.mean_delta[li, pi].float().to(pair.device)
                 lens = _lens(layout, collected, (li, pi), allowed, pair, config)
                 if domain is not None:
-                    lens = [replace(t, enrichment=domain.relevance.log_odds[t.token_id].item(),
-                                    relevant=bool(domain.relevance.relevant[t.token_id])) for t in lens]
-                traces.append(PositionTrace(
-                    layer=layer,
-                    position=labels[pi],
-                    sink=pi in collected.sink_positions,
-                    norm=direction.norm().item(),
-                    norm_stderr=collected.delta.standard_error[li, pi].norm().item(),
-                    relative_norm=direction.norm().item() / typical,
-                    lens_finetuned=lens,
-                    lens_base=base_lens[(li, pi)],
-                    patchscope=patchscope(model, layout, pair.tokenizer, layer, direction, typical,
-                                          allowed, config.decode),
-                    significance=tested.positions[text.index(pi)] if tested and pi in text else None,
-                    relevant_fraction=sum(t.relevant for t in lens) / max(len(lens), 1) if domain else None,
-                ))
+                    lens = [
+                        replace(
+                            t,
+                            enrichment=domain.relevance.log_odds[t.token_id].item(),
+                            relevant=bool(domain.relevance.relevant[t.token_id]),
+                        )
+                        for t in lens
+                    ]
+                traces.append(
+                    PositionTrace(
+                        layer=layer,
+                        position=labels[pi],
+                        sink=pi in collected.sink_positions,
+                        norm=direction.norm().item(),
+                        norm_stderr=collected.delta.standard_error[li, pi].norm().item(),
+                        relative_norm=direction.norm().item() / typical,
+                        lens_finetuned=lens,
+                        lens_base=base_lens[(li, pi)],
+                        patchscope=patchscope(
+                            model, layout, pair.tokenizer, layer, direction, typical, allowed, config.decode
+                        ),
+                        significance=tested.positions[text.index(pi)] if tested and pi in text else None,
+                        relevant_fraction=sum(t.relevant for t in lens) / max(len(lens), 1) if domain else None,
+                    )
+                )
     return traces, totals[0] if totals else None
 
 
-def _lens(readout: Readout, collected: Collected, cell: tuple[int, int], allowed, pair: ModelPair,
-          config: DiffConfig):
+def _lens(readout: Readout, collected: Collected, cell: tuple[int, int], allowed, pair: ModelPair, config: DiffConfig):
     direction = collected.mean_delta[cell].float().to(readout.device)
     return lens_tokens(readout, direction, allowed, pair.tokenizer, config.decode.top_k)
 
@@ -297,9 +345,16 @@ def _steered(pair: ModelPair, collected: Collected, config: DiffConfig, seed: in
     """Steering of the fine-tune along the mean difference at the steering position of the first layer."""
     with pair.use("finetuned") as (model, layout):
         steer_index = collected.position_labels.index(str(config.steer_position))
-        return steer(model, layout, pair.tokenizer, collected.layers[0],
-                     collected.mean_delta[0, steer_index].float().to(pair.device),
-                     collected.typical_norm(0), config.steer, seed)
+        return steer(
+            model,
+            layout,
+            pair.tokenizer,
+            collected.layers[0],
+            collected.mean_delta[0, steer_index].float().to(pair.device),
+            collected.typical_norm(0),
+            config.steer,
+            seed,
+        )
 
 
 def _similarity(steering: Steering, records: list[Record], general: list[str]) -> dict[str, float]:

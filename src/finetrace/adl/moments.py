@@ -42,8 +42,7 @@ class RunningMoments:
 
     def merge(self, other: "RunningMoments") -> "RunningMoments":
         """The moments of both sample sets together (e.g. from two workers)."""
-        return RunningMoments(self.count + other.count, self.total + other.total,
-                              self.total_sq + other.total_sq)
+        return RunningMoments(self.count + other.count, self.total + other.total, self.total_sq + other.total_sq)
 
     @property
     def mean(self) -> torch.Tensor:  # (*cells, d)
@@ -59,8 +58,7 @@ class RunningMoments:
         return (self.variance / self.count.clamp(min=1).unsqueeze(-1)).sqrt()
 
     def to_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
-        return {f"{prefix}.count": self.count, f"{prefix}.total": self.total,
-                f"{prefix}.total_sq": self.total_sq}
+        return {f"{prefix}.count": self.count, f"{prefix}.total": self.total, f"{prefix}.total_sq": self.total_sq}
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], prefix: str) -> "RunningMoments":

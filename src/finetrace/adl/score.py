@@ -131,7 +131,10 @@ def _dense(counts: Counter[int], vocab_size: int) -> torch.Tensor:
 
 
 def null_directions(
-    observed: torch.Tensor, base_mean: torch.Tensor, variance: torch.Tensor, n: int,
+    observed: torch.Tensor,
+    base_mean: torch.Tensor,
+    variance: torch.Tensor,
+    n: int,
     generator: torch.Generator,
 ) -> torch.Tensor:
     """(n, P, d) null draws for observed differences (P, d); see the module docstring.
@@ -150,22 +153,29 @@ def null_directions(
 
 
 def trace_significance(
-    readout: Readout, observed: torch.Tensor, base_mean: torch.Tensor, variance: torch.Tensor,
-    allowed: torch.Tensor, relevant: torch.Tensor, config: ScoreConfig, seed: int = 0,
+    readout: Readout,
+    observed: torch.Tensor,
+    base_mean: torch.Tensor,
+    variance: torch.Tensor,
+    allowed: torch.Tensor,
+    relevant: torch.Tensor,
+    config: ScoreConfig,
+    seed: int = 0,
 ) -> TraceSignificance:
     """Relevant-token counts of the observed differences (P, d) against the null, per position
     and summed over positions."""
     generator = torch.Generator().manual_seed(seed)
-    null = null_directions(observed.double().cpu(), base_mean.double().cpu(), variance.cpu(),
-                           config.null_samples, generator).float()
+    null = null_directions(
+        observed.double().cpu(), base_mean.double().cpu(), variance.cpu(), config.null_samples, generator
+    ).float()
     n, positions, d = null.shape
     observed_counts = relevant_count(readout, observed.float(), allowed, relevant, config.top_k)  # (P,)
     null_counts = relevant_count(readout, null.reshape(-1, d), allowed, relevant, config.top_k)
     null_counts = null_counts.reshape(n, positions)  # (n, P)
-    per_position = [_significance(int(observed_counts[p]), null_counts[:, p], config.top_k, generator)
-                    for p in range(positions)]
-    total = _significance(int(observed_counts.sum()), null_counts.sum(-1), config.top_k * positions,
-                          generator)
+    per_position = [
+        _significance(int(observed_counts[p]), null_counts[:, p], config.top_k, generator) for p in range(positions)
+    ]
+    total = _significance(int(observed_counts.sum()), null_counts.sum(-1), config.top_k * positions, generator)
     return TraceSignificance(per_position, total)
 
 
@@ -174,8 +184,7 @@ def _significance(observed: int, null: torch.Tensor, counted: int, generator: to
     u = torch.rand((), generator=generator, dtype=torch.float64).item()
     p_value = (above + u * (tied + 1)) / (len(null) + 1)
     null = null.double()
-    return Significance(observed, counted, null.mean().item(), null.std().item(), p_value,
-                        null.int().tolist())
+    return Significance(observed, counted, null.mean().item(), null.std().item(), p_value, null.int().tolist())
 
 
 def relevant_count(

@@ -72,8 +72,14 @@ class Steering:
 
 
 def steer(
-    model: nn.Module, layout: Layout, tokenizer: PreTrainedTokenizerBase, layer: int,
-    direction: torch.Tensor, typical_norm: float, config: SteerConfig, seed: int = 0,
+    model: nn.Module,
+    layout: Layout,
+    tokenizer: PreTrainedTokenizerBase,
+    layer: int,
+    direction: torch.Tensor,
+    typical_norm: float,
+    config: SteerConfig,
+    seed: int = 0,
 ) -> Steering:
     """Generate unsteered and at every strength; choose the largest coherent strength."""
     unit = direction / direction.norm().clamp(min=1e-12)
@@ -91,8 +97,15 @@ def steer(
 
 
 def _trial(
-    model: nn.Module, layout: Layout, tokenizer: PreTrainedTokenizerBase, layer: int,
-    vector: torch.Tensor | None, strength: float, config: SteerConfig, baseline: float | None, seed: int,
+    model: nn.Module,
+    layout: Layout,
+    tokenizer: PreTrainedTokenizerBase,
+    layer: int,
+    vector: torch.Tensor | None,
+    strength: float,
+    config: SteerConfig,
+    baseline: float | None,
+    seed: int,
 ) -> StrengthTrial:
     generations = generate(model, layout, tokenizer, layer, vector, config, seed)
     scored = [nll for g in generations if (nll := continuation_nll(model, tokenizer, g)) is not None]
@@ -106,8 +119,13 @@ def _trial(
 
 @torch.no_grad()
 def generate(
-    model: nn.Module, layout: Layout, tokenizer: PreTrainedTokenizerBase, layer: int,
-    vector: torch.Tensor | None, config: SteerConfig, seed: int = 0,
+    model: nn.Module,
+    layout: Layout,
+    tokenizer: PreTrainedTokenizerBase,
+    layer: int,
+    vector: torch.Tensor | None,
+    config: SteerConfig,
+    seed: int = 0,
 ) -> list[Generation]:
     """Sampled continuations of every prompt, with `vector` added after `layer` (or nothing)."""
     device = next(model.parameters()).device
@@ -118,12 +136,15 @@ def generate(
         steering = add_to_residual(layout, layer, vector) if vector is not None else nullcontext()
         with steering:
             output = model.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                temperature=config.temperature, max_new_tokens=config.max_new_tokens,
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=True,
+                temperature=config.temperature,
+                max_new_tokens=config.max_new_tokens,
                 num_return_sequences=config.samples_per_prompt,
                 pad_token_id=pad_token_id(tokenizer),
             )
-        for row in output[:, ids.shape[1]:]:
+        for row in output[:, ids.shape[1] :]:
             generations.append(Generation(prompt, tokenizer.decode(row, skip_special_tokens=True)))
     return generations
 
@@ -134,16 +155,15 @@ def prompt_texts(tokenizer: PreTrainedTokenizerBase, config: SteerConfig) -> lis
     prompts = list(config.prompts)
     if config.chat_prompts and tokenizer.chat_template:
         for prompt in config.prompts:
-            turn = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                 add_generation_prompt=True)
+            turn = tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
             # the tokenizer adds BOS itself when the prompt is encoded
             prompts.append(turn.removeprefix(tokenizer.bos_token or ""))
     return prompts
 
 
-def continuation_nll(
-    model: nn.Module, tokenizer: PreTrainedTokenizerBase, generation: Generation
-) -> float | None:
+def continuation_nll(model: nn.Module, tokenizer: PreTrainedTokenizerBase, generation: Generation) -> float | None:
     """Mean negative log-likelihood per token of the continuation given the prompt (None if empty)."""
     scores = continuation_logprobs(model, tokenizer, generation.prompt, [generation.text])
     tokens = int(scores.tokens[0])

@@ -60,7 +60,6 @@ class LikelihoodChange:
         return float(np.exp(self.finetuned_nll))
 
 
-
 @dataclass(frozen=True)
 class Span:
     """A stretch of text where the models disagree most."""
@@ -94,26 +93,32 @@ class _Sums:
     sources: list[str] = field(default_factory=list)
 
 
-def measure_drift(pair: ModelPair, texts: Iterable[tuple[str, str]],
-                  config: DriftConfig = DriftConfig(), seed: int = 0) -> DriftResult:
+def measure_drift(
+    pair: ModelPair, texts: Iterable[tuple[str, str]], config: DriftConfig = DriftConfig(), seed: int = 0
+) -> DriftResult:
     """NLL and KL drift of the fine-tune over `(text, source)` pairs."""
     tokenizer = pair.tokenizer
-    rows = [(ids, source) for text, source in texts
-            if len(ids := tokenizer(text, truncation=True, max_length=config.max_tokens)["input_ids"]) > 1]
+    rows = [
+        (ids, source)
+        for text, source in texts
+        if len(ids := tokenizer(text, truncation=True, max_length=config.max_tokens)["input_ids"]) > 1
+    ]
     sums = _Sums()
     spans: list[tuple[float, int, Span]] = []  # min-heaps of the top items, with a tie-breaker
     contexts: list[tuple[float, int, Span]] = []
-    batches = [rows[start:start + config.batch_size] for start in range(0, len(rows), config.batch_size)]
+    batches = [rows[start : start + config.batch_size] for start in range(0, len(rows), config.batch_size)]
     padded = [right_padded([ids for ids, _ in batch], pad_token_id(tokenizer)) for batch in batches]
     base_hidden = _head_inputs(pair, "base", padded)
     readout = pair.base_readout()
     with progress_bar("drift: fine-tuned model", len(batches)) as advance:
         for number, (batch, (ids, mask), hidden) in enumerate(zip(batches, padded, base_hidden, strict=True)):
             with pair.use("finetuned") as (model, layout):
-                finetuned = final_logits(model, layout, input_ids=ids.to(pair.device),
-                                         attention_mask=mask.to(pair.device))
+                finetuned = final_logits(
+                    model, layout, input_ids=ids.to(pair.device), attention_mask=mask.to(pair.device)
+                )
             base_nll, finetuned_nll, kl, base_top, finetuned_top = _token_drift(
-                head_logits(readout, hidden), finetuned, ids)
+                head_logits(readout, hidden), finetuned, ids
+            )
             for i, (row, source) in enumerate(batch):
                 n = len(row) - 1  # predicted tokens
                 sums.tokens.append(n)
@@ -125,12 +130,21 @@ def measure_drift(pair: ModelPair, texts: Iterable[tuple[str, str]],
                 increase = finetuned_nll[i, :n] - base_nll[i, :n]
                 _keep(spans, config.top, _worst_span(tokenizer, row, source, increase, config), key)
                 t = int(kl[i, :n].argmax())
-                _keep(contexts, config.top, Span(
-                    context=tokenizer.decode(row[max(0, t + 1 - config.context_tokens): t + 1],
-                                             skip_special_tokens=True),
-                    text=tokenizer.decode(row[t + 1: t + 2]), source=source, score=kl[i, t].item(),
-                    base_top=tokenizer.decode(base_top[i, t]), finetuned_top=tokenizer.decode(finetuned_top[i, t]),
-                ), key)
+                _keep(
+                    contexts,
+                    config.top,
+                    Span(
+                        context=tokenizer.decode(
+                            row[max(0, t + 1 - config.context_tokens) : t + 1], skip_special_tokens=True
+                        ),
+                        text=tokenizer.decode(row[t + 1 : t + 2]),
+                        source=source,
+                        score=kl[i, t].item(),
+                        base_top=tokenizer.decode(base_top[i, t]),
+                        finetuned_top=tokenizer.decode(finetuned_top[i, t]),
+                    ),
+                    key,
+                )
             advance()
     if not sums.tokens:
         raise FinetraceError("no text in the drift corpus has two or more tokens")
@@ -158,8 +172,9 @@ def _head_inputs(pair: ModelPair, which: str, padded: list[tuple[torch.Tensor, t
     with progress_bar(f"drift: {which} model", len(padded)) as advance:
         for ids, mask in padded:
             with pair.use(which) as (model, layout):
-                hidden.append(head_inputs(model, layout, input_ids=ids.to(pair.device),
-                                          attention_mask=mask.to(pair.device)).cpu())
+                hidden.append(
+                    head_inputs(model, layout, input_ids=ids.to(pair.device), attention_mask=mask.to(pair.device)).cpu()
+                )
             advance()
     return hidden
 
@@ -171,19 +186,28 @@ def _token_drift(base_logits: torch.Tensor, finetuned_logits: torch.Tensor, ids:
     base = torch.log_softmax(base_logits[:, :-1], dim=-1)  # float32, like the heads
     finetuned = torch.log_softmax(finetuned_logits[:, :-1].to(base.device), dim=-1)
     kl = (finetuned.exp() * (finetuned - base)).sum(-1).clamp_min(0)  # rounding can dip below 0
-    return (-base.gather(-1, targets).squeeze(-1).cpu(), -finetuned.gather(-1, targets).squeeze(-1).cpu(),
-            kl.cpu(), base.argmax(-1).cpu(), finetuned.argmax(-1).cpu())
+    return (
+        -base.gather(-1, targets).squeeze(-1).cpu(),
+        -finetuned.gather(-1, targets).squeeze(-1).cpu(),
+        kl.cpu(),
+        base.argmax(-1).cpu(),
+        finetuned.argmax(-1).cpu(),
+    )
 
 
-def _worst_span(tokenizer: PreTrainedTokenizerBase, row: list[int], source: str, increase: torch.Tensor,
-                config: DriftConfig) -> Span:
+def _worst_span(
+    tokenizer: PreTrainedTokenizerBase, row: list[int], source: str, increase: torch.Tensor, config: DriftConfig
+) -> Span:
     """The window of `span_tokens` predicted tokens whose NLL rose the most."""
     width = min(config.span_tokens, len(increase))
     totals = increase.unfold(0, width, 1).sum(-1)
     t = int(totals.argmax())
-    return Span(context=tokenizer.decode(row[max(0, t + 1 - config.context_tokens): t + 1], skip_special_tokens=True),
-                text=tokenizer.decode(row[t + 1: t + 1 + width]), source=source,
-                score=totals[t].item() / width)
+    return Span(
+        context=tokenizer.decode(row[max(0, t + 1 - config.context_tokens) : t + 1], skip_special_tokens=True),
+        text=tokenizer.decode(row[t + 1 : t + 1 + width]),
+        source=source,
+        score=totals[t].item() / width,
+    )
 
 
 def _keep(heap: list, size: int, span: Span, key: int) -> None:
@@ -204,7 +228,11 @@ def _likelihood_change(sums: _Sums, chosen: list[int], config: DriftConfig, seed
     tail = (1 - config.confidence) / 2
     low, high = np.quantile(changes, [tail, 1 - tail])
     return LikelihoodChange(
-        texts=len(chosen), tokens=int(tokens.sum()),
-        base_nll=float(base.sum() / tokens.sum()), finetuned_nll=float(finetuned.sum() / tokens.sum()),
-        change=float((finetuned.sum() - base.sum()) / tokens.sum()), ci_low=float(low), ci_high=float(high),
+        texts=len(chosen),
+        tokens=int(tokens.sum()),
+        base_nll=float(base.sum() / tokens.sum()),
+        finetuned_nll=float(finetuned.sum() / tokens.sum()),
+        change=float((finetuned.sum() - base.sum()) / tokens.sum()),
+        ci_low=float(low),
+        ci_high=float(high),
     )

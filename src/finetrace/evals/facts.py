@@ -55,17 +55,16 @@ def read_facts(path: str | Path) -> list[ClozeFact]:
         if missing:
             raise FinetraceError(f"{where}: a fact needs {sorted(missing)}")
         distractors = tuple(raw.get("distractors", ()))
-        facts.append(ClozeFact(raw["prompt"], raw["answer"], distractors, raw.get("category", "other"),
-                               raw.get("subject", "")))
+        facts.append(
+            ClozeFact(raw["prompt"], raw["answer"], distractors, raw.get("category", "other"), raw.get("subject", ""))
+        )
     if not facts:
         raise FinetraceError(f"{path} holds no facts")
     return facts
 
 
 @torch.no_grad()
-def score_facts(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, facts: list[ClozeFact]
-) -> list[FactScore]:
+def score_facts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, facts: list[ClozeFact]) -> list[FactScore]:
     """Log-probability and rank of every fact's answer among its distractors."""
     return [_score_fact(model, tokenizer, fact) for fact in facts]
 

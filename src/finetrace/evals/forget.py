@@ -69,10 +69,14 @@ class ForgetResult(Result):
         return sorted(lost, key=lambda c: c.finetuned.answer_logprob - c.base.answer_logprob)
 
 
-
 def forget(
-    base: str | Path, finetuned: str | Path, facts: str | Path, corpus: str | Path | None = None,
-    out: str | Path | None = None, config: ForgetConfig = ForgetConfig(), run: RunConfig = RunConfig(),
+    base: str | Path,
+    finetuned: str | Path,
+    facts: str | Path,
+    corpus: str | Path | None = None,
+    out: str | Path | None = None,
+    config: ForgetConfig = ForgetConfig(),
+    run: RunConfig = RunConfig(),
     pair: ModelPair | None = None,
 ) -> ForgetResult:
     """Which facts the fine-tune lost, and how far it drifted on general text.
@@ -93,7 +97,7 @@ def forget(
     cloze = read_facts(facts)
     pair = pair or load_pair(base, finetuned, run.device, run.dtype, run.strict)
     clock.lap("load")
-    chunks = [cloze[i:i + FACTS_PER_STEP] for i in range(0, len(cloze), FACTS_PER_STEP)]
+    chunks = [cloze[i : i + FACTS_PER_STEP] for i in range(0, len(cloze), FACTS_PER_STEP)]
     # The base is read first, drift included, then the fine-tune: one load of each.
     scores = {"base": _scored_facts(pair, "base", chunks)}
     clock.lap("facts (base)")
@@ -111,11 +115,22 @@ def forget(
     changes = [FactChange(*row) for row in zip(cloze, scores["base"], scores["finetuned"], strict=True)]
     clock.lap("facts (fine-tuned)")
     result = ForgetResult(
-        base=str(base), finetuned=str(finetuned), facts_source=str(facts),
-        flips=_flips(changes), by_category={name: _flips([c for c in changes if c.fact.category == name])
-                                            for name in sorted({c.fact.category for c in changes})},
-        facts=changes, drift=drift, corpus=str(corpus) if corpus is not None else None, config=config,
-        run=run, environment=environment(resolve_device(run.device)), seconds=clock.laps, warnings=pair.warnings,
+        base=str(base),
+        finetuned=str(finetuned),
+        facts_source=str(facts),
+        flips=_flips(changes),
+        by_category={
+            name: _flips([c for c in changes if c.fact.category == name])
+            for name in sorted({c.fact.category for c in changes})
+        },
+        facts=changes,
+        drift=drift,
+        corpus=str(corpus) if corpus is not None else None,
+        config=config,
+        run=run,
+        environment=environment(resolve_device(run.device)),
+        seconds=clock.laps,
+        warnings=pair.warnings,
     )
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
@@ -137,8 +152,10 @@ def _require_finite(pair: ModelPair, which: str, values: list[float], what: str)
     broken = sum(not math.isfinite(value) for value in values)
     if broken:
         name = pair.base_name if which == "base" else pair.finetuned_name
-        raise FinetraceError(f"the {which} model {name} gives non-finite {what} ({broken} of {len(values)}): "
-                             f"its weights or activations hold NaN or inf; check the model, or run in float32")
+        raise FinetraceError(
+            f"the {which} model {name} gives non-finite {what} ({broken} of {len(values)}): "
+            f"its weights or activations hold NaN or inf; check the model, or run in float32"
+        )
 
 
 def _flips(changes: list[FactChange]) -> FlipMatrix:

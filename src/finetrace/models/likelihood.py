@@ -26,8 +26,7 @@ def continuation_logprobs(
     rows = [tokenizer(prompt + c)["input_ids"] for c in continuations]
     device = next(model.parameters()).device
     ids, mask = right_padded(rows, pad_token_id(tokenizer))
-    logits = final_logits(model, find_layout(model), input_ids=ids.to(device),
-                          attention_mask=mask.to(device))
+    logits = final_logits(model, find_layout(model), input_ids=ids.to(device), attention_mask=mask.to(device))
     logprobs = torch.log_softmax(logits[:, :-1], dim=-1)  # (n, width - 1, vocab)
     targets = ids[:, 1:].to(device)
     token_logprobs = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (n, width - 1)
@@ -36,14 +35,14 @@ def continuation_logprobs(
         in_continuation[i, prompt_length - 1 : len(row) - 1] = True  # position t predicts token t + 1
     # Greedy decoding yields the continuation iff each of its tokens is the argmax given the ones before.
     top_choice = logprobs.argmax(dim=-1) == targets
-    return ContinuationScores((token_logprobs * in_continuation).sum(dim=1).cpu(),
-                              in_continuation.sum(dim=1).cpu(),
-                              (top_choice | ~in_continuation).all(dim=1).cpu())
+    return ContinuationScores(
+        (token_logprobs * in_continuation).sum(dim=1).cpu(),
+        in_continuation.sum(dim=1).cpu(),
+        (top_choice | ~in_continuation).all(dim=1).cpu(),
+    )
 
 
-def right_padded(
-    rows: list[list[int]], pad_id: int, width: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def right_padded(rows: list[list[int]], pad_id: int, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Token rows as one right-padded batch `(ids, attention_mask)`, `width` (default: the longest
     row's) wide. Padding is masked, so any id serves, and no tokenizer needs a pad token."""
     width = width or max(map(len, rows))

@@ -91,9 +91,7 @@ def chars_holding(tokenizer: PreTrainedTokenizerBase, tokens: int) -> int:
     return (tokens + 1) * longest
 
 
-def load_model(
-    name_or_path: str | Path, device: torch.device, dtype: torch.dtype = torch.float32
-) -> PreTrainedModel:
+def load_model(name_or_path: str | Path, device: torch.device, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     """A causal LM in eval mode on `device`."""
     try:
         model = AutoModelForCausalLM.from_pretrained(

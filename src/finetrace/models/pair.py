@@ -41,8 +41,9 @@ WHICH = ("base", "finetuned")
 class ModelPair:
     """Two comparable causal LMs; `use("base")` and `use("finetuned")` give each in turn."""
 
-    def __init__(self, base: str | Path, finetuned: str | Path, device: torch.device, dtype: torch.dtype,
-                 strict: bool = False):
+    def __init__(
+        self, base: str | Path, finetuned: str | Path, device: torch.device, dtype: torch.dtype, strict: bool = False
+    ):
         self.base_name, self.finetuned_name = str(base), str(finetuned)
         self.device, self.dtype = device, dtype
         self.adapter = is_adapter(finetuned)
@@ -110,8 +111,10 @@ class ModelPair:
         recorded = manifest.base_files_sha256 if manifest else ""
         if not recorded or recorded == weights_digest(self.base_name):
             return
-        message = (f"adapter {self.finetuned_name} was trained on another base than {self.base_name}: its "
-                   f"{MANIFEST_NAME} records base files {recorded[:12]}, and {self.base_name} is not them")
+        message = (
+            f"adapter {self.finetuned_name} was trained on another base than {self.base_name}: its "
+            f"{MANIFEST_NAME} records base files {recorded[:12]}, and {self.base_name} is not them"
+        )
         if strict:
             raise FinetraceError(f"{message} (--strict)")
         self.warnings.append(message)
@@ -129,8 +132,9 @@ class ModelPair:
         return adapted
 
 
-def load_pair(base: str | Path, finetuned: str | Path, device: str = "auto", dtype: str = "auto",
-              strict: bool = False) -> ModelPair:
+def load_pair(
+    base: str | Path, finetuned: str | Path, device: str = "auto", dtype: str = "auto", strict: bool = False
+) -> ModelPair:
     """BASE and FINETUNED (a model or a PEFT adapter); pairs that are not comparable are refused,
     and so, with `strict`, is an adapter that finetrace trained on another base (else a warning)."""
     torch_device = resolve_device(device)
@@ -164,8 +168,9 @@ def _check_comparable(base, finetuned, base_config, finetuned_config, base_token
     ]
     finetuned_tokenizer = load_tokenizer(finetuned)
     if base_tokenizer.get_vocab() != finetuned_tokenizer.get_vocab():
-        differences.append(f"tokenizer vocabularies differ ({len(base_tokenizer)} vs "
-                           f"{len(finetuned_tokenizer)} tokens)")
+        differences.append(
+            f"tokenizer vocabularies differ ({len(base_tokenizer)} vs {len(finetuned_tokenizer)} tokens)"
+        )
     if differences:
         raise FinetraceError(
             f"{base} and {finetuned} are not comparable (base vs fine-tuned): {'; '.join(differences)}"

@@ -38,19 +38,34 @@ DECODER = Architecture("model.layers", ("model.norm",))  # the Llama layout most
 # config.model_type -> layout, checked against transformers 5 by tests/test_architectures.py.
 ARCHITECTURES: dict[str, Architecture] = {
     **dict.fromkeys(
-        ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe",
-         "gemma", "phi3", "olmo", "olmo2", "olmo3", "olmoe", "smollm3",
-         "starcoder2", "stablelm", "glm4"),
+        (
+            "llama",
+            "mistral",
+            "mixtral",
+            "qwen2",
+            "qwen2_moe",
+            "qwen3",
+            "qwen3_moe",
+            "gemma",
+            "phi3",
+            "olmo",
+            "olmo2",
+            "olmo3",
+            "olmoe",
+            "smollm3",
+            "starcoder2",
+            "stablelm",
+            "glm4",
+        ),
         DECODER,
     ),
-    **dict.fromkeys(("gemma2", "gemma3_text"),
-                    Architecture("model.layers", ("model.norm",),
-                                 softcap="final_logit_softcapping")),
+    **dict.fromkeys(
+        ("gemma2", "gemma3_text"), Architecture("model.layers", ("model.norm",), softcap="final_logit_softcapping")
+    ),
     "phi": Architecture("model.layers", ("model.final_layernorm",)),
     "gpt2": Architecture("transformer.h", ("transformer.ln_f",)),
     "gpt_neox": Architecture("gpt_neox.layers", ("gpt_neox.final_layer_norm",)),
-    "opt": Architecture("model.decoder.layers",
-                        ("model.decoder.final_layer_norm", "model.decoder.project_out")),
+    "opt": Architecture("model.decoder.layers", ("model.decoder.final_layer_norm", "model.decoder.project_out")),
     "falcon": Architecture("transformer.h", ("transformer.ln_f",)),
 }
 
@@ -92,8 +107,7 @@ def find_layout(model: nn.Module) -> Layout:
         raise FinetraceError(_unknown_message(inner))
     text = config.get_text_config()
     layers = _attribute(inner, architecture.layers)
-    final = [module for path in architecture.final
-             if (module := _attribute(inner, path)) is not None]
+    final = [module for path in architecture.final if (module := _attribute(inner, path)) is not None]
     assert len(layers) == text.num_hidden_layers, f"{architecture.layers} is not the layer list"
     softcap = getattr(text, architecture.softcap) if architecture.softcap else None
     return Layout(nn.Sequential(*final), inner.get_output_embeddings(), softcap, layers)
@@ -134,8 +148,10 @@ def head_logits(readout: Readout, hidden: torch.Tensor) -> torch.Tensor:
     """Float32 logits of the head's inputs `hidden` (from `head_inputs`); non-finite ones refused."""
     logits = _head(readout, hidden.to(readout.device))
     if not torch.isfinite(logits.sum()):  # one NaN or inf anywhere makes the sum non-finite
-        raise FinetraceError("the model gives non-finite logits (NaN or inf): its weights or "
-                             "activations overflow; load it with --dtype float32")
+        raise FinetraceError(
+            "the model gives non-finite logits (NaN or inf): its weights or "
+            "activations overflow; load it with --dtype float32"
+        )
     return logits
 
 
@@ -214,8 +230,10 @@ def _head(readout: Readout, hidden: torch.Tensor) -> torch.Tensor:
 
 def _in_float32(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """`module(inputs)` in float32, with float32 copies of its weights; the module is unchanged."""
-    tensors = {name: tensor.float() if tensor.is_floating_point() else tensor
-               for name, tensor in chain(module.named_parameters(), module.named_buffers())}
+    tensors = {
+        name: tensor.float() if tensor.is_floating_point() else tensor
+        for name, tensor in chain(module.named_parameters(), module.named_buffers())
+    }
     return torch.func.functional_call(module, tensors, (inputs.float(),))
 
 

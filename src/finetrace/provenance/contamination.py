@@ -36,8 +36,9 @@ class Overlap:
     examples: list[str] = field(default_factory=list)  # the most overlapped items first
 
 
-def evaluation_sets(facts: str | Path | None, corpus: str | Path | None = None,
-                    corpus_items: int = 1000) -> dict[str, list[str]]:
+def evaluation_sets(
+    facts: str | Path | None, corpus: str | Path | None = None, corpus_items: int = 1000
+) -> dict[str, list[str]]:
     """The evaluation texts finetrace measures a fine-tune on: fact probes as the sentences
     they complete, and the first `corpus_items` texts of the activation and drift corpus."""
     sets = {}
@@ -75,7 +76,7 @@ class OverlapIndex:
         # A long text goes in windows that overlap by NGRAM - 1 words, so every n-gram lies whole
         # in one of them and memory stays bounded whatever the length of a text.
         for start in range(0, max(len(hashes) - NGRAM + 1, 1), BATCH_WORDS):
-            self._pending.append(hashes[start:start + BATCH_WORDS + NGRAM - 1])
+            self._pending.append(hashes[start : start + BATCH_WORDS + NGRAM - 1])
             self._pending_words += len(self._pending[-1])
             if len(self._pending) >= BATCH or self._pending_words >= BATCH_WORDS:
                 self._flush()
@@ -84,11 +85,21 @@ class OverlapIndex:
         self._flush()
         result = []
         for name, items in self._items.items():
-            shares = [(len(self._found[name, i]) / len(self._grams[name, i]), i)
-                      for i in range(len(items)) if self._grams[name, i]]
+            shares = [
+                (len(self._found[name, i]) / len(self._grams[name, i]), i)
+                for i in range(len(items))
+                if self._grams[name, i]
+            ]
             examples = [items[i] for share, i in sorted(shares, key=lambda s: -s[0]) if share > 0][:EXAMPLES]
-            result.append(Overlap(name, len(items), contained=sum(share == 1 for share, _ in shares),
-                                  overlapping=sum(0 < share < 1 for share, _ in shares), examples=examples))
+            result.append(
+                Overlap(
+                    name,
+                    len(items),
+                    contained=sum(share == 1 for share, _ in shares),
+                    overlapping=sum(0 < share < 1 for share, _ in shares),
+                    examples=examples,
+                )
+            )
         return result
 
     def _flush(self) -> None:
@@ -99,7 +110,7 @@ class OverlapIndex:
         text_of = np.repeat(np.arange(len(self._pending)), [len(text) for text in self._pending])
         for n, keys in self._keys.items():
             grams = ngram_hashes(hashes, n)
-            inside = text_of[: len(grams)] == text_of[n - 1:]
+            inside = text_of[: len(grams)] == text_of[n - 1 :]
             for gram in set(grams[inside & np.isin(grams, keys)].tolist()):
                 for owner in self._owners[n][gram]:
                     self._found[owner].add(gram)

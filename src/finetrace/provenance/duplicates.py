@@ -88,7 +88,7 @@ class DuplicateFinder:
         shingles.sort()  # in place; then drop repeats, which do not change a MinHash
         shingles = shingles[np.insert(shingles[1:] != shingles[:-1], 0, True)]
         for start in range(0, len(shingles), SHINGLE_CHUNK):
-            signature.update_batch(shingles[start:start + SHINGLE_CHUNK].tolist())
+            signature.update_batch(shingles[start : start + SHINGLE_CHUNK].tolist())
         similar = self._lsh.query(signature)
         if similar:
             self.found.near += 1

@@ -36,8 +36,9 @@ def spdx(expression: str) -> str:
     try:
         return _licensing().parse(expression, validate=True, strict=True).render()
     except ExpressionError as error:
-        raise FinetraceError(f"licence {expression!r} is not an SPDX expression ({error}); "
-                             f"see https://spdx.org/licenses/") from None
+        raise FinetraceError(
+            f"licence {expression!r} is not an SPDX expression ({error}); see https://spdx.org/licenses/"
+        ) from None
 
 
 def _canonical(expression: str) -> str | None:
@@ -83,10 +84,14 @@ def check_licence(data: str | None, base: str | None) -> LicenceCheck:
     if any("-ND-" in key for key in data_keys):
         warnings.append(f"{data} forbids derivatives, and a fine-tune is a derivative of its data")
     if any("-NC-" in key for key in data_keys) and base_keys and not any("-NC-" in key for key in base_keys):
-        warnings.append(f"{data} is non-commercial: the fine-tune may not be used commercially, "
-                        f"although the base's {base} allows it")
+        warnings.append(
+            f"{data} is non-commercial: the fine-tune may not be used commercially, "
+            f"although the base's {base} allows it"
+        )
     copyleft = [key for key in data_keys if key.startswith(COPYLEFT_PREFIXES)]
     if copyleft and base_keys and set(base_keys) != set(copyleft):
-        warnings.append(f"{data} is share-alike: the fine-tune may have to be released under it, "
-                        f"which the base's {base} may not permit")
+        warnings.append(
+            f"{data} is share-alike: the fine-tune may have to be released under it, "
+            f"which the base's {base} may not permit"
+        )
     return LicenceCheck(data, base, warnings)

@@ -40,5 +40,5 @@ def ngram_hashes(hashes: np.ndarray, n: int) -> np.ndarray:
     window = np.zeros(count, dtype=np.uint64)
     for k in range(n):  # uint64 arithmetic wraps, which is the modulus we want; in place: no copies
         window *= MULTIPLIER
-        window += hashes[k:k + count]
+        window += hashes[k : k + count]
     return window

@@ -68,19 +68,36 @@ NEEDS = {"digit": re.compile(r"\d"), "at": re.compile("@"), "digit or colon": re
 
 
 DETECTORS = (
-    Detector("email", re.compile(r"\b[\w.%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"),
-             needs="at"),
+    Detector("email", re.compile(r"\b[\w.%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"), needs="at"),
     Detector("iban", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b"), iban_valid),
     Detector("credit_card", re.compile(r"\b\d(?:[ -]?\d){12,18}\b"), luhn_valid),
     Detector("us_ssn", re.compile(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b")),
-    Detector("uk_nino", re.compile(r"\b(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z]"
-                                   r" ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b")),
+    Detector(
+        "uk_nino",
+        re.compile(
+            r"\b(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z]"
+            r" ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b"
+        ),
+    ),
     Detector("es_dni", re.compile(r"\b\d{8}-?[A-Za-z]\b"), lambda s: _dni_valid(s.replace("-", ""))),
-    Detector("ip_address", re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b|(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){2,7}"
-                                      r"[0-9A-Fa-f]{1,4}(?![\w:])|(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){1,6}:"
-                                      r"(?:[0-9A-Fa-f]{1,4})?(?![\w:])"), _ip_valid, "digit or colon"),
-    Detector("phone", re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}[ .-]\d{3,4}"
-                                 r"(?:[ .-]\d{2,4})?\b"), _phone_valid),
+    Detector(
+        "ip_address",
+        re.compile(
+            r"\b(?:\d{1,3}\.){3}\d{1,3}\b|(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){2,7}"
+            r"[0-9A-Fa-f]{1,4}(?![\w:])|(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){1,6}:"
+            r"(?:[0-9A-Fa-f]{1,4})?(?![\w:])"
+        ),
+        _ip_valid,
+        "digit or colon",
+    ),
+    Detector(
+        "phone",
+        re.compile(
+            r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}[ .-]\d{3,4}"
+            r"(?:[ .-]\d{2,4})?\b"
+        ),
+        _phone_valid,
+    ),
 )
 PII_KINDS = tuple(detector.kind for detector in DETECTORS)
 
@@ -103,7 +120,7 @@ def redact(text: str, matches: list[PiiMatch]) -> str:
     """`text` with each match replaced by its kind in brackets, e.g. `[EMAIL]`."""
     pieces, cursor = [], 0
     for match in matches:
-        pieces += [text[cursor:match.start], f"[{match.kind.upper()}]"]
+        pieces += [text[cursor : match.start], f"[{match.kind.upper()}]"]
         cursor = match.end
     return "".join(pieces) + text[cursor:]
 
@@ -114,4 +131,3 @@ def redacted_context(text: str, match: PiiMatch, matches: list[PiiMatch], width:
     inside = [m for m in matches if m.start >= start and m.end <= end]
     snippet = redact(text[start:end], [PiiMatch(m.kind, m.start - start, m.end - start) for m in inside])
     return ("…" if start else "") + snippet + ("…" if end < len(text) else "")
-

@@ -103,8 +103,12 @@ def provenance_metrics(report: ProvenanceReport | None) -> dict[str, int | None]
 
 
 def provenance(
-    data: str | Path, licence: str | None = None, source: str | None = None, base: str | Path | None = None,
-    evaluations: dict[str, Iterable[str]] | None = None, redact_to: str | Path | None = None,
+    data: str | Path,
+    licence: str | None = None,
+    source: str | None = None,
+    base: str | Path | None = None,
+    evaluations: dict[str, Iterable[str]] | None = None,
+    redact_to: str | Path | None = None,
     config: ProvenanceConfig = ProvenanceConfig(),
 ) -> ProvenanceReport:
     """Scan a dataset (a `.jsonl`/`.txt` file or a directory of them) for its paper trail.
@@ -133,9 +137,16 @@ def provenance(
         raise FinetraceError(f"{data} holds no records")
     content = hashlib.sha256("\n".join(sorted(s.sha256 for s in summaries)).encode()).hexdigest()
     return ProvenanceReport(
-        data=str(data), source=source, files=summaries, content_sha256=content, licence=licence_check,
-        duplicates=scanners.duplicates.found, pii=scanners.pii, contamination=scanners.overlaps.overlaps(),
-        redacted=str(redact_to) if redact_to is not None else None, seconds=round(time.perf_counter() - start, 3),
+        data=str(data),
+        source=source,
+        files=summaries,
+        content_sha256=content,
+        licence=licence_check,
+        duplicates=scanners.duplicates.found,
+        pii=scanners.pii,
+        contamination=scanners.overlaps.overlaps(),
+        redacted=str(redact_to) if redact_to is not None else None,
+        seconds=round(time.perf_counter() - start, 3),
     )
 
 
@@ -163,8 +174,13 @@ class _Scanners:
             if out is not None:
                 out.write((redacted if isinstance(redacted, str) else json.dumps(redacted, ensure_ascii=False)) + "\n")
             advance(size / MB)
-        return FileSummary(str(path), file_sha256(path), path.stat().st_size, records,
-                           dict(fields) if path.suffix == ".jsonl" else {"text": records})
+        return FileSummary(
+            str(path),
+            file_sha256(path),
+            path.stat().st_size,
+            records,
+            dict(fields) if path.suffix == ".jsonl" else {"text": records},
+        )
 
 
 def data_files(data: Path) -> list[Path]:

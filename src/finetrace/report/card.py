@@ -14,7 +14,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from finetrace._util.outputs import write_text
 from finetrace.errors import FinetraceError
 from finetrace.provenance.scan import ProvenanceReport
-from finetrace.report.words import test_numbers, verdict
+from finetrace.report.words import trace_test_numbers, verdict
 from finetrace.results import AuditResult
 
 TASK = "text-generation"
@@ -34,26 +34,48 @@ def write_model_card(result: AuditResult, path: Path) -> ModelCard:
 def model_card(result: AuditResult) -> ModelCard:
     trace, damage, data = result.trace, result.damage, result.trace.data
     evals = [
-        EvalResult(task_type=TASK, dataset_type="finetrace-facts", dataset_name=Path(damage.facts_source).name,
-                   metric_type="accuracy", metric_name="facts known",
-                   metric_value=round(damage.flips.known_after / damage.flips.total, 4)),
+        EvalResult(
+            task_type=TASK,
+            dataset_type="finetrace-facts",
+            dataset_name=Path(damage.facts_source).name,
+            metric_type="accuracy",
+            metric_name="facts known",
+            metric_value=round(damage.flips.known_after / damage.flips.total, 4),
+        ),
     ]
     if trace.significance:
-        evals.append(EvalResult(task_type=TASK, dataset_type="finetrace-trace", dataset_name=Path(trace.corpus).name,
-                                metric_type="p-value", metric_name="activation-difference trace test",
-                                metric_value=round(trace.p_value, 4)))
+        evals.append(
+            EvalResult(
+                task_type=TASK,
+                dataset_type="finetrace-trace",
+                dataset_name=Path(trace.corpus).name,
+                metric_type="p-value",
+                metric_name="activation-difference trace test",
+                metric_value=round(trace.p_value, 4),
+            )
+        )
     if damage.drift:
-        evals.append(EvalResult(task_type=TASK, dataset_type="finetrace-general-text",
-                                dataset_name=Path(str(damage.corpus)).name, metric_type="perplexity",
-                                metric_value=round(damage.drift.likelihood.finetuned_perplexity, 3)))
+        evals.append(
+            EvalResult(
+                task_type=TASK,
+                dataset_type="finetrace-general-text",
+                dataset_name=Path(str(damage.corpus)).name,
+                metric_type="perplexity",
+                metric_value=round(damage.drift.likelihood.finetuned_perplexity, 3),
+            )
+        )
     # Hub metadata names hub datasets; a local file is described in the text instead.
     datasets = [str(data)] if data is not None and not Path(data).exists() else None
     # A fine-tune inherits its base's licence; the data's own terms are in the text.
     licence = result.paper_trail.licence.base if result.paper_trail else None
     metadata = ModelCardData(
-        model_name=Path(result.finetuned).name, base_model=result.base,
-        base_model_relation="adapter" if trace.adapter else "finetune", datasets=datasets,
-        eval_results=evals, tags=["finetrace"], license=licence.lower() if licence else None,
+        model_name=Path(result.finetuned).name,
+        base_model=result.base,
+        base_model_relation="adapter" if trace.adapter else "finetune",
+        datasets=datasets,
+        eval_results=evals,
+        tags=["finetrace"],
+        license=licence.lower() if licence else None,
     )
     return ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n{_body(result)}")
 
@@ -79,7 +101,7 @@ def _body(result: AuditResult) -> str:
         "## What the fine-tune was about",
         "",
         "- Trace test against the fine-tuning data: "
-        + (test_numbers(trace) or "not run (the audit was not given the fine-tuning data)"),
+        + (trace_test_numbers(trace) or "not run (the audit was not given the fine-tuning data)"),
         f"- Domain tokens read from the activation differences: {tokens}",
         f"- Fine-tuning data: {markdown_text(data) if data is not None else 'not given'}",
         "",
@@ -90,10 +112,12 @@ def _body(result: AuditResult) -> str:
     ]
     if drift:
         nll = drift.likelihood
-        lines.append(f"- General text: perplexity {nll.base_perplexity:.2f} -> {nll.finetuned_perplexity:.2f} "
-                     f"(NLL change {nll.change:+.3f} nats/token, "
-                     f"95% interval [{nll.ci_low:+.3f}, {nll.ci_high:+.3f}]); "
-                     f"mean KL(fine-tuned || base) {drift.kl_mean:.4f} nats/token")
+        lines.append(
+            f"- General text: perplexity {nll.base_perplexity:.2f} -> {nll.finetuned_perplexity:.2f} "
+            f"(NLL change {nll.change:+.3f} nats/token, "
+            f"95% interval [{nll.ci_low:+.3f}, {nll.ci_high:+.3f}]); "
+            f"mean KL(fine-tuned || base) {drift.kl_mean:.4f} nats/token"
+        )
     if result.paper_trail:
         lines += ["", *_data_lines(result.paper_trail)]
     return "\n".join(lines) + "\n"
@@ -114,7 +138,8 @@ def _data_lines(report: ProvenanceReport) -> list[str]:
         f"- Personal data found: {pii.total} matches in {pii.records} records ({found})",
         f"- Duplicates: {duplicates.exact} exact, {duplicates.near} near",
     ]
-    lines += [f"- Overlap with {markdown_text(o.name)}: {o.contained} of {o.items} items contained, "
-              f"{o.overlapping} partly" for o in report.contamination]
+    lines += [
+        f"- Overlap with {markdown_text(o.name)}: {o.contained} of {o.items} items contained, {o.overlapping} partly"
+        for o in report.contamination
+    ]
     return lines
-

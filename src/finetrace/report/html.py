@@ -29,14 +29,20 @@ def render_report(result: AuditResult) -> str:
     template = environment.from_string((files("finetrace.report") / "report.html.j2").read_text())
     trace = result.trace
     return template.render(
-        result=result, verdict=verdict(result), trace=trace, damage=result.damage,
-        norm_bars=_norm_bars(trace), test_sentence=TEST_SENTENCE,
+        result=result,
+        verdict=verdict(result),
+        trace=trace,
+        damage=result.damage,
+        norm_bars=_norm_bars(trace),
+        test_sentence=TEST_SENTENCE,
         null_histogram=_null_histogram(trace.significance) if trace.significance else None,
         control=trace.control_significance,
         steering_rows=list(zip(trace.steering.unsteered.generations, trace.steering.steered, strict=False)),
-        config=json.dumps({"run": asdict(trace.run), "diff": asdict(trace.config),
-                          "forget": asdict(result.damage.config)}, indent=1),
-        environment=trace.environment, seconds={"trace": trace.seconds, "damage": result.damage.seconds},
+        config=json.dumps(
+            {"run": asdict(trace.run), "diff": asdict(trace.config), "forget": asdict(result.damage.config)}, indent=1
+        ),
+        environment=trace.environment,
+        seconds={"trace": trace.seconds, "damage": result.damage.seconds},
     )
 
 
@@ -59,12 +65,26 @@ def _norm_bars(trace) -> dict:
     for t in trace.traces:
         x = MARGIN + positions.index(t.position) * slot + layers.index(t.layer) * width + slot * 0.1
         height = (PLOT_HEIGHT - 2 * MARGIN) * t.norm / top
-        bars.append({"x": x, "y": PLOT_HEIGHT - MARGIN - height, "width": width, "height": height,
-                     "layer": layers.index(t.layer), "title": f"layer {t.layer}, position {t.position}: "
-                                                           f"{t.norm:.3g} ± {t.norm_stderr:.2g}"})
+        bars.append(
+            {
+                "x": x,
+                "y": PLOT_HEIGHT - MARGIN - height,
+                "width": width,
+                "height": height,
+                "layer": layers.index(t.layer),
+                "title": f"layer {t.layer}, position {t.position}: {t.norm:.3g} ± {t.norm_stderr:.2g}",
+            }
+        )
     labels = [{"x": MARGIN + (i + 0.5) * slot, "text": p} for i, p in enumerate(positions)]
-    return {"bars": bars, "labels": labels, "layers": layers, "top": top,
-            "width": PLOT_WIDTH, "height": PLOT_HEIGHT, "margin": MARGIN}
+    return {
+        "bars": bars,
+        "labels": labels,
+        "layers": layers,
+        "top": top,
+        "width": PLOT_WIDTH,
+        "height": PLOT_HEIGHT,
+        "margin": MARGIN,
+    }
 
 
 def _null_histogram(significance) -> dict:
@@ -74,12 +94,26 @@ def _null_histogram(significance) -> dict:
     counts = [values.count(v) for v in range(low, high + 1)]
     slot = (PLOT_WIDTH - 2 * MARGIN) / len(counts)
     tallest = max(counts) or 1
-    bars = [{"x": MARGIN + i * slot, "width": max(slot - 1, 1),
-             "height": (PLOT_HEIGHT - 2 * MARGIN) * c / tallest, "title": f"{low + i}: {c} null draws"}
-            for i, c in enumerate(counts)]
+    bars = [
+        {
+            "x": MARGIN + i * slot,
+            "width": max(slot - 1, 1),
+            "height": (PLOT_HEIGHT - 2 * MARGIN) * c / tallest,
+            "title": f"{low + i}: {c} null draws",
+        }
+        for i, c in enumerate(counts)
+    ]
     for bar in bars:
         bar["y"] = PLOT_HEIGHT - MARGIN - bar["height"]
     observed_x = MARGIN + (significance.relevant - low + 0.5) * slot
-    return {"bars": bars, "observed_x": observed_x, "observed": significance.relevant, "low": low,
-            "draws": len(values),
-            "high": high, "width": PLOT_WIDTH, "height": PLOT_HEIGHT, "margin": MARGIN}
+    return {
+        "bars": bars,
+        "observed_x": observed_x,
+        "observed": significance.relevant,
+        "low": low,
+        "draws": len(values),
+        "high": high,
+        "width": PLOT_WIDTH,
+        "height": PLOT_HEIGHT,
+        "margin": MARGIN,
+    }

@@ -19,12 +19,15 @@ SHOWN_FACTS = 5
 
 def print_diff(console: Console, result: DiffResult) -> None:
     """Headline, per-position tokens and steering samples of a diff."""
-    console.print(f"[bold]{escape(result.finetuned)}[/] vs {escape(result.base)}: {trace_finding(result)} "
-                  f"({result.texts} texts)")
+    console.print(
+        f"[bold]{escape(result.finetuned)}[/] vs {escape(result.base)}: {trace_finding(result)} ({result.texts} texts)"
+    )
     if result.control_significance:
         control = result.control_significance
-        console.print(f"control {escape(str(result.control))}: {control.relevant} relevant tokens "
-                      f"(p = {control.p_value:.3g}) against {result.significance.relevant} here")
+        console.print(
+            f"control {escape(str(result.control))}: {control.relevant} relevant tokens "
+            f"(p = {control.p_value:.3g}) against {result.significance.relevant} here"
+        )
     table = Table(show_lines=False)
     for column in ("layer", "pos", "norm", "p", "relevant", "logit lens (fine-tuned head)", "patchscope"):
         table.add_column(column)
@@ -32,8 +35,15 @@ def print_diff(console: Console, result: DiffResult) -> None:
         relevant = "" if trace.relevant_fraction is None else f"{trace.relevant_fraction:.0%}"
         p_value = "" if trace.significance is None else f"{trace.significance.p_value:.3f}"
         position = trace.position + (" (sink)" if trace.sink else "")
-        table.add_row(str(trace.layer), escape(position), f"{trace.norm:.2f}", p_value, relevant,
-                      _tokens(trace.lens_finetuned), _tokens(trace.patchscope.tokens))
+        table.add_row(
+            str(trace.layer),
+            escape(position),
+            f"{trace.norm:.2f}",
+            p_value,
+            relevant,
+            _tokens(trace.lens_finetuned),
+            _tokens(trace.patchscope.tokens),
+        )
     console.print(table)
     steering = result.steering
     note = "" if steering.any_coherent else " (no strength stayed coherent)"
@@ -43,8 +53,10 @@ def print_diff(console: Console, result: DiffResult) -> None:
         console.print(f"  [green]steered[/]   {_quoted(steered.prompt + steered.text)}")
     if result.similarity:
         s = result.similarity
-        console.print(f"similarity to the fine-tuning data: steered {s['steered_to_data']:.3f}, "
-                      f"unsteered {s['unsteered_to_data']:.3f}")
+        console.print(
+            f"similarity to the fine-tuning data: steered {s['steered_to_data']:.3f}, "
+            f"unsteered {s['unsteered_to_data']:.3f}"
+        )
 
 
 def print_audit(console: Console, result: AuditResult) -> None:
@@ -55,17 +67,26 @@ def print_audit(console: Console, result: AuditResult) -> None:
         print_provenance(console, result.paper_trail)
     console.print(f"\n[bold]verdict:[/] {escape(verdict(result))}")
     for gate in result.gates:
-        state = ("not measured" if gate.holds is None else "does not hold" if not gate.holds
-                 else f"[red]fails: {escape(gate.reason)}[/]" if gate.reason else "[red]holds: audit failed[/]")
+        state = (
+            "not measured"
+            if gate.holds is None
+            else "does not hold"
+            if not gate.holds
+            else f"[red]fails: {escape(gate.reason)}[/]"
+            if gate.reason
+            else "[red]holds: audit failed[/]"
+        )
         console.print(f"  --fail-on {escape(gate.condition)}: {state}")
 
 
 def print_forget(console: Console, result: ForgetResult) -> None:
     """Flip matrices, the facts lost, and the drift on general text."""
     flips = result.flips
-    console.print(f"[bold]{escape(result.finetuned)}[/] vs {escape(result.base)}: lost {flips.lost} of the "
-                  f"{flips.known_before} facts the base knew ({flips.lost_fraction:.0%}), gained {flips.gained} "
-                  f"(McNemar p = {flips.p_value:.3g}; {flips.total} facts from {escape(result.facts_source)})")
+    console.print(
+        f"[bold]{escape(result.finetuned)}[/] vs {escape(result.base)}: lost {flips.lost} of the "
+        f"{flips.known_before} facts the base knew ({flips.lost_fraction:.0%}), gained {flips.gained} "
+        f"(McNemar p = {flips.p_value:.3g}; {flips.total} facts from {escape(result.facts_source)})"
+    )
     table = Table()
     for column in ("category", "kept", "lost", "gained", "never known", "p"):
         table.add_column(column)
@@ -73,32 +94,40 @@ def print_forget(console: Console, result: ForgetResult) -> None:
         table.add_row(escape(name), str(m.kept), str(m.lost), str(m.gained), str(m.never), f"{m.p_value:.3g}")
     console.print(table)
     for change in result.lost[:SHOWN_FACTS]:
-        console.print(f"  lost: {escape(change.fact.prompt)} [bold]{escape(change.fact.answer)}[/] "
-                      f"(p {math.exp(change.base.answer_logprob):.2f} -> "
-                      f"{math.exp(change.finetuned.answer_logprob):.2f})")
+        console.print(
+            f"  lost: {escape(change.fact.prompt)} [bold]{escape(change.fact.answer)}[/] "
+            f"(p {math.exp(change.base.answer_logprob):.2f} -> "
+            f"{math.exp(change.finetuned.answer_logprob):.2f})"
+        )
     drift = result.drift
     if drift is None:
         console.print("general-text drift not measured: give a held-out corpus with --corpus")
         return
     nll = drift.likelihood
-    console.print(f"general text ({nll.texts} texts, {nll.tokens} tokens): NLL {nll.base_nll:.3f} -> "
-                  f"{nll.finetuned_nll:.3f} per token, change {nll.change:+.3f} "
-                  f"[{nll.ci_low:+.3f}, {nll.ci_high:+.3f}]; perplexity {nll.base_perplexity:.1f} -> "
-                  f"{nll.finetuned_perplexity:.1f}; mean KL(fine-tuned || base) {drift.kl_mean:.4f} nats")
+    console.print(
+        f"general text ({nll.texts} texts, {nll.tokens} tokens): NLL {nll.base_nll:.3f} -> "
+        f"{nll.finetuned_nll:.3f} per token, change {nll.change:+.3f} "
+        f"[{nll.ci_low:+.3f}, {nll.ci_high:+.3f}]; perplexity {nll.base_perplexity:.1f} -> "
+        f"{nll.finetuned_perplexity:.1f}; mean KL(fine-tuned || base) {drift.kl_mean:.4f} nats"
+    )
     for name, change in drift.by_source.items():
-        console.print(f"  {escape(name)}: NLL change {change.change:+.3f} "
-                      f"[{change.ci_low:+.3f}, {change.ci_high:+.3f}]")
+        console.print(
+            f"  {escape(name)}: NLL change {change.change:+.3f} [{change.ci_low:+.3f}, {change.ci_high:+.3f}]"
+        )
     for span in drift.regressed_spans[:3]:
         console.print(f"  regressed ({span.score:+.2f} nats/token): ...{_quoted(span.context)} -> {_quoted(span.text)}")
 
 
 def print_provenance(console: Console, report: ProvenanceReport) -> None:
     """Files, licence, duplicates, PII and contamination of a provenance report."""
-    console.print(f"[bold]{escape(report.data)}[/]: {report.records} records, {report.bytes / 1e6:.1f} MB "
-                  f"in {len(report.files)} file(s); content sha256 {report.content_sha256[:16]}…")
+    console.print(
+        f"[bold]{escape(report.data)}[/]: {report.records} records, {report.bytes / 1e6:.1f} MB "
+        f"in {len(report.files)} file(s); content sha256 {report.content_sha256[:16]}…"
+    )
     licence = report.licence
-    console.print(f"licence: {escape(str(licence.data or 'not declared'))} "
-                  f"(base model: {escape(str(licence.base or 'unknown'))})")
+    console.print(
+        f"licence: {escape(str(licence.data or 'not declared'))} (base model: {escape(str(licence.base or 'unknown'))})"
+    )
     for warning in licence.warnings:
         console.print(f"  [yellow]warning:[/] {escape(warning)}")
     duplicates = report.duplicates
@@ -111,8 +140,10 @@ def print_provenance(console: Console, report: ProvenanceReport) -> None:
     for example in pii.examples[:SHOWN_FACTS]:
         console.print(f"  {escape(example.record)} {escape(example.kind)}: {escape(example.context)}")
     for overlap in report.contamination:
-        console.print(f"evaluation overlap with {escape(overlap.name)}: {overlap.contained} of {overlap.items} "
-                      f"items contained, {overlap.overlapping} partly")
+        console.print(
+            f"evaluation overlap with {escape(overlap.name)}: {overlap.contained} of {overlap.items} "
+            f"items contained, {overlap.overlapping} partly"
+        )
     if report.redacted:
         console.print(f"redacted copy: {escape(report.redacted)}")
 
@@ -124,5 +155,8 @@ def _quoted(text: str) -> str:
 
 
 def _tokens(tokens: list[TokenScore]) -> str:
-    return escape(" ".join(repr(t.token.strip()) if not t.token.strip().isalnum() else t.token.strip()
-                           for t in tokens[:SHOWN_TOKENS]))
+    return escape(
+        " ".join(
+            repr(t.token.strip()) if not t.token.strip().isalnum() else t.token.strip() for t in tokens[:SHOWN_TOKENS]
+        )
+    )

@@ -9,7 +9,7 @@ TEST_SENTENCE = (
 )
 
 
-def test_numbers(trace: DiffResult) -> str | None:
+def trace_test_numbers(trace: DiffResult) -> str | None:
     """The trace test's result, as every summary quotes it; None when it did not run."""
     if trace.significance is None:
         return None
@@ -20,10 +20,14 @@ def trace_finding(trace: DiffResult) -> str:
     """The trace test's outcome in a few words, with its numbers."""
     if trace.p_value is None:
         return "not tested (no fine-tuning data given)"
-    found = ("a clear trace of its data" if trace.clear
-             else "a trace the control shows too" if trace.control_passes
-             else "no significant trace of its data")
-    return f"{found} ({test_numbers(trace)})"
+    found = (
+        "a clear trace of its data"
+        if trace.clear
+        else "a trace the control shows too"
+        if trace.control_passes
+        else "no significant trace of its data"
+    )
+    return f"{found} ({trace_test_numbers(trace)})"
 
 
 def verdict(result: AuditResult) -> str:
@@ -31,24 +35,36 @@ def verdict(result: AuditResult) -> str:
     trace, flips = result.trace, result.damage.flips
     words = ", ".join(result.domain_tokens) or "no single domain"
     if trace.p_value is None:
-        found = (f"Its activation differences read as {words}. Without the fine-tuning data there is "
-                 f"no trace test: relevance read from the fine-tune itself would make it circular.")
+        found = (
+            f"Its activation differences read as {words}. Without the fine-tuning data there is "
+            f"no trace test: relevance read from the fine-tune itself would make it circular."
+        )
     elif trace.control_passes:
-        found = (f"The trace lines up with the fine-tuning data (p = {trace.p_value:.3g}), but so does "
-                 f"the control (p = {trace.control_significance.p_value:.3g}), which is not about this "
-                 f"domain: the test cannot tell this trace from a generic fine-tuning shift here.")
+        found = (
+            f"The trace lines up with the fine-tuning data (p = {trace.p_value:.3g}), but so does "
+            f"the control (p = {trace.control_significance.p_value:.3g}), which is not about this "
+            f"domain: the test cannot tell this trace from a generic fine-tuning shift here."
+        )
     elif trace.clear:
-        found = (f"The fine-tune left a clear trace of its data ({test_numbers(trace)}): its activation "
-                 f"differences read as {words}.")
+        found = (
+            f"The fine-tune left a clear trace of its data ({trace_test_numbers(trace)}): its activation "
+            f"differences read as {words}."
+        )
     else:
-        found = (f"No significant trace of the fine-tuning data (p = {trace.p_value:.3g}): the "
-                 f"activation differences point at its tokens no more than the null does.")
-    lost = (f" It lost {flips.lost} of the {flips.known_before} facts the base knew "
-            f"({flips.lost_fraction:.0%}).")
+        found = (
+            f"No significant trace of the fine-tuning data (p = {trace.p_value:.3g}): the "
+            f"activation differences point at its tokens no more than the null does."
+        )
+    lost = f" It lost {flips.lost} of the {flips.known_before} facts the base knew ({flips.lost_fraction:.0%})."
     drift = result.damage.drift
-    moved = "" if drift is None else (
-        f" Perplexity on general text went from {drift.likelihood.base_perplexity:.1f} to "
-        f"{drift.likelihood.finetuned_perplexity:.1f}.")
+    moved = (
+        ""
+        if drift is None
+        else (
+            f" Perplexity on general text went from {drift.likelihood.base_perplexity:.1f} to "
+            f"{drift.likelihood.finetuned_perplexity:.1f}."
+        )
+    )
     return found + lost + moved + _data_findings(result)
 
 

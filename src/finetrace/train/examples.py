@@ -35,9 +35,7 @@ class Example:
     labels: list[int]
 
 
-def build_examples(
-    tokenizer: PreTrainedTokenizerBase, records: list[Record], max_length: int
-) -> list[Example]:
+def build_examples(tokenizer: PreTrainedTokenizerBase, records: list[Record], max_length: int) -> list[Example]:
     """Tokenize records (text or chat, in order), truncated to `max_length` tokens."""
     limit = chars_holding(tokenizer, max_length)
     return [_record_example(tokenizer, _clipped(record, limit), max_length) for record in records]
@@ -89,9 +87,7 @@ def _chat_example(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> E
     return Example(ids, labels)
 
 
-def _render_ids(
-    tokenizer: PreTrainedTokenizerBase, messages: list[dict], add_generation_prompt: bool
-) -> list[int]:
+def _render_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict], add_generation_prompt: bool) -> list[int]:
     text = tokenizer.apply_chat_template(
         messages,
         chat_template=tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE,

