@@ -35,7 +35,7 @@ from finetrace._util.progress import progress_bar
 from finetrace.adl.moments import RunningMoments, load_moments, load_tensors, read_metadata, save_moments, save_tensors
 from finetrace.corpus import iter_texts
 from finetrace.errors import FinetraceError
-from finetrace.models.likelihood import right_padded
+from finetrace.models.likelihood import padded
 from finetrace.models.load import chars_holding, pad_token_id, prepended_ids, weights_digest
 from finetrace.models.pair import ModelPair
 from finetrace.models.residual import read_residuals
@@ -188,7 +188,7 @@ def _base_shard(
     pair: ModelPair, texts: list[str], layers: list[int], prefix: list[int], config: CollectConfig
 ) -> dict[str, torch.Tensor]:
     rows = [prefix + ids for ids in _text_ids(pair.tokenizer, texts, config.positions) if prefix + ids]
-    ids, attention = right_padded(rows, pad_token_id(pair.tokenizer), len(prefix) + config.positions)
+    ids, attention = padded(rows, pad_token_id(pair.tokenizer), len(prefix) + config.positions)
     residuals = [
         _residuals(pair, "base", layers, ids[i : i + config.batch_size], attention[i : i + config.batch_size])
         for i in range(0, len(rows), config.batch_size)

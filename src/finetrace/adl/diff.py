@@ -31,7 +31,7 @@ from finetrace.adl.score import (
     Relevance,
     ScoreConfig,
     Significance,
-    embedding_similarity,
+    embedding_similarities,
     relevance,
     token_counts,
     trace_significance,
@@ -182,6 +182,7 @@ def diff(
     steering = _steered(pair, collected, config, run.seed)
     clock.lap("steer")
     similarity = _similarity(steering, records, general) if records is not None else None
+    clock.lap("similarity")
     control_significance = None
     if control is not None:
         pair.release()  # one model in memory at a time, even when the caller holds the pair
@@ -358,16 +359,12 @@ def _steered(pair: ModelPair, collected: Collected, config: DiffConfig, seed: in
 
 
 def _similarity(steering: Steering, records: list[Record], general: list[str]) -> dict[str, float]:
-    data_texts = [" ".join(record_texts(record)) for record in records]
-    general = general[: len(data_texts)]
-    steered = [g.prompt + g.text for g in steering.steered]
-    unsteered = [g.prompt + g.text for g in steering.unsteered.generations]
-    return {
-        "steered_to_data": embedding_similarity(steered, data_texts),
-        "unsteered_to_data": embedding_similarity(unsteered, data_texts),
-        "steered_to_general": embedding_similarity(steered, general),
-        "unsteered_to_general": embedding_similarity(unsteered, general),
+    generated = {
+        "steered": [g.prompt + g.text for g in steering.steered],
+        "unsteered": [g.prompt + g.text for g in steering.unsteered.generations],
     }
+    data = [" ".join(record_texts(record)) for record in records]
+    return embedding_similarities(generated, {"data": data, "general": general})
 
 
 def _write(out: Path, result: DiffResult, collected: Collected) -> None:

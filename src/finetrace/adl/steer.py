@@ -18,7 +18,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from finetrace._util.progress import progress_bar
-from finetrace.models.likelihood import continuation_logprobs
+from finetrace.models.likelihood import continuation_logprobs, padded
 from finetrace.models.load import pad_token_id
 from finetrace.models.residual import Layout, add_to_residual
 
@@ -108,7 +108,7 @@ def _trial(
     seed: int,
 ) -> StrengthTrial:
     generations = generate(model, layout, tokenizer, layer, vector, config, seed)
-    scored = [nll for g in generations if (nll := continuation_nll(model, tokenizer, g)) is not None]
+    scored = [nll for nll in continuation_nlls(model, tokenizer, generations) if nll is not None]
     nll = sum(scored) / len(scored) if scored else float("inf")  # nothing generated: not coherent
     distinct = sum(distinct_bigrams(g.text) for g in generations) / len(generations)
     coherent = distinct >= config.min_distinct_bigrams and (
@@ -127,26 +127,30 @@ def generate(
     config: SteerConfig,
     seed: int = 0,
 ) -> list[Generation]:
-    """Sampled continuations of every prompt, with `vector` added after `layer` (or nothing)."""
+    """Sampled continuations of every prompt, with `vector` added after `layer` (or nothing).
+
+    Every prompt and sample is one row of a single left-padded batch, and the seed is set
+    before it: each strength samples with the same random numbers, so what differs between
+    strengths is the vector, not the draw."""
     device = next(model.parameters()).device
-    generations = []
-    for prompt in prompt_texts(tokenizer, config):
-        ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(device)
-        torch.manual_seed(seed)
-        steering = add_to_residual(layout, layer, vector) if vector is not None else nullcontext()
-        with steering:
-            output = model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                do_sample=True,
-                temperature=config.temperature,
-                max_new_tokens=config.max_new_tokens,
-                num_return_sequences=config.samples_per_prompt,
-                pad_token_id=pad_token_id(tokenizer),
-            )
-        for row in output[:, ids.shape[1] :]:
-            generations.append(Generation(prompt, tokenizer.decode(row, skip_special_tokens=True)))
-    return generations
+    prompts = prompt_texts(tokenizer, config)
+    ids, mask = padded([tokenizer(prompt)["input_ids"] for prompt in prompts], pad_token_id(tokenizer), left=True)
+    torch.manual_seed(seed)
+    with add_to_residual(layout, layer, vector) if vector is not None else nullcontext():
+        output = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            do_sample=True,
+            temperature=config.temperature,
+            max_new_tokens=config.max_new_tokens,
+            num_return_sequences=config.samples_per_prompt,
+            pad_token_id=pad_token_id(tokenizer),
+        )
+    continuations = output[:, ids.shape[1] :]  # rows are prompt-major: each prompt's samples in turn
+    return [
+        Generation(prompts[row // config.samples_per_prompt], tokenizer.decode(tokens, skip_special_tokens=True))
+        for row, tokens in enumerate(continuations)
+    ]
 
 
 def prompt_texts(tokenizer: PreTrainedTokenizerBase, config: SteerConfig) -> list[str]:
@@ -163,11 +167,18 @@ def prompt_texts(tokenizer: PreTrainedTokenizerBase, config: SteerConfig) -> lis
     return prompts
 
 
-def continuation_nll(model: nn.Module, tokenizer: PreTrainedTokenizerBase, generation: Generation) -> float | None:
-    """Mean negative log-likelihood per token of the continuation given the prompt (None if empty)."""
-    scores = continuation_logprobs(model, tokenizer, generation.prompt, [generation.text])
-    tokens = int(scores.tokens[0])
-    return -scores.logprob[0].item() / tokens if tokens else None
+def continuation_nlls(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, generations: list[Generation]
+) -> list[float | None]:
+    """Mean negative log-likelihood per token of each continuation given its prompt (None if
+    empty), scored in one batch per prompt."""
+    nlls: list[float | None] = [None] * len(generations)
+    for prompt in dict.fromkeys(g.prompt for g in generations):
+        rows = [i for i, g in enumerate(generations) if g.prompt == prompt]
+        scores = continuation_logprobs(model, tokenizer, prompt, [generations[i].text for i in rows])
+        for i, logprob, tokens in zip(rows, scores.logprob.tolist(), scores.tokens.tolist(), strict=True):
+            nlls[i] = -logprob / tokens if tokens else None
+    return nlls
 
 
 def distinct_bigrams(text: str) -> float:

@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerBase
 
 from finetrace._util.progress import progress_bar
 from finetrace.errors import FinetraceError
-from finetrace.models.likelihood import right_padded
+from finetrace.models.likelihood import padded
 from finetrace.models.load import pad_token_id
 from finetrace.models.pair import ModelPair
 from finetrace.models.residual import final_logits, head_inputs, head_logits
@@ -107,11 +107,11 @@ def measure_drift(
     spans: list[tuple[float, int, Span]] = []  # min-heaps of the top items, with a tie-breaker
     contexts: list[tuple[float, int, Span]] = []
     batches = [rows[start : start + config.batch_size] for start in range(0, len(rows), config.batch_size)]
-    padded = [right_padded([ids for ids, _ in batch], pad_token_id(tokenizer)) for batch in batches]
-    base_hidden = _head_inputs(pair, "base", padded)
+    inputs = [padded([ids for ids, _ in batch], pad_token_id(tokenizer)) for batch in batches]
+    base_hidden = _head_inputs(pair, "base", inputs)
     readout = pair.base_readout()
     with progress_bar("drift: fine-tuned model", len(batches)) as advance:
-        for number, (batch, (ids, mask), hidden) in enumerate(zip(batches, padded, base_hidden, strict=True)):
+        for number, (batch, (ids, mask), hidden) in enumerate(zip(batches, inputs, base_hidden, strict=True)):
             with pair.use("finetuned") as (model, layout):
                 finetuned = final_logits(
                     model, layout, input_ids=ids.to(pair.device), attention_mask=mask.to(pair.device)
@@ -165,12 +165,12 @@ def measure_drift(
     )
 
 
-def _head_inputs(pair: ModelPair, which: str, padded: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+def _head_inputs(pair: ModelPair, which: str, inputs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
     """What the head of model `which` reads, per batch, on the CPU: batches x tokens x d, far
     smaller than the logits, so the other model can be loaded while these wait."""
     hidden = []
-    with progress_bar(f"drift: {which} model", len(padded)) as advance:
-        for ids, mask in padded:
+    with progress_bar(f"drift: {which} model", len(inputs)) as advance:
+        for ids, mask in inputs:
             with pair.use(which) as (model, layout):
                 hidden.append(
                     head_inputs(model, layout, input_ids=ids.to(pair.device), attention_mask=mask.to(pair.device)).cpu()

@@ -25,7 +25,7 @@ def continuation_logprobs(
     prompt_length = len(tokenizer(prompt)["input_ids"])
     rows = [tokenizer(prompt + c)["input_ids"] for c in continuations]
     device = next(model.parameters()).device
-    ids, mask = right_padded(rows, pad_token_id(tokenizer))
+    ids, mask = padded(rows, pad_token_id(tokenizer))
     logits = final_logits(model, find_layout(model), input_ids=ids.to(device), attention_mask=mask.to(device))
     logprobs = torch.log_softmax(logits[:, :-1], dim=-1)  # (n, width - 1, vocab)
     targets = ids[:, 1:].to(device)
@@ -42,12 +42,16 @@ def continuation_logprobs(
     )
 
 
-def right_padded(rows: list[list[int]], pad_id: int, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token rows as one right-padded batch `(ids, attention_mask)`, `width` (default: the longest
-    row's) wide. Padding is masked, so any id serves, and no tokenizer needs a pad token."""
+def padded(
+    rows: list[list[int]], pad_id: int, width: int | None = None, left: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows as one padded batch `(ids, attention_mask)`, `width` (default: the longest row's)
+    wide, padded on the right (for scoring) or the left (for generation, which continues each row
+    from its last column). Padding is masked, so any id serves, and no tokenizer needs a pad token."""
     width = width or max(map(len, rows))
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for i, row in enumerate(rows):
-        ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
+        columns = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, columns], mask[i, columns] = torch.tensor(row, dtype=torch.long), 1
     return ids, mask

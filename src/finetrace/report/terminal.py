@@ -57,6 +57,8 @@ def print_diff(console: Console, result: DiffResult) -> None:
             f"similarity to the fine-tuning data: steered {s['steered_to_data']:.3f}, "
             f"unsteered {s['unsteered_to_data']:.3f}"
         )
+    laps = ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in result.seconds.items())
+    console.print(f"[dim]seconds: {laps}[/]")
 
 
 def print_audit(console: Console, result: AuditResult) -> None:
