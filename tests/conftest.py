@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,9 @@ TEXTS = [
     "tidal turbines turn slowly with the tide near the harbour",
     "put all of your savings into a single stock today",
 ] * 20
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs a worker per core: one thread each
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

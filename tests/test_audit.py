@@ -134,14 +134,15 @@ def test_every_record_survives_its_json(audited):
 
 def test_the_report_and_the_card_are_rebuilt_from_the_summary_alone(audited, tmp_path):
     out, _, _ = audited
+    new = tmp_path / "new"  # a directory that does not exist yet
     rebuilt = subprocess.run(
-        [sys.executable, "-m", "finetrace", "report", str(out / "summary.json"), "--out", str(tmp_path)],
+        [sys.executable, "-m", "finetrace", "report", str(out / "summary.json"), "--out", str(new)],
         capture_output=True,
         text=True,
     )
     assert rebuilt.returncode == 0, rebuilt.stderr
     for name in ("report.html", "MODEL_CARD.md"):
-        assert (tmp_path / name).read_bytes() == (out / name).read_bytes(), name
+        assert (new / name).read_bytes() == (out / name).read_bytes(), name
 
 
 def test_a_summary_of_another_version_is_refused(audited, tmp_path):
