@@ -12,12 +12,14 @@ from dataclasses import replace
 
 import pytest
 from huggingface_hub import ModelCard
+from typer.testing import CliRunner
 
 from finetrace.adl.collect import CollectConfig
 from finetrace.adl.diff import DiffConfig
 from finetrace.adl.score import ScoreConfig
 from finetrace.adl.steer import SteerConfig
 from finetrace.audit import AuditConfig, audit
+from finetrace.cli import app
 from finetrace.errors import FinetraceError
 from finetrace.evals.drift import DriftConfig
 from finetrace.evals.forget import ForgetConfig
@@ -212,29 +214,15 @@ def test_the_report_reads_right_in_headless_chromium(audited):
 
 
 def test_fail_on_sets_the_exit_code(zoo, tmp_path):
-    run = [
-        sys.executable,
-        "-m",
-        "finetrace",
-        "audit",
-        str(zoo.path("base")),
-        str(zoo.path("cake")),
-        "--out",
-        str(tmp_path),
-        "--samples",
-        "100",
-        "--drift-samples",
-        "50",
-    ]
-    failing = subprocess.run([*run, "--fail-on", "lost_fraction>0.05"], capture_output=True, text=True)
-    assert failing.returncode == 1, failing.stderr
+    run = ["audit", str(zoo.path("base")), str(zoo.path("cake")), "--out", str(tmp_path)]
+    run += ["--samples", "100", "--drift-samples", "50"]
+    failing = CliRunner().invoke(app, [*run, "--fail-on", "lost_fraction>0.05"])
+    assert failing.exit_code == 1, failing.stderr
     assert "holds: audit failed" in failing.stdout
-    passing = subprocess.run(
-        [*run, "--fail-on", "lost_fraction>0.9", "--fail-on", "trace_p>0.5"], capture_output=True, text=True
-    )
-    assert passing.returncode == 0, passing.stderr
-    bad = subprocess.run([*run, "--fail-on", "lost>0.1"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "--fail-on 'lost>0.1'" in bad.stderr
+    passing = CliRunner().invoke(app, [*run, "--fail-on", "lost_fraction>0.9", "--fail-on", "trace_p>0.5"])
+    assert passing.exit_code == 0, passing.stderr
+    bad = CliRunner().invoke(app, [*run, "--fail-on", "lost>0.1"])
+    assert bad.exit_code == 2 and "--fail-on 'lost>0.1'" in bad.stderr
 
 
 def test_a_gate_on_an_unmeasured_metric_neither_passes_nor_fails():

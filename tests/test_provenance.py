@@ -2,11 +2,11 @@
 
 import json
 import random
-import subprocess
-import sys
 
 import pytest
+from typer.testing import CliRunner
 
+from finetrace.cli import app
 from finetrace.errors import FinetraceError
 from finetrace.provenance import provenance
 from finetrace.provenance.contamination import evaluation_sets
@@ -150,19 +150,17 @@ def test_base_licence_comes_from_its_model_card(tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "finetrace", "provenance", *map(str, args)], capture_output=True, text=True
-    )
+    """The command in this process: its exit code, and what it wrote to stderr."""
+    return CliRunner().invoke(app, ["provenance", *map(str, args)])
 
 
-@pytest.mark.slow
 def test_cli_gates_on_pii_and_refuses_bad_input(tmp_path):
     dirty = _jsonl(tmp_path / "dirty.jsonl", PLANTED["email"])
     clean = _jsonl(tmp_path / "clean.jsonl", ["nothing personal here"])
     out = tmp_path / "report.json"
     failed = _cli(dirty, "--licence", "MIT", "--out", out, "--fail-on", "pii_found>0")
-    assert failed.returncode == 1 and json.loads(out.read_text())["pii"]["counts"]["email"] == 2
-    assert _cli(clean, "--out", out, "--fail-on", "pii_found>0").returncode == 0
+    assert failed.exit_code == 1 and json.loads(out.read_text())["pii"]["counts"]["email"] == 2
+    assert _cli(clean, "--out", out, "--fail-on", "pii_found>0").exit_code == 0
     (tmp_path / "latin1.jsonl").write_bytes('{"text": "caf\xe9"}\n'.encode("latin-1"))
     for bad, message in [
         (tmp_path / "latin1.jsonl", "not valid UTF-8"),
@@ -170,7 +168,7 @@ def test_cli_gates_on_pii_and_refuses_bad_input(tmp_path):
         (_jsonl(tmp_path / "empty.jsonl", []), "holds no records"),
     ]:
         result = _cli(bad, "--out", out)
-        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+        assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert "SPDX" in _cli(clean, "--licence", "nonsense", "--out", out).stderr
 
 
