@@ -97,8 +97,8 @@ class ModelPair:
         key = self.finetuned_name if self.adapter or which == "finetuned" else self.base_name
         if self._resident is not None and self._resident[0] == key:
             return self._resident[1]
-        if self._resident is not None and self._resident[0] == self.base_name and self._base_readout is None:
-            self._base_readout = find_layout(self._resident[1]).detached()
+        if self._resident is not None and self._resident[0] == self.base_name:
+            self.base_readout()  # kept before the base goes: its lens and drift still need it
         self.release()
         model = self._adapted() if self.adapter else load_model(key, self.device, self.dtype)
         self._resident = (key, model)
