@@ -2,16 +2,16 @@
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 from safetensors.torch import load_file
+from typer.testing import CliRunner
 
 from finetrace.adl.collect import CollectConfig
 from finetrace.adl.diff import DiffConfig, diff
 from finetrace.adl.score import ScoreConfig
 from finetrace.adl.steer import SteerConfig
+from finetrace.cli import app
 from finetrace.zoo import build_zoo
 
 pytestmark = pytest.mark.zoo
@@ -123,23 +123,10 @@ def test_a_rerun_resumes_from_the_checkpoint_with_the_same_numbers(zoo, cake):
 
 
 def test_cli_diff_uses_the_zoo_heldout_text_by_default(zoo, tmp_path):
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "finetrace",
-            "diff",
-            str(zoo.path("base")),
-            str(zoo.path("cake-lora")),
-            "--out",
-            str(tmp_path),
-            "--samples",
-            "100",
-        ],
-        capture_output=True,
-        text=True,
+    run = CliRunner().invoke(
+        app, ["diff", str(zoo.path("base")), str(zoo.path("cake-lora")), "--out", str(tmp_path), "--samples", "100"]
     )
-    assert run.returncode == 0, run.stderr
+    assert run.exit_code == 0, run.stderr
     saved = json.loads((tmp_path / "diff.json").read_text())
     assert saved["corpus"] == str(zoo.path("heldout")) and saved["adapter"] is True
     assert "results:" in run.stdout

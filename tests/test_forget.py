@@ -1,15 +1,15 @@
 """Lost facts and drift: the flip matrix, McNemar, NLL and KL drift, the built-in facts."""
 
 import json
-import subprocess
-import sys
 from collections import Counter
 
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import TEXTS
+from typer.testing import CliRunner
 
+from finetrace.cli import app
 from finetrace.evals.drift import DriftConfig
 from finetrace.evals.facts import COMMON_FACTS, read_facts
 from finetrace.evals.flips import flip_matrix, mcnemar_exact
@@ -127,17 +127,14 @@ def test_no_corpus_skips_drift(tiny_model, facts_file):
     assert forget(tiny_model, tiny_model, facts_file, config=QUICK).drift is None
 
 
-@pytest.mark.slow
 def test_cli_forget_writes_results_and_refuses_bad_facts(tiny_model, facts_file, write, tmp_path):
-    run = [sys.executable, "-m", "finetrace", "forget", str(tiny_model), str(tiny_model), "--device", "cpu"]
-    done = subprocess.run(
-        [*run, "--facts", str(facts_file), "--out", str(tmp_path / "out")], capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
+    run = ["forget", str(tiny_model), str(tiny_model), "--device", "cpu"]
+    done = CliRunner().invoke(app, [*run, "--facts", str(facts_file), "--out", str(tmp_path / "out")])
+    assert done.exit_code == 0, done.stderr
     assert "lost 0 of the" in done.stdout and "drift not measured" in done.stdout
     bad = write("bad.jsonl", '{"answer": "x"}\n')
-    done = subprocess.run([*run, "--facts", str(bad)], capture_output=True, text=True)
-    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "needs ['prompt']" in done.stderr
+    done = CliRunner().invoke(app, [*run, "--facts", str(bad)])
+    assert done.exit_code == 2 and done.stderr.count("\n") == 1 and "needs ['prompt']" in done.stderr
 
 
 @pytest.fixture(scope="module")
@@ -172,10 +169,6 @@ def test_mixing_in_general_text_protects_knowledge(zoo_damage):
 
 
 def test_markup_in_facts_and_text_is_printed_as_written(tiny_model, tiny_finetuned, write, tmp_path):
-    from typer.testing import CliRunner
-
-    from finetrace.cli import app
-
     hostile = "[/] [bold]x[/bold] \\[/] ends\\"
     facts = write(
         "facts.jsonl",
