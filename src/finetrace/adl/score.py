@@ -214,9 +214,10 @@ def embedding_similarities(texts: dict[str, list[str]], references: dict[str, li
         return model.encode(items, convert_to_tensor=True, normalize_embeddings=True).cpu()
 
     centroids = {name: embedded(items[:SIMILARITY_REFERENCES]).mean(0) for name, items in references.items()}
+    vectors = {name: embedded(items) for name, items in texts.items()}
     return {
-        f"{name}_to_{reference}": (vectors @ (centroid / centroid.norm())).mean().item()
-        for name, vectors in ((name, embedded(items)) for name, items in texts.items())
+        f"{name}_to_{reference}": (embeddings @ (centroid / centroid.norm())).mean().item()
+        for name, embeddings in vectors.items()
         for reference, centroid in centroids.items()
     }
 
