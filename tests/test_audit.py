@@ -152,7 +152,17 @@ def test_a_summary_of_another_version_is_refused(audited, tmp_path):
     old = json.loads((out / "summary.json").read_text()) | {"schema_version": 2}
     (tmp_path / "summary.json").write_text(json.dumps(old))
     with pytest.raises(FinetraceError, match="schema 2, expected 3"):
-        AuditResult.load(tmp_path / "summary.json")
+        AuditResult.read(tmp_path / "summary.json")
+
+
+def test_an_incomplete_summary_is_one_error_line(audited, tmp_path):
+    out, _, _ = audited
+    summary = json.loads((out / "summary.json").read_text())
+    del summary["trace"]["traces"]
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    rebuilt = CliRunner().invoke(app, ["report", str(tmp_path / "summary.json"), "--out", str(tmp_path / "new")])
+    assert rebuilt.exit_code == 2 and "Traceback" not in rebuilt.output
+    assert rebuilt.stderr.startswith("error: ") and "is incomplete or corrupt" in rebuilt.stderr
 
 
 SECTIONS = (

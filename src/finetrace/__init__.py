@@ -2,7 +2,7 @@
 
 The public API mirrors the CLI: `audit` (the trace, the damage and the paper trail in
 one run), `diff` (the trace), `forget` (the damage), `provenance` (the data), `finetune`,
-`write_reports` (the report and the card, rebuilt from `AuditResult.load("summary.json")`)
+`write_reports` (the report and the card, rebuilt from `AuditResult.read("summary.json")`)
 and `build_zoo`, each with its config and its result type; `RunConfig` (device, dtype,
 seed) is shared by every stage.
 """

@@ -492,7 +492,7 @@ def report_command(
     out: Annotated[Path | None, _out("the summary's directory")] = None,
 ) -> None:
     """Rebuild an audit's report.html and MODEL_CARD.md from its summary.json, without the models."""
-    result = AuditResult.load(summary)
+    result = AuditResult.read(summary)
     out = out or summary.parent
     write_reports(result, out)
     print_audit(console, result)

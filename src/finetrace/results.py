@@ -2,12 +2,9 @@
 `summary.json` and read back by `finetrace report` to rebuild the report and the card."""
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from finetrace._util.outputs import read_json
 from finetrace._util.records import Result
 from finetrace.adl.diff import DiffResult
-from finetrace.errors import FinetraceError
 from finetrace.evals.forget import ForgetResult
 from finetrace.gates import GateOutcome
 from finetrace.provenance.scan import ProvenanceReport, provenance_metrics
@@ -51,18 +48,6 @@ class AuditResult(Result):
     @property
     def metrics(self) -> dict[str, float | None]:
         return audit_metrics(self.trace, self.damage, self.paper_trail)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "AuditResult":
-        """Read an audit's `summary.json` back."""
-        data = read_json(path)
-        if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
-            raise FinetraceError(
-                f"{path}: not a summary.json of this finetrace version (schema "
-                f"{data.get('schema_version') if isinstance(data, dict) else None}, "
-                f"expected {SCHEMA_VERSION}): rerun the audit"
-            )
-        return cls.from_dict(data)
 
 
 def audit_metrics(

@@ -11,7 +11,8 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self, Union, get_args, get_origin, get_type_hints
 
-from finetrace._util.outputs import NOT_FINITE_SUFFIX
+from finetrace._util.outputs import NOT_FINITE_SUFFIX, read_json
+from finetrace.errors import FinetraceError
 
 
 class Result:
@@ -23,6 +24,23 @@ class Result:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
         return from_data(cls, data)
+
+    @classmethod
+    def read(cls, path: str | Path) -> Self:
+        """A result file of this version (its `schema_version` field's default), or one error line
+        saying why not: missing, not JSON, another version's, or incomplete."""
+        data = read_json(path)
+        expected = next(f.default for f in fields(cls) if f.name == "schema_version")
+        found = data.get("schema_version") if isinstance(data, dict) else None
+        if found != expected:
+            raise FinetraceError(
+                f"{path} was written by another finetrace version or another tool "
+                f"(schema {found}, expected {expected}): rerun what wrote it"
+            )
+        try:
+            return cls.from_dict(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise FinetraceError(f"{path} is incomplete or corrupt ({type(error).__name__}: {error})") from None
 
 
 def to_data(value: Any) -> Any:

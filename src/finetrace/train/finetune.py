@@ -19,7 +19,7 @@ import peft
 import torch
 
 from finetrace._util.fingerprints import environment, file_sha256, weights_sha256
-from finetrace._util.outputs import check_output_dir, read_json, recover_dir, refuse_overlap, staged_dir, write_json
+from finetrace._util.outputs import check_output_dir, recover_dir, refuse_overlap, staged_dir, write_json
 from finetrace._util.records import Result
 from finetrace.corpus import Record, read_records, read_texts
 from finetrace.errors import FinetraceError, require
@@ -135,10 +135,8 @@ class FinetuneResult(Result):
         its `provenance.json` is not one this finetrace version wrote (another tool's, or corrupt)."""
         path = Path(directory) / MANIFEST_NAME
         try:
-            data = read_json(path) if path.is_file() else None
-            ours = isinstance(data, dict) and data.get("schema_version") == SCHEMA_VERSION
-            return cls.from_dict(data) if ours else None
-        except (FinetraceError, KeyError, TypeError, ValueError):
+            return cls.read(path) if path.is_file() else None
+        except FinetraceError:
             return None
 
 
