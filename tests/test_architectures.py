@@ -27,7 +27,8 @@ from finetrace.adl.diff import DiffConfig
 from finetrace.adl.score import ScoreConfig
 from finetrace.adl.steer import SteerConfig
 from finetrace.evals.drift import DriftConfig
-from finetrace.models.load import load_tokenizer
+from finetrace.models.likelihood import padded
+from finetrace.models.load import load_tokenizer, pad_token_id
 from finetrace.models.pair import load_pair
 from finetrace.models.residual import ARCHITECTURES, final_logits, find_layout, logit_lens, read_residuals
 
@@ -401,3 +402,22 @@ def test_forget_and_audit_give_finite_numbers_and_a_report(run):
 def _metadata(path: Path) -> dict[str, str]:
     with safe_open(str(path), "pt") as file:
         return file.metadata()
+
+
+@pytest.mark.parametrize("name", ["gpt2", "qwen2", "llama"])  # no pad and no BOS; a pad, no BOS; BOS, no pad
+def test_a_left_padded_batch_generates_each_prompt_as_it_would_alone(name, one_thread):
+    """Steering generates every prompt in one left-padded batch: padding must not shift a row's positions."""
+    family = FAMILIES[name]
+    tokenizer = build_tokenizer(family.tokenizer, TEXTS)
+    model = small_model(name, family.vocab or len(tokenizer), **family.config)
+    prompts = [tokenizer(text)["input_ids"] for text in ("The", "a cold oven makes the cake", "the cat sat on")]
+    pad = pad_token_id(tokenizer)
+    greedy = dict(do_sample=False, max_new_tokens=4, pad_token_id=pad, output_scores=True, return_dict_in_generate=True)
+    ids, mask = padded(prompts, pad, left=True)
+    batch = model.generate(input_ids=ids, attention_mask=mask, **greedy)
+    for row, prompt in enumerate(prompts):
+        alone = model.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt)), **greedy)
+        for together, by_itself in zip(batch.scores, alone.scores, strict=True):
+            assert torch.allclose(together[row], by_itself[0], atol=1e-4)
+            if together[row].argmax() != by_itself[0].argmax():
+                break  # a near tie went the other way: what follows continues other text
