@@ -44,7 +44,7 @@ def audit(
     config: AuditConfig = AuditConfig(),
     fail_on: tuple[Gate, ...] = (),
     licence: str | None = None,
-) -> AuditResult:
+) -> AuditResult | None:
     """Audit a fine-tune: trace, lost facts and drift, written as a report under `out`.
 
     Args:
@@ -55,12 +55,17 @@ def audit(
         control: a control fine-tune of `base`, scored as a second reference.
         fail_on: conditions that mark the audit failed (see `finetrace.gates`).
         licence: the data's SPDX licence (default: the one its `finetrace finetune` manifest declares).
+
+    Under `torchrun` or `accelerate launch` the processes share the trace's collection; the
+    main process does the rest and returns the result, the others return None.
     """
     out = Path(out)
     # One pair serves both analyses.
     run = config.run
     pair = load_pair(base, finetuned, run.device, run.dtype, run.strict)
     trace = diff(base, finetuned, corpus, out / "diff", config.diff, run, data=data, control=control, pair=pair)
+    if trace is None:  # another process of a launched run: its share of the collection is done
+        return None
     damage = forget(base, finetuned, facts, corpus, out / "forget", config.forget, run, pair=pair)
     manifest = FinetuneResult.load(finetuned)
     paper_trail = _paper_trail(base, data, licence, facts, corpus, manifest)

@@ -255,6 +255,8 @@ def finetune_command(
         licence=licence,
         source=source,
     )
+    if result is None:  # another process of a launched run: the main process reports
+        return
     print_provenance(console, result.provenance)
     console.print(
         f"[green]saved[/] {'adapter' if result.adapter else 'model'} to {escape(str(out))}: loss on "
@@ -311,6 +313,8 @@ def diff_command(
         data=data,
         control=control,
     )
+    if result is None:  # another process of a launched run: the main process reports
+        return
     print_diff(console, result)
     console.print(f"results: {escape(str(out / RESULT_NAME))}")
 
@@ -483,7 +487,8 @@ def audit_command(
         fail_on=gates,
         licence=licence,
     )
-    _finish_audit(result, out)
+    if result is not None:  # None: another process of a launched run; the main process reports
+        _finish_audit(result, out)
 
 
 @app.command("report")

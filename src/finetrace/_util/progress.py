@@ -12,6 +12,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from finetrace._util.distributed import is_main
+
 
 @contextmanager
 def progress_bar(description: str, total: int, status: str = "") -> Iterator[Callable[..., None]]:
@@ -25,7 +27,7 @@ def progress_bar(description: str, total: int, status: str = "") -> Iterator[Cal
         TimeRemainingColumn(),
         TextColumn("{task.fields[status]}"),
     ]
-    with Progress(*columns) as progress:
+    with Progress(*columns, disable=not is_main()) as progress:  # one bar per run, not per process
         task = progress.add_task(description, total=total, status="")
 
         def advance(amount: float = 1, **fields: object) -> None:

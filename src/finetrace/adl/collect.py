@@ -11,6 +11,10 @@ differences keep memory independent of the number of texts. Both passes
 checkpoint, so an interrupted run resumes where it stopped, and only a run with
 the same weights, tokenizer, corpus and settings resumes them.
 
+Under `torchrun` or `accelerate launch` each process reads every n-th shard of
+the corpus and keeps its own checkpoint; the sums are added across processes
+once, at the end, so every process returns the moments of the whole corpus.
+
 Every text starts with the special tokens the tokenizer prepends (a BOS, or
 none), then its first k tokens; padding is masked, so no pad token is needed.
 The first position is the attention sink, with an outsized norm: the BOS, or
@@ -30,6 +34,7 @@ from rich.console import Console
 from rich.markup import escape
 from transformers import PreTrainedTokenizerBase
 
+from finetrace._util.distributed import processes, sum_across
 from finetrace._util.fingerprints import file_sha256
 from finetrace._util.progress import progress_bar
 from finetrace.adl.moments import RunningMoments, load_moments, load_tensors, read_metadata, save_moments, save_tensors
@@ -134,9 +139,13 @@ def collect(
     prefix = prepended_ids(pair.tokenizer)
     labels = _position_labels(prefix, config.positions)
     store = base_store or out / BASE_STORE
+    share = processes()
     base_fingerprint = _fingerprint(pair, corpus, config, layers, text_field)
-    fingerprint = hashlib.sha256(f"{base_fingerprint}:{weights_digest(pair.finetuned_name)}".encode()).hexdigest()
-    state = _resume(out / CHECKPOINT_NAME, fingerprint, layers, labels)
+    fingerprint = hashlib.sha256(
+        f"{base_fingerprint}:{weights_digest(pair.finetuned_name)}:{share.process_index}/{share.num_processes}".encode()
+    ).hexdigest()
+    checkpoint = out / _checkpoint_name(share.process_index, share.num_processes)
+    state = _resume(checkpoint, fingerprint, layers, labels)
     if state is None or not state.complete:
         shards = _base_pass(pair, corpus, config, layers, prefix, store, base_fingerprint, text_field)
         state = _finetuned_pass(
@@ -144,11 +153,12 @@ def collect(
             state or Collected.zeros(layers, labels, pair.hidden_size),
             shards,
             config.batch_size,
-            out / CHECKPOINT_NAME,
+            checkpoint,
             fingerprint,
         )
-        if not keep_base:
-            shutil.rmtree(store, ignore_errors=True)
+    state = _whole_corpus(state)  # every process is done reading its base shards after this
+    if not keep_base and share.is_main_process:
+        shutil.rmtree(store, ignore_errors=True)
     if state.texts == 0:
         raise FinetraceError(f"corpus {corpus} holds no texts")
     _refuse_non_finite(state)
@@ -169,9 +179,13 @@ def _base_pass(
     and the residuals in the model's dtype. A shard of the same base and settings is kept."""
     window = config.batch_size * config.checkpoint_every
     texts = islice(iter_texts(corpus, text_field), config.samples)
+    share = processes()
     shards = []
-    with progress_bar("base model", -(-config.samples // window)) as advance:
+    own_windows = -(-config.samples // (window * share.num_processes))
+    with progress_bar("base model", own_windows) as advance:
         for index, chunk in enumerate(_batches(texts, window)):
+            if index % share.num_processes != share.process_index:
+                continue  # another process's shard
             path = store / f"{index:06d}.safetensors"
             if not (path.exists() and read_metadata(path).get("fingerprint") == fingerprint):
                 save_tensors(
@@ -219,6 +233,23 @@ def _finetuned_pass(
             advance()
     state.complete = True
     return state
+
+
+def _whole_corpus(state: Collected) -> Collected:
+    """This process's sums added to every other process's: the moments of the whole corpus."""
+    if processes().num_processes == 1:
+        return state
+    moments = [getattr(state, name) for name in MOMENT_NAMES]
+    counts = torch.tensor([state.texts, state.shards], dtype=torch.float64)
+    summed = [RunningMoments(m.count.clone(), m.total.clone(), m.total_sq.clone()) for m in moments]
+    sum_across([tensor for m in summed for tensor in (m.count, m.total, m.total_sq)] + [counts])
+    texts, shards = (int(n) for n in counts.tolist())
+    return Collected(state.layers, state.position_labels, *summed, texts, shards, complete=True)
+
+
+def _checkpoint_name(rank: int, count: int) -> str:
+    """One checkpoint per process, so each resumes its own share of the corpus."""
+    return CHECKPOINT_NAME if count == 1 else CHECKPOINT_NAME.replace(".", f"-{rank}-of-{count}.", 1)
 
 
 def _accumulate(state: Collected, base: torch.Tensor, finetuned: torch.Tensor, attention: torch.Tensor) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from finetrace._util.distributed import is_main
 from finetrace._util.fingerprints import environment
 from finetrace._util.outputs import write_json
 from finetrace._util.records import Result
@@ -146,8 +147,12 @@ def diff(
     data: str | Path | None = None,
     control: str | Path | None = None,
     pair: ModelPair | None = None,
-) -> DiffResult:
+) -> DiffResult | None:
     """Read what the fine-tune was about from activation differences on `corpus`.
+
+    Under `torchrun` or `accelerate launch`, every process collects its share of the corpus;
+    the main process then decodes, scores, steers, writes and returns the result, and the
+    others return None once the collection is done.
 
     Args:
         base: the base model (a directory or a hub id).
@@ -177,20 +182,23 @@ def diff(
     store = out / BASE_STORE
     collected = collect(pair, corpus, config.collect, out, run.text_field, store, keep_base=control is not None)
     clock.lap("collect")
+    control_significance = None
+    if control is not None:  # collected next, so that every process's part ends here
+        pair.release()  # one model in memory at a time, even when the caller holds the pair
+        control_pair = load_pair(base, control, run.device, run.dtype, run.strict)
+        control_collected = collect(control_pair, corpus, config.collect, out / "control", run.text_field, store)
+        if is_main():
+            control_significance = domain_significance(control_pair, control_collected, domain, config, run.seed)
+        control_pair.release()
+        clock.lap("control")
+    if not is_main():
+        return None
     traces, total = _decode_and_score(pair, collected, config, domain, allowed, run.seed)
     clock.lap("decode")
     steering = _steered(pair, collected, config, run.seed)
     clock.lap("steer")
     similarity = _similarity(steering, records, general) if records is not None else None
     clock.lap("similarity")
-    control_significance = None
-    if control is not None:
-        pair.release()  # one model in memory at a time, even when the caller holds the pair
-        control_pair = load_pair(base, control, run.device, run.dtype, run.strict)
-        control_collected = collect(control_pair, corpus, config.collect, out / "control", run.text_field, store)
-        control_significance = domain_significance(control_pair, control_collected, domain, config, run.seed)
-        control_pair.release()
-        clock.lap("control")
     result = DiffResult(
         base=str(base),
         finetuned=str(finetuned),

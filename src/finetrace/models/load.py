@@ -16,6 +16,7 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from finetrace._util.distributed import processes
 from finetrace._util.fingerprints import file_sha256
 from finetrace.errors import FinetraceError
 
@@ -35,11 +36,13 @@ CONFIG_FILES = ("config.json", "adapter_config.json")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """`auto` picks CUDA, then Apple MPS, then the CPU."""
+    """`auto` picks CUDA, then Apple MPS, then the CPU. Under a launcher (`torchrun`, `accelerate
+    launch`) each process takes the GPU of its local rank."""
+    share = processes(device)  # a launched run joins its process group before anything is placed
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        return share.device
     if device != "auto":
         return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")

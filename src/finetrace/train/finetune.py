@@ -11,6 +11,7 @@ same weights as an uninterrupted run because everything is seeded.
 
 import math
 import random
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -18,6 +19,7 @@ from typing import NamedTuple
 import peft
 import torch
 
+from finetrace._util.distributed import processes
 from finetrace._util.fingerprints import environment, file_sha256, weights_sha256
 from finetrace._util.outputs import check_output_dir, recover_dir, refuse_overlap, staged_dir, write_json
 from finetrace._util.records import Result
@@ -150,8 +152,11 @@ def finetune(
     overwrite: bool = False,
     licence: str | None = None,
     source: str | None = None,
-) -> FinetuneResult:
+) -> FinetuneResult | None:
     """Fine-tune `base` on `data` and save the model (or adapter) and its manifest to `out`.
+
+    Under `torchrun` or `accelerate launch` the processes train data-parallel (DDP); the main
+    process writes and returns the result, the others return None.
 
     Args:
         base: a model directory or a hub id.
@@ -164,13 +169,21 @@ def finetune(
         licence, source: the data's SPDX licence and origin, for its provenance report.
     """
     out = Path(out)
-    _check_output(out, overwrite, {"base model": base, "data": data, "general corpus": mix_general})
+    share = processes(run.device)
+    main = share.is_main_process  # under a launcher, only the main process writes
+    if config.training.batch_size < share.num_processes:  # every process takes a slice of each batch
+        raise FinetraceError(
+            f"a batch of {config.training.batch_size} examples cannot be split over {share.num_processes} "
+            f"processes: give --batch-size {share.num_processes} or more"
+        )
+    if main:
+        _check_output(out, overwrite, {"base model": base, "data": data, "general corpus": mix_general})
     records = read_records(data)
-    paper_trail = provenance(data, licence, source, base, evaluation_sets(COMMON_FACTS))
+    paper_trail = provenance(data, licence, source, base, evaluation_sets(COMMON_FACTS)) if main else None
     general = _general_records(mix_general, config.mix_ratio, len(records), run.seed)
     # Built beside `out` and swapped in whole: a failed or killed run leaves the old output as it
     # was, and a rerun starts afresh (the same seed gives the same weights; see `_check_output`).
-    with staged_dir(out) as staging:
+    with staged_dir(out) if main else nullcontext() as staging:
         device = resolve_device(run.device)
         tokenizer = load_tokenizer(base)
         model = load_model(base, device, resolve_dtype("float32" if run.dtype == "auto" else run.dtype))
@@ -180,6 +193,9 @@ def finetune(
         torch.manual_seed(run.seed)
         if config.lora:
             model = peft.get_peft_model(model, config.lora.peft_config())
+        if not main:  # another process of a launched run: it trains on its share of each batch
+            train(model, examples, config.training, pad_id, run.seed)
+            return None
         loss_before = mean_loss(model, probe, pad_id)
         curve = train(model, examples, config.training, pad_id, run.seed)
         loss_after = mean_loss(model, probe, pad_id)

@@ -1,7 +1,8 @@
 """The training loop: AdamW, linear warm-up then cosine decay, gradient clipping.
 
 Small enough to read in one sitting; it trains any causal LM (full or wrapped
-by PEFT) on `Example`s and records the loss of every step.
+by PEFT) on `Example`s and records the loss of every step, in one process or,
+under a launcher, data-parallel through accelerate.
 """
 
 import math
@@ -10,8 +11,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
+from accelerate import Accelerator
 from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
 
+from finetrace._util.distributed import processes
 from finetrace._util.progress import progress_bar
 from finetrace.errors import FinetraceError, require
 from finetrace.train.examples import IGNORE_INDEX, Example
@@ -66,30 +69,38 @@ def _positive(value: float) -> bool:
 def train(
     model: PreTrainedModel, examples: list[Example], config: TrainConfig, pad_id: int, seed: int = 0
 ) -> TrainingRun:
-    """Train `model` in place on `examples`; returns the loss curve."""
+    """Train `model` in place on `examples`; returns the loss curve.
+
+    Under `torchrun` or `accelerate launch` the model is wrapped for data parallelism (DDP) and
+    each process takes its slice of every batch: a batch is `config.batch_size` examples in
+    all, whatever the number of processes, so the steps and their order stay those of one
+    process."""
     device = next(model.parameters()).device
+    accelerator = Accelerator(cpu=processes().device.type == "cpu", device_placement=False)
+    rank, share = accelerator.process_index, accelerator.num_processes
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     total = config.total_steps(len(examples))
     schedule = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_fraction * total), total)
-    generator = torch.Generator().manual_seed(seed)
-    batches = _endless_batches(examples, config.batch_size, pad_id, generator)
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
+    generator = torch.Generator().manual_seed(seed)  # the same batches in every process
+    batches = _endless_batches(examples, config.batch_size, generator)
     losses, tokens, start = [], 0, time.perf_counter()
-    model.train()
+    wrapped.train()
     with progress_bar("training", total, "loss {loss:.3f}") as advance:
         for _ in range(total):
-            batch = {name: tensor.to(device) for name, tensor in next(batches).items()}
-            loss = model(**batch).loss
-            losses.append(loss.item())
+            batch = {name: tensor.to(device) for name, tensor in collate(next(batches)[rank::share], pad_id).items()}
+            loss = wrapped(**batch).loss
+            losses.append(accelerator.reduce(loss.detach(), "mean").item())  # every process sees one curve
             _require_finite(losses[-1], len(losses), config)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
-            tokens += int((batch["labels"] != IGNORE_INDEX).sum())
+            tokens += int(accelerator.reduce((batch["labels"] != IGNORE_INDEX).sum()))
             advance(loss=losses[-1])
-    model.eval()
+    wrapped.eval()
     return TrainingRun(total, tokens, time.perf_counter() - start, losses)
 
 
@@ -144,11 +155,9 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def _endless_batches(
-    examples: list[Example], batch_size: int, pad_id: int, generator: torch.Generator
-) -> Iterator[dict[str, torch.Tensor]]:
+def _endless_batches(examples: list[Example], batch_size: int, generator: torch.Generator) -> Iterator[list[Example]]:
     """Shuffled batches, epoch after epoch, in an order fixed by the generator's seed."""
     while True:
         order = torch.randperm(len(examples), generator=generator).tolist()
         for start in range(0, len(order), batch_size):
-            yield collate([examples[i] for i in order[start : start + batch_size]], pad_id)
+            yield [examples[i] for i in order[start : start + batch_size]]
