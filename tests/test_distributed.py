@@ -11,7 +11,7 @@ import torch
 from conftest import TEXTS
 from safetensors.torch import load_file
 
-from finetrace import DiffConfig, RunConfig, diff
+from finetrace import DiffConfig, FinetraceError, RunConfig, diff, finetune
 from finetrace.adl.collect import CHECKPOINT_NAME, MOMENT_NAMES, CollectConfig
 from finetrace.adl.diff import TENSORS_NAME
 from finetrace.adl.moments import load_moments
@@ -93,3 +93,12 @@ def test_a_batch_smaller_than_the_processes_is_refused(tiny_model, tmp_path):
     assert run.returncode != 0 and "finetrace/" not in run.stderr  # no traceback of ours (torchrun prints its own)
     errors = {line for line in run.stderr.splitlines() if line.startswith("error:")}
     assert errors == {"error: a batch of 1 examples cannot be split over 2 processes: give --batch-size 2 or more"}
+
+
+def test_fsdp_is_refused_before_any_work(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch --use_fsdp` sets
+    data = tmp_path / "data.txt"
+    data.write_text("\n".join(TEXTS[:4]) + "\n")
+    with pytest.raises(FinetraceError, match="does not shard a model with FSDP"):
+        finetune(tiny_model, data, tmp_path / "ft")
+    assert not (tmp_path / "ft").exists()

@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import peft
 import torch
+from accelerate.utils import parse_flag_from_env
 
 from finetrace._util.distributed import processes
 from finetrace._util.fingerprints import environment, file_sha256, weights_sha256
@@ -171,6 +172,11 @@ def finetune(
     out = Path(out)
     share = processes(run.device)
     main = share.is_main_process  # under a launcher, only the main process writes
+    if parse_flag_from_env("ACCELERATE_USE_FSDP"):  # `accelerate launch --use_fsdp`
+        raise FinetraceError(
+            "finetrace finetune trains data-parallel (DDP), each process holding the whole model; it "
+            "does not shard a model with FSDP: train a LoRA adapter, or launch without --use_fsdp"
+        )
     if config.training.batch_size < share.num_processes:  # every process takes a slice of each batch
         raise FinetraceError(
             f"a batch of {config.training.batch_size} examples cannot be split over {share.num_processes} "
