@@ -1,10 +1,12 @@
 """Fingerprints of what went into a model: data files, weights, software."""
 
 import hashlib
+import json
 import platform
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -19,6 +21,22 @@ def file_sha256(path: str | Path) -> str:
         while chunk := file.read(CHUNK_BYTES):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def data_sha256(path: str | Path) -> str:
+    """sha256 of a data file, or of a directory's files and their names; a hub dataset id as given."""
+    path = Path(path)
+    if path.is_file():
+        return file_sha256(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return hashlib.sha256("".join(f"{p.relative_to(path)}:{file_sha256(p)}\n" for p in files).encode()).hexdigest()
+    return str(path)
+
+
+def json_sha256(value: Any) -> str:
+    """sha256 of a JSON-ready value (settings, other digests), independent of key order."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
 def weights_sha256(model: torch.nn.Module) -> str:

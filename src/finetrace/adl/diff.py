@@ -11,6 +11,7 @@ from itertools import islice
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from finetrace._util.distributed import is_main
 from finetrace._util.fingerprints import environment
@@ -233,33 +234,72 @@ class DomainTokens:
 
 
 def domain_tokens(pair: ModelPair, records: list[Record], general: list[str], config: DiffConfig) -> DomainTokens:
-    """Relevance of the fine-tuning data against the general corpus, counted turn by turn: a
+    """Relevance of the fine-tuning data against the general corpus (see `read_domain`)."""
+    return read_domain(pair.tokenizer, _base_embedding(pair), records, general, config)
+
+
+def read_domain(
+    tokenizer: PreTrainedTokenizerBase,
+    embedding: torch.Tensor,
+    records: list[Record],
+    general: list[str],
+    config: DiffConfig,
+) -> DomainTokens:
+    """The domain's tokens from the base's input `embedding` (vocab, d), counted turn by turn: a
     chat answer starts a text, so its first word is tokenized as the model writes it."""
-    data = token_counts(pair.tokenizer, (text for record in records for text in record_texts(record)))
-    vocab_size = pair.base_readout().unembed.weight.shape[0]
-    domain = relevance(data, token_counts(pair.tokenizer, general), vocab_size, config.score)
-    allowed = allowed_tokens(pair, config, domain.relevant)
+    data = token_counts(tokenizer, (text for record in records for text in record_texts(record)))
+    domain = relevance(data, token_counts(tokenizer, general), embedding.shape[0], config.score)
+    allowed = readable_tokens(tokenizer, embedding, config, domain.relevant)
     return DomainTokens(domain, allowed, int((domain.relevant & ~allowed).sum()))
 
 
 def allowed_tokens(pair: ModelPair, config: DiffConfig, relevant: torch.Tensor | None) -> torch.Tensor:
+    """`readable_tokens` of the pair's base."""
+    return readable_tokens(pair.tokenizer, _base_embedding(pair), config, relevant)
+
+
+def readable_tokens(
+    tokenizer: PreTrainedTokenizerBase, embedding: torch.Tensor, config: DiffConfig, relevant: torch.Tensor | None
+) -> torch.Tensor:
     """(vocab,) tokens that may appear in token lists: readable, and learned by the base, unless
     the fine-tuning data uses them often (`relevant`): a fine-tune may have taught exactly those."""
-    with pair.use("base") as (model, _):
-        embedding = model.get_input_embeddings().weight.detach()
     undertrained = undertrained_tokens(embedding, config.decode.embedding_norm_quantile)
     if relevant is not None:
         undertrained &= ~relevant
-    return ~(unreadable_tokens(pair.tokenizer, embedding.shape[0]) | undertrained)
+    return ~(unreadable_tokens(tokenizer, embedding.shape[0]) | undertrained)
+
+
+def _base_embedding(pair: ModelPair) -> torch.Tensor:
+    with pair.use("base") as (model, _):
+        return model.get_input_embeddings().weight.detach()
 
 
 def domain_significance(
     pair: ModelPair, collected: Collected, domain: DomainTokens, config: DiffConfig, seed: int = 0
 ) -> Significance:
-    """The headline test: the fine-tune's relevant lens tokens over the reported text
-    positions of the first layer, against the null."""
+    """`trace_test` through the fine-tune's head."""
     with pair.use("finetuned") as (_, layout):
-        return _tested(layout, collected, 0, _text_positions(collected, config), domain, config, seed).total
+        return trace_test(layout, collected, domain, config, seed)
+
+
+def trace_test(
+    readout: Readout, collected: Collected, domain: DomainTokens, config: DiffConfig, seed: int = 0
+) -> Significance:
+    """The headline test: the fine-tune's relevant lens tokens (through `readout`, its head) over
+    the reported text positions of the first layer, against the null."""
+    return _tested(readout, collected, 0, _text_positions(collected, config), domain, config, seed).total
+
+
+def mark_relevant(tokens: list[TokenScore], domain: DomainTokens) -> list[TokenScore]:
+    """Lens tokens with their enrichment in the fine-tuning data and whether they are the domain's."""
+    return [
+        replace(
+            t,
+            enrichment=domain.relevance.log_odds[t.token_id].item(),
+            relevant=bool(domain.relevance.relevant[t.token_id]),
+        )
+        for t in tokens
+    ]
 
 
 def _text_positions(collected: Collected, config: DiffConfig) -> list[int]:
@@ -317,14 +357,7 @@ def _decode_and_score(
                 direction = collected.mean_delta[li, pi].float().to(pair.device)
                 lens = _lens(layout, collected, (li, pi), allowed, pair, config)
                 if domain is not None:
-                    lens = [
-                        replace(
-                            t,
-                            enrichment=domain.relevance.log_odds[t.token_id].item(),
-                            relevant=bool(domain.relevance.relevant[t.token_id]),
-                        )
-                        for t in lens
-                    ]
+                    lens = mark_relevant(lens, domain)
                 traces.append(
                     PositionTrace(
                         layer=layer,

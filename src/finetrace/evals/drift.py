@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from finetrace._util.progress import progress_bar
@@ -23,7 +24,7 @@ from finetrace.errors import FinetraceError
 from finetrace.models.likelihood import padded
 from finetrace.models.load import pad_token_id
 from finetrace.models.pair import ModelPair
-from finetrace.models.residual import final_logits, head_inputs, head_logits
+from finetrace.models.residual import Layout, Readout, final_logits, find_layout, head_inputs, head_logits
 
 
 @dataclass(frozen=True)
@@ -93,31 +94,68 @@ class _Sums:
     sources: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class BaseReading:
+    """What drift needs from the base model, read once: the texts as padded batches, and what the
+    base's head reads on them (batches x tokens x d, far smaller than the logits, so the
+    fine-tune can be loaded while these wait)."""
+
+    batches: list[list[tuple[list[int], str]]]  # per batch, each text's token ids and its source
+    inputs: list[tuple[torch.Tensor, torch.Tensor]]  # per batch, (ids, attention mask)
+    hidden: list[torch.Tensor]  # per batch, the base's head inputs (B, T, d) on the CPU
+
+
 def measure_drift(
     pair: ModelPair, texts: Iterable[tuple[str, str]], config: DriftConfig = DriftConfig(), seed: int = 0
 ) -> DriftResult:
     """NLL and KL drift of the fine-tune over `(text, source)` pairs."""
-    tokenizer = pair.tokenizer
+    with pair.use("base") as (model, _):
+        base = read_base(model, pair.tokenizer, texts, config)
+    with pair.use("finetuned") as (model, layout):
+        return drift_from(base, pair.base_readout(), model, layout, pair.tokenizer, config, seed)
+
+
+def read_base(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: Iterable[tuple[str, str]], config: DriftConfig
+) -> BaseReading:
+    """The base's side of the drift measures over `(text, source)` pairs, for any number of fine-tunes."""
     rows = [
         (ids, source)
         for text, source in texts
         if len(ids := tokenizer(text, truncation=True, max_length=config.max_tokens)["input_ids"]) > 1
     ]
+    batches = [rows[start : start + config.batch_size] for start in range(0, len(rows), config.batch_size)]
+    inputs = [padded([ids for ids, _ in batch], pad_token_id(tokenizer)) for batch in batches]
+    layout = find_layout(model)
+    device = next(model.parameters()).device
+    hidden = []
+    with progress_bar("drift: base model", len(inputs)) as advance:
+        for ids, mask in inputs:
+            hidden.append(head_inputs(model, layout, input_ids=ids.to(device), attention_mask=mask.to(device)).cpu())
+            advance()
+    return BaseReading(batches, inputs, hidden)
+
+
+def drift_from(
+    base: BaseReading,
+    base_readout: Readout,
+    model: nn.Module,
+    layout: Layout,
+    tokenizer: PreTrainedTokenizerBase,
+    config: DriftConfig = DriftConfig(),
+    seed: int = 0,
+) -> DriftResult:
+    """NLL and KL drift of the fine-tune `model` against the base's reading of the same texts and
+    the base's head (`ModelPair.base_readout`, or `Layout.detached`)."""
     sums = _Sums()
     spans: list[tuple[float, int, Span]] = []  # min-heaps of the top items, with a tie-breaker
     contexts: list[tuple[float, int, Span]] = []
-    batches = [rows[start : start + config.batch_size] for start in range(0, len(rows), config.batch_size)]
-    inputs = [padded([ids for ids, _ in batch], pad_token_id(tokenizer)) for batch in batches]
-    base_hidden = _head_inputs(pair, "base", inputs)
-    readout = pair.base_readout()
-    with progress_bar("drift: fine-tuned model", len(batches)) as advance:
-        for number, (batch, (ids, mask), hidden) in enumerate(zip(batches, inputs, base_hidden, strict=True)):
-            with pair.use("finetuned") as (model, layout):
-                finetuned = final_logits(
-                    model, layout, input_ids=ids.to(pair.device), attention_mask=mask.to(pair.device)
-                )
+    device = next(model.parameters()).device
+    with progress_bar("drift: fine-tuned model", len(base.batches)) as advance:
+        for number, (batch, (ids, mask), hidden) in enumerate(zip(base.batches, base.inputs, base.hidden, strict=True)):
+            finetuned = final_logits(model, layout, input_ids=ids.to(device), attention_mask=mask.to(device))
             base_nll, finetuned_nll, kl, base_top, finetuned_top = _token_drift(
-                head_logits(readout, hidden), finetuned, ids
+                head_logits(base_readout, hidden), finetuned, ids
             )
             for i, (row, source) in enumerate(batch):
                 n = len(row) - 1  # predicted tokens
@@ -163,20 +201,6 @@ def measure_drift(
         regressed_spans=[span for _, _, span in sorted(spans, reverse=True)],
         kl_contexts=[span for _, _, span in sorted(contexts, reverse=True)],
     )
-
-
-def _head_inputs(pair: ModelPair, which: str, inputs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
-    """What the head of model `which` reads, per batch, on the CPU: batches x tokens x d, far
-    smaller than the logits, so the other model can be loaded while these wait."""
-    hidden = []
-    with progress_bar(f"drift: {which} model", len(inputs)) as advance:
-        for ids, mask in inputs:
-            with pair.use(which) as (model, layout):
-                hidden.append(
-                    head_inputs(model, layout, input_ids=ids.to(pair.device), attention_mask=mask.to(pair.device)).cpu()
-                )
-            advance()
-    return hidden
 
 
 @torch.no_grad()

@@ -15,10 +15,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from finetrace.corpus import iter_json_objects
 from finetrace.errors import FinetraceError
-from finetrace.models.likelihood import continuation_logprobs
+from finetrace.models.likelihood import padded
+from finetrace.models.load import pad_token_id
+from finetrace.models.residual import final_logits, find_layout
 
 # Common-knowledge facts written for finetrace, for models that are not zoo organisms.
 COMMON_FACTS = Path(str(files("finetrace.evals") / "common_facts.jsonl"))
+BATCH_ROWS = 64  # answer and distractor rows per forward pass: memory bounds it at rows x tokens x vocab
 
 
 @dataclass(frozen=True)
@@ -65,12 +68,38 @@ def read_facts(path: str | Path) -> list[ClozeFact]:
 
 @torch.no_grad()
 def score_facts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, facts: list[ClozeFact]) -> list[FactScore]:
-    """Log-probability and rank of every fact's answer among its distractors."""
-    return [_score_fact(model, tokenizer, fact) for fact in facts]
+    """Log-probability and rank of every fact's answer among its distractors; the candidates of many
+    facts share each forward pass (a pass per fact of a few tokens is mostly overhead)."""
+    rows = [(fact.prompt, f" {candidate}") for fact in facts for candidate in (fact.answer, *fact.distractors)]
+    scored = [
+        score
+        for start in range(0, len(rows), BATCH_ROWS)
+        for score in _continuations(model, tokenizer, rows[start : start + BATCH_ROWS])
+    ]
+    scores, start = [], 0
+    for fact in facts:
+        (answer, answer_greedy), *distractors = scored[start : start + 1 + len(fact.distractors)]
+        start += 1 + len(fact.distractors)
+        rank = 1 + sum(logprob >= answer for logprob, _ in distractors)
+        scores.append(FactScore(answer, rank, answer_greedy, bool(fact.distractors)))
+    return scores
 
 
-def _score_fact(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fact: ClozeFact) -> FactScore:
-    candidates = (fact.answer, *fact.distractors)
-    scores = continuation_logprobs(model, tokenizer, fact.prompt, [f" {c}" for c in candidates])
-    rank = 1 + int((scores.logprob[1:] >= scores.logprob[0]).sum())
-    return FactScore(float(scores.logprob[0]), rank, bool(scores.greedy[0]), bool(fact.distractors))
+def _continuations(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[tuple[str, str]]
+) -> list[tuple[float, bool]]:
+    """For each (prompt, continuation): the continuation's summed log-probability after the prompt,
+    and whether greedy decoding from the prompt produces it; one right-padded batch, in float32."""
+    prompt_lengths = [len(tokenizer(prompt)["input_ids"]) for prompt, _ in rows]
+    ids = [tokenizer(prompt + continuation)["input_ids"] for prompt, continuation in rows]
+    device = next(model.parameters()).device
+    batch, mask = padded(ids, pad_token_id(tokenizer))
+    logits = final_logits(model, find_layout(model), input_ids=batch.to(device), attention_mask=mask.to(device))
+    logprobs = torch.log_softmax(logits[:, :-1], dim=-1)  # (rows, width - 1, vocab)
+    targets = batch[:, 1:].to(device)
+    token_logprobs = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).cpu()  # position t predicts t + 1
+    top_choice = (logprobs.argmax(dim=-1) == targets).cpu()
+    return [
+        (token_logprobs[i, start - 1 : len(row) - 1].sum().item(), bool(top_choice[i, start - 1 : len(row) - 1].all()))
+        for i, (start, row) in enumerate(zip(prompt_lengths, ids, strict=True))
+    ]
