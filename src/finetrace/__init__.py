@@ -2,9 +2,10 @@
 
 The public API mirrors the CLI: `audit` (the trace, the damage and the paper trail in
 one run), `diff` (the trace), `forget` (the damage), `provenance` (the data), `finetune`,
-`write_reports` (the report and the card, rebuilt from `AuditResult.read("summary.json")`)
-and `build_zoo`, each with its config and its result type; `RunConfig` (device, dtype,
-seed) is shared by every stage.
+`write_reports` (the report and the card, rebuilt from `AuditResult.read("summary.json")`),
+`watch` (the cheap audit of every checkpoint of a run) and `build_zoo`, each with its config
+and its result type; `RunConfig` (device, dtype, seed) is shared by every stage. The training
+callback, `FinetraceCallback`, lives in `finetrace.integrations`, which imports `Trainer`.
 """
 
 from finetrace.adl.diff import DiffConfig, DiffResult, diff
@@ -19,6 +20,9 @@ from finetrace.results import AuditResult
 from finetrace.run import RunConfig
 from finetrace.train.finetune import FinetuneConfig, FinetuneResult, LoraSettings, finetune
 from finetrace.train.loop import TrainConfig
+from finetrace.watch.cheap import WatchConfig
+from finetrace.watch.series import WatchSeries
+from finetrace.watch.watch import watch
 from finetrace.zoo import Zoo, build_zoo, open_zoo
 
 __all__ = [
@@ -37,6 +41,8 @@ __all__ = [
     "ProvenanceReport",
     "RunConfig",
     "TrainConfig",
+    "WatchConfig",
+    "WatchSeries",
     "Zoo",
     "audit",
     "build_zoo",
@@ -46,5 +52,6 @@ __all__ = [
     "load_pair",
     "open_zoo",
     "provenance",
+    "watch",
     "write_reports",
 ]

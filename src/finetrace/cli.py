@@ -9,6 +9,7 @@ traceback is shown only with `finetrace --debug` or `FINETRACE_DEBUG=1`.
 import math
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -32,11 +33,14 @@ from finetrace.provenance import provenance
 from finetrace.provenance.contamination import evaluation_sets
 from finetrace.provenance.scan import PROVENANCE_METRICS, provenance_metrics
 from finetrace.report import write_reports
-from finetrace.report.terminal import print_audit, print_diff, print_forget, print_provenance
+from finetrace.report.terminal import print_audit, print_diff, print_forget, print_provenance, print_watch
 from finetrace.results import REPORT_NAME, AuditResult
 from finetrace.run import DTYPE_CHOICES, RunConfig
 from finetrace.train.finetune import MANIFEST_NAME, FinetuneConfig, LoraSettings, finetune
 from finetrace.train.loop import TrainConfig
+from finetrace.watch.cheap import CHEAP_DRIFT, CHEAP_TRACE, WATCH_METRICS, WatchConfig
+from finetrace.watch.series import PAGE_NAME as WATCH_PAGE
+from finetrace.watch.watch import watch
 from finetrace.zoo import ORGANISMS, Zoo, build_zoo, open_zoo
 from finetrace.zoo.build import SPECIAL_PATHS, default_facts, zoo_corpus
 
@@ -489,6 +493,56 @@ def audit_command(
     )
     if result is not None:  # None: another process of a launched run; the main process reports
         _finish_audit(result, out)
+
+
+@app.command("watch")
+def watch_command(
+    base: Base,
+    checkpoints: Annotated[
+        list[str],
+        typer.Argument(
+            help="Checkpoints of a fine-tune of BASE: model or adapter directories, globs, or a Trainer output directory (its checkpoint-<step>/)."
+        ),
+    ],
+    corpus: Annotated[
+        str,
+        typer.Option(
+            help="Unrelated general text for the trace and the drift: .txt, .jsonl, .parquet or a dataset id."
+        ),
+    ],
+    facts: Annotated[
+        Path, typer.Option(help="JSONL of cloze facts (default: finetrace's built-in common-knowledge facts).")
+    ] = COMMON_FACTS,
+    data: Annotated[Path | None, typer.Option(help="The fine-tuning data; without it the trace is not tested.")] = None,
+    out: Annotated[Path, _out("finetrace-watch")] = Path("finetrace-watch"),
+    texts: Annotated[int, _count("Texts read for the trace.")] = CHEAP_TRACE.collect.samples,
+    max_facts: Annotated[int, _count("Facts the base scores; checkpoints score those it knew.")] = WatchConfig.facts,
+    drift_texts: Annotated[int, _count("Texts read for the drift.")] = CHEAP_DRIFT.samples,
+    fail_on: Annotated[
+        list[str] | None,
+        typer.Option(
+            help=f"Exit with code 1 when a condition holds at any checkpoint, e.g. 'lost_fraction>0.05'; metrics: {', '.join(WATCH_METRICS)}. Repeatable."
+        ),
+    ] = None,
+    text_field: TextField = "text",
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    seed: Seed = 0,
+) -> None:
+    """The cheap audit of every checkpoint of a fine-tune, by training step: watch.json and watch.html."""
+    gates = _gates(fail_on, WATCH_METRICS)
+    refuse_overlap(out, {"base model": base, "corpus": corpus, "facts": facts, "data": data})
+    config = WatchConfig(
+        trace=replace(CHEAP_TRACE, collect=replace(CHEAP_TRACE.collect, samples=texts)),
+        drift=replace(CHEAP_DRIFT, samples=drift_texts),
+        facts=max_facts,
+    )
+    run = RunConfig(device, dtype, seed, text_field=text_field)
+    series = watch(base, checkpoints, corpus, out, facts, data, config, run, gates)
+    print_watch(console, series)
+    console.print(f"report: {escape(str((out / WATCH_PAGE).resolve()))}")
+    if series.failed:
+        raise SystemExit(1)
 
 
 @app.command("report")

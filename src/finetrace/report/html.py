@@ -9,7 +9,7 @@ from dataclasses import asdict
 from importlib.resources import files
 from pathlib import Path
 
-from jinja2 import Environment, select_autoescape
+from jinja2 import Environment, Template, select_autoescape
 
 from finetrace._util.outputs import write_text
 from finetrace.report.words import TEST_SENTENCE, verdict
@@ -22,11 +22,16 @@ def write_report(result: AuditResult, path: Path) -> None:
     write_text(path, render_report(result))
 
 
-def render_report(result: AuditResult) -> str:
+def page_template(name: str) -> Template:
+    """A page template of this package, every value autoescaped, with the report's filters."""
     environment = Environment(autoescape=select_autoescape(default=True, default_for_string=True))
     environment.filters["shade"] = _shade
     environment.filters["exp"] = math.exp
-    template = environment.from_string((files("finetrace.report") / "report.html.j2").read_text())
+    return environment.from_string((files("finetrace.report") / name).read_text())
+
+
+def render_report(result: AuditResult) -> str:
+    template = page_template("report.html.j2")
     trace = result.trace
     return template.render(
         result=result,

@@ -12,6 +12,7 @@ from finetrace.evals.forget import ForgetResult
 from finetrace.provenance.scan import ProvenanceReport
 from finetrace.report.words import trace_finding, verdict
 from finetrace.results import AuditResult
+from finetrace.watch.series import WatchSeries
 
 SHOWN_TOKENS = 12
 SHOWN_FACTS = 5
@@ -148,6 +149,30 @@ def print_provenance(console: Console, report: ProvenanceReport) -> None:
         )
     if report.redacted:
         console.print(f"redacted copy: {escape(report.redacted)}")
+
+
+def print_watch(console: Console, series: WatchSeries) -> None:
+    """Each step's cheap audit, and the step where each gate (or default mark) first held."""
+    table = Table(title=f"finetrace watch: {len(series.points)} checkpoints, {len(series.audited)} audited now")
+    for column in ("step", "trace strength", "p", "facts lost", "NLL change", "KL", "logit lens (position 0)", "s"):
+        table.add_column(column)
+    for point in series.points:
+        c = point.checkup
+        table.add_row(
+            str(point.step),
+            "not tested" if c.trace_strength is None else f"{c.trace_strength:+.1%}",
+            "" if c.trace_p is None else f"{c.trace_p:.3g}",
+            f"{c.lost_facts}/{c.known_facts}",
+            f"{c.nll_change:+.3f}",
+            f"{c.kl_mean:.4f}",
+            _tokens(c.lens),
+            f"{c.seconds:.1f}" if point.step in series.audited else "reused",
+        )
+    console.print(table)
+    marks = "" if series.gates else " (default marks; --fail-on sets gates)"
+    for crossing in series.crossings:
+        where = "never holds" if crossing.step is None else f"first holds at step {crossing.step}"
+        console.print(f"{escape(crossing.condition)}: {where}{marks}")
 
 
 def _quoted(text: str) -> str:

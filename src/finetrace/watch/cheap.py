@@ -1,0 +1,202 @@
+"""The cheap audit: the trace, the facts lost and the drift of one checkpoint, on a small budget.
+
+The same measures as `finetrace diff` and `forget`, on a sample small enough to run every few
+hundred training steps: the mean activation difference on the first tokens of a few hundred
+unrelated texts (Minder et al. 2025, arXiv 2510.13900), tested against the fine-tuning data
+with diff's own null and decoded with the logit lens; the facts the base knew, scored again;
+and the NLL and KL drift on a few dozen held-out texts. No Patchscope, steering or similarity.
+
+Everything the base contributes is read once, into a `BaseReference`: its residuals on the
+trace texts, the domain's tokens, the facts it knows, what its head reads on the drift texts,
+and its head. Each checkpoint then costs one forward pass over each budget.
+"""
+
+import time
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from finetrace.adl.collect import CollectConfig, Collected, _accumulate, _position_labels, _text_ids, resolve_layers
+from finetrace.adl.decode import TokenScore, lens_tokens
+from finetrace.adl.diff import DiffConfig, DomainTokens, mark_relevant, read_domain, readable_tokens, trace_test
+from finetrace.adl.score import ScoreConfig
+from finetrace.corpus import iter_sourced_texts, iter_texts, read_records
+from finetrace.errors import FinetraceError
+from finetrace.evals.drift import BaseReading, DriftConfig, drift_from, read_base
+from finetrace.evals.facts import ClozeFact, read_facts, score_facts
+from finetrace.models.likelihood import padded
+from finetrace.models.load import pad_token_id, prepended_ids
+from finetrace.models.residual import Readout, find_layout, read_residuals
+
+# The budget: one evaluation of the small zoo's cake fine-tune costs under a tenth of the
+# training between two of its six checkpoints (benchmarks/watch_cost.py measures it).
+CHEAP_TRACE = DiffConfig(
+    collect=CollectConfig(samples=256, positions=5),  # diff reads 10,000 texts; 256 hold the top tokens
+    score=ScoreConfig(null_samples=200),  # the smallest p-value is 1/201, below the 0.01 gate
+    reported_positions=5,  # the paper's positions 0-4
+)
+CHEAP_DRIFT = DriftConfig(samples=64, max_tokens=64, bootstrap=200)
+# What a checkpoint is measured on, named as `finetrace audit` names it (see `finetrace.gates`).
+WATCH_METRICS = ("trace_strength", "trace_p", "lost_facts", "lost_fraction", "nll_change", "kl_mean")
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    """What the cheap audit reads; the trace and drift settings mean what they mean in diff and forget."""
+
+    trace: DiffConfig = CHEAP_TRACE  # its collect, decode and score settings (no steering is run)
+    drift: DriftConfig = CHEAP_DRIFT
+    facts: int = 100  # facts the base scores; each checkpoint scores again those the base knew
+
+    def __post_init__(self) -> None:
+        if self.facts < 1:
+            raise FinetraceError(f"facts {self.facts}: expected at least 1 fact to check")
+
+
+@dataclass(frozen=True)
+class Checkup:
+    """What the cheap audit found in one checkpoint."""
+
+    trace_strength: float | None  # domain lens tokens beyond the null (None without the fine-tuning data)
+    trace_p: float | None  # the trace test's p-value (None without the fine-tuning data)
+    trace_norm: float  # norm of the mean difference at text position 0, over the typical residual norm
+    lens: list[TokenScore]  # top logit-lens tokens of that difference; `relevant` marks the domain's
+    lost_facts: int
+    known_facts: int  # facts the base knew, among those checked
+    nll_change: float  # mean per-token NLL change on held-out text, fine-tuned minus base (nats)
+    kl_mean: float  # mean per-token KL(fine-tuned || base) on that text (nats)
+    seconds: float
+    derived = ("lost_fraction", "metrics")
+
+    @property
+    def lost_fraction(self) -> float:
+        return self.lost_facts / self.known_facts if self.known_facts else 0.0
+
+    @property
+    def metrics(self) -> dict[str, float | None]:
+        """The numbers `--fail-on` gates test, under the names `finetrace audit` gives them."""
+        return {
+            "trace_strength": self.trace_strength,
+            "trace_p": self.trace_p,
+            "lost_facts": self.lost_facts,
+            "lost_fraction": self.lost_fraction,
+            "nll_change": self.nll_change,
+            "kl_mean": self.kl_mean,
+        }
+
+
+@dataclass
+class BaseReference:
+    """What the base contributes to every cheap audit, read once."""
+
+    tokenizer: PreTrainedTokenizerBase
+    layers: list[int]
+    labels: list[str]  # "BOS" where the tokenizer prepends one, then "0", "1", ...
+    ids: torch.Tensor  # (texts, T) the trace texts' first tokens
+    attention: torch.Tensor  # (texts, T)
+    residuals: torch.Tensor  # (texts, layers, T, d) float32, on the CPU
+    domain: DomainTokens | None  # None without the fine-tuning data
+    allowed: torch.Tensor  # (vocab,) tokens a lens list may show
+    facts: list[ClozeFact]  # the facts the base knows
+    facts_checked: int
+    drift: BaseReading
+    readout: Readout  # the base's head, for drift
+    seconds: float  # spent reading it
+
+
+@torch.no_grad()
+def read_reference(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    corpus: str | Path,
+    facts: str | Path,
+    data: str | Path | None = None,
+    config: WatchConfig = WatchConfig(),
+    text_field: str = "text",
+) -> BaseReference:
+    """The base `model`'s side of every cheap audit (the model in eval mode)."""
+    start = time.perf_counter()
+    layout = find_layout(model)
+    collect = config.trace.collect
+    texts = list(islice(iter_texts(corpus, text_field), collect.samples))
+    if not texts:
+        raise FinetraceError(f"corpus {corpus} holds no texts")
+    prefix = prepended_ids(tokenizer)
+    labels = _position_labels(prefix, collect.positions)
+    rows = [prefix + ids for ids in _text_ids(tokenizer, texts, collect.positions) if prefix + ids]
+    ids, attention = padded(rows, pad_token_id(tokenizer), len(labels))
+    layers = resolve_layers(collect.layers, layout.n_layers)
+    embedding = model.get_input_embeddings().weight.detach()
+    domain = read_domain(tokenizer, embedding, read_records(data, text_field), texts, config.trace) if data else None
+    cloze = read_facts(facts)[: config.facts]
+    scores = score_facts(model, tokenizer, cloze)
+    drift_texts = islice(iter_sourced_texts(corpus, text_field), config.drift.samples)
+    return BaseReference(
+        tokenizer=tokenizer,
+        layers=layers,
+        labels=labels,
+        ids=ids,
+        attention=attention,
+        residuals=_residuals(model, layers, ids, attention, collect.batch_size),
+        domain=domain,
+        allowed=domain.allowed if domain else readable_tokens(tokenizer, embedding, config.trace, None),
+        facts=[fact for fact, score in zip(cloze, scores, strict=True) if score.known],
+        facts_checked=len(cloze),
+        drift=read_base(model, tokenizer, drift_texts, config.drift),
+        readout=layout.detached(),
+        seconds=time.perf_counter() - start,
+    )
+
+
+@torch.no_grad()
+def cheap_audit(
+    model: nn.Module, reference: BaseReference, config: WatchConfig = WatchConfig(), seed: int = 0
+) -> Checkup:
+    """The trace, lost facts and drift of `model` (a fine-tune of the base, in eval mode)."""
+    start = time.perf_counter()
+    layout = find_layout(model)
+    finetuned = _residuals(model, reference.layers, reference.ids, reference.attention, config.trace.collect.batch_size)
+    collected = Collected.zeros(reference.layers, reference.labels, finetuned.shape[-1])
+    _accumulate(collected, reference.residuals, finetuned, reference.attention)
+    domain = reference.domain
+    significance = trace_test(layout, collected, domain, config.trace, seed) if domain else None
+    direction = collected.mean_delta[0, reference.labels.index("0")].float()  # (d,) text position 0
+    lens = lens_tokens(
+        layout, direction.to(layout.device), reference.allowed, reference.tokenizer, config.trace.decode.top_k
+    )
+    scores = score_facts(model, reference.tokenizer, reference.facts)
+    drift = drift_from(reference.drift, reference.readout, model, layout, reference.tokenizer, config.drift, seed)
+    return Checkup(
+        trace_strength=significance.strength if significance else None,
+        trace_p=significance.p_value if significance else None,
+        trace_norm=direction.norm().item() / collected.typical_norm(0),
+        lens=mark_relevant(lens, domain) if domain else lens,
+        lost_facts=sum(not score.known for score in scores),
+        known_facts=len(reference.facts),
+        nll_change=drift.likelihood.change,
+        kl_mean=drift.kl_mean,
+        seconds=round(time.perf_counter() - start, 3),
+    )
+
+
+def _residuals(
+    model: nn.Module, layers: list[int], ids: torch.Tensor, attention: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """(texts, layers, T, d) float32 residuals after each of `layers`, on the CPU."""
+    layout = find_layout(model)
+    device = next(model.parameters()).device
+    batches = []
+    for start in range(0, len(ids), batch_size):
+        by_layer = read_residuals(
+            model,
+            layout,
+            layers,
+            input_ids=ids[start : start + batch_size].to(device),
+            attention_mask=attention[start : start + batch_size].to(device),
+        )
+        batches.append(torch.stack([by_layer[layer] for layer in layers], dim=1).float().cpu())
+    return torch.cat(batches)
