@@ -109,10 +109,15 @@ def measure_drift(
     pair: ModelPair, texts: Iterable[tuple[str, str]], config: DriftConfig = DriftConfig(), seed: int = 0
 ) -> DriftResult:
     """NLL and KL drift of the fine-tune over `(text, source)` pairs."""
-    with pair.use("base") as (model, _):
-        base = read_base(model, pair.tokenizer, texts, config)
+    base = _base_reading(pair, texts, config)
     with pair.use("finetuned") as (model, layout):
         return drift_from(base, pair.base_readout(), model, layout, pair.tokenizer, config, seed)
+
+
+def _base_reading(pair: ModelPair, texts: Iterable[tuple[str, str]], config: DriftConfig) -> BaseReading:
+    """`read_base` with the pair's base, which no name holds once this returns: the fine-tune loads alone."""
+    with pair.use("base") as (model, _):
+        return read_base(model, pair.tokenizer, texts, config)
 
 
 def read_base(
