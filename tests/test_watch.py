@@ -1,6 +1,7 @@
 """`finetrace watch` over checkpoints a `transformers.Trainer` saved while fine-tuning the tiny
 zoo's base on the cake documents: the series, its resumption, the page and the command."""
 
+import importlib
 import json
 import re
 import shutil
@@ -10,7 +11,6 @@ import pytest
 from typer.testing import CliRunner
 from zoo_training import cake_trainer
 
-import finetrace.watch.watch as watching
 from finetrace.adl.decode import TokenScore
 from finetrace.cli import app
 from finetrace.errors import FinetraceError
@@ -24,6 +24,8 @@ from finetrace.watch.watch import watch
 from finetrace.zoo import build_zoo
 
 pytestmark = pytest.mark.zoo
+# The module, which `finetrace.watch` (the function the package exports) hides from attribute lookup.
+watching = importlib.import_module("finetrace.watch.watch")
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from finetrace.watch.series import WatchSeries
 
 SHOWN_TOKENS = 12
 SHOWN_FACTS = 5
+WATCH_TOKENS = 6  # a step's row stays one line on a terminal
 
 
 def print_diff(console: Console, result: DiffResult) -> None:
@@ -165,7 +166,7 @@ def print_watch(console: Console, series: WatchSeries) -> None:
             f"{c.lost_facts}/{c.known_facts}",
             f"{c.nll_change:+.3f}",
             f"{c.kl_mean:.4f}",
-            _tokens(c.lens),
+            _tokens(c.lens[:WATCH_TOKENS]),
             f"{c.seconds:.1f}" if point.step in series.audited else "reused",
         )
     console.print(table)

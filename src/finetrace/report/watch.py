@@ -100,10 +100,10 @@ def _plot(series: WatchSeries, plotted: Plotted, gates: list[Gate]) -> dict:
 
 
 def _lens_rows(series: WatchSeries) -> list[dict]:
-    """Each step's lens tokens, those not in the step before marked new."""
-    rows, before = [], set()
+    """Each step's lens tokens, those not in the step before marked new (none at the first step)."""
+    rows = []
     for point in series.points:
-        tokens = point.checkup.lens
-        rows.append({"step": point.step, "tokens": tokens, "new": {t.token_id for t in tokens} - before})
-        before = {t.token_id for t in tokens}
+        shown = {t.token_id for t in point.checkup.lens}
+        new = shown - rows[-1]["shown"] if rows else set()
+        rows.append({"step": point.step, "tokens": point.checkup.lens, "shown": shown, "new": new})
     return rows
