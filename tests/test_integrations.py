@@ -3,12 +3,15 @@ documents: metrics in `state.log_history`, a gate that stops training, the same 
 `finetrace watch`, and training left as it would be without it."""
 
 import pytest
+import torch
 from zoo_training import cake_trainer
 
 import finetrace.integrations as integrations
 from finetrace.errors import FinetraceError
 from finetrace.gates import parse_gate
 from finetrace.integrations import PREFIX, FinetraceCallback
+from finetrace.models.load import load_model, load_tokenizer
+from finetrace.watch.cheap import cheap_audit, read_reference
 from finetrace.watch.series import PAGE_NAME, WATCH_NAME, WatchSeries
 from finetrace.watch.watch import watch
 from finetrace.zoo import build_zoo
@@ -129,3 +132,14 @@ def test_a_resumed_run_needs_the_base(zoo, tmp_path):
 def test_every_must_be_a_positive_number_of_steps(zoo, tmp_path):
     with pytest.raises(FinetraceError, match="every 0"):
         watched_trainer(zoo, tmp_path, steps=2, every=0)
+
+
+def test_an_audit_reads_the_model_in_eval_mode_and_leaves_its_mode(zoo):
+    model = load_model(zoo.path("base"), torch.device("cpu")).train()
+    modes = []
+    hook = model.model.layers[0].register_forward_hook(lambda module, *_: modes.append(module.training))
+    reference = read_reference(model, load_tokenizer(zoo.path("base")), zoo.path("heldout"), zoo.path("facts"))
+    checkup = cheap_audit(model, reference)
+    hook.remove()
+    assert model.training and modes and not any(modes)
+    assert checkup.nll_change == 0 and checkup.lost_facts == 0  # the base against itself

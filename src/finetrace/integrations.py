@@ -14,11 +14,8 @@ model itself before its first step.
 """
 
 import gc
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import torch
 from torch import nn
 from transformers import (
     PreTrainedTokenizerBase,
@@ -106,8 +103,7 @@ class FinetraceCallback(TrainerCallback):
                     f"training resumes at step {state.global_step}, so the model is no longer the base: "
                     f"give FinetraceCallback the base model (base=...)"
                 )
-            with evaluating(model):
-                return read_reference(model, tokenizer, self.corpus, self.facts, self.data, self.config)
+            return read_reference(model, tokenizer, self.corpus, self.facts, self.data, self.config)
         parameter = next(model.parameters())
         base = load_model(self.base, parameter.device, parameter.dtype)
         reference = read_reference(base, tokenizer, self.corpus, self.facts, self.data, self.config)
@@ -128,8 +124,7 @@ class FinetraceCallback(TrainerCallback):
         )
 
     def _audit(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: nn.Module) -> None:
-        with evaluating(model):
-            checkup = cheap_audit(model, self.reference, self.config, args.seed)
+        checkup = cheap_audit(model, self.reference, self.config, args.seed)
         self.points.append(WatchPoint(state.global_step, checkup))
         measured = {name: value for name, value in checkup.metrics.items() if value is not None}
         should_log = control.should_log  # logging resets it, which would drop the trainer's own log of this step
@@ -166,15 +161,3 @@ class FinetraceCallback(TrainerCallback):
         series = self.series
         write_json(self.out / WATCH_NAME, series.to_dict())
         write_watch_report(series, self.out / PAGE_NAME)
-
-
-@contextmanager
-def evaluating(model: nn.Module) -> Iterator[None]:
-    """`model` in eval mode (no dropout) and without gradients, back in its own mode afterwards."""
-    training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(training)

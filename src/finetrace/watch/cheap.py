@@ -12,6 +12,8 @@ and its head. Each checkpoint then costs one forward pass over each budget.
 """
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -108,7 +110,6 @@ class BaseReference:
     seconds: float  # spent reading it
 
 
-@torch.no_grad()
 def read_reference(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -118,7 +119,20 @@ def read_reference(
     config: WatchConfig = WatchConfig(),
     text_field: str = "text",
 ) -> BaseReference:
-    """The base `model`'s side of every cheap audit (the model in eval mode)."""
+    """The base `model`'s side of every cheap audit (read in eval mode; its mode is kept)."""
+    with evaluating(model):
+        return _read_reference(model, tokenizer, corpus, facts, data, config, text_field)
+
+
+def _read_reference(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    corpus: str | Path,
+    facts: str | Path,
+    data: str | Path | None,
+    config: WatchConfig,
+    text_field: str,
+) -> BaseReference:
     start = time.perf_counter()
     layout = find_layout(model)
     collect = config.trace.collect
@@ -152,11 +166,16 @@ def read_reference(
     )
 
 
-@torch.no_grad()
 def cheap_audit(
     model: nn.Module, reference: BaseReference, config: WatchConfig = WatchConfig(), seed: int = 0
 ) -> Checkup:
-    """The trace, lost facts and drift of `model` (a fine-tune of the base, in eval mode)."""
+    """The trace, lost facts and drift of `model`, a fine-tune of the base (even one in training:
+    it is read in eval mode, and left in its own mode)."""
+    with evaluating(model):
+        return _audit(model, reference, config, seed)
+
+
+def _audit(model: nn.Module, reference: BaseReference, config: WatchConfig, seed: int) -> Checkup:
     start = time.perf_counter()
     layout = find_layout(model)
     finetuned = _residuals(model, reference.layers, reference.ids, reference.attention, config.trace.collect.batch_size)
@@ -200,3 +219,15 @@ def _residuals(
         )
         batches.append(torch.stack([by_layer[layer] for layer in layers], dim=1).float().cpu())
     return torch.cat(batches)
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """`model` in eval mode (no dropout) and without gradients, back in its own mode afterwards."""
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(training)
