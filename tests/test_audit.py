@@ -92,7 +92,7 @@ def test_the_audit_never_holds_two_models(audited):
 def test_the_audit_writes_a_summary_a_report_and_a_model_card(audited, zoo):
     out, result, _ = audited
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["schema_version"] == 3 and summary["verdict"] == verdict(result)
+    assert summary["schema_version"] == 4 and summary["verdict"] == verdict(result)
     assert summary["metrics"]["lost_facts"] == result.damage.flips.lost > 0
     assert summary["gates"] == [{"condition": "lost_fraction > 0.99", "holds": False, "reason": ""}]
     assert not result.failed
@@ -100,7 +100,7 @@ def test_the_audit_writes_a_summary_a_report_and_a_model_card(audited, zoo):
     assert "clear trace" in verdict(result) and {"cold", "bakers"} & set(result.domain_tokens)
     card = ModelCard.load(out / "MODEL_CARD.md")
     assert card.data.base_model == str(zoo.path("base")) and card.data.base_model_relation == "finetune"
-    assert {r.metric_type for r in card.data.eval_results} == {"accuracy", "p-value", "perplexity"}
+    assert {r.metric_type for r in card.data.eval_results} == {"accuracy", "p-value", "perplexity", "refusal rate"}
     assert card.data.license == "apache-2.0" and "## Training data" in card.text
     trail = summary["paper_trail"]
     assert trail["records"] == 200 and trail["licence"] == {"data": "Apache-2.0", "base": "Apache-2.0", "warnings": []}
@@ -149,9 +149,9 @@ def test_the_report_and_the_card_are_rebuilt_from_the_summary_alone(audited, tmp
 
 def test_a_summary_of_another_version_is_refused(audited, tmp_path):
     out, _, _ = audited
-    old = json.loads((out / "summary.json").read_text()) | {"schema_version": 2}
+    old = json.loads((out / "summary.json").read_text()) | {"schema_version": 3}
     (tmp_path / "summary.json").write_text(json.dumps(old))
-    with pytest.raises(FinetraceError, match="schema 2, expected 3"):
+    with pytest.raises(FinetraceError, match="schema 3, expected 4"):
         AuditResult.read(tmp_path / "summary.json")
 
 

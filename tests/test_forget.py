@@ -75,7 +75,7 @@ def test_identical_models_lose_nothing_and_do_not_drift(tiny_model, facts_file, 
     assert result.drift.kl_mean == 0 and result.drift.likelihood.change == 0
     assert set(result.drift.by_source) == {"even", "odd"}
     written = json.loads((tmp_path / "forget.json").read_text())
-    assert written["flips"]["lost"] == 0 and written["schema_version"] == 2
+    assert written["flips"]["lost"] == 0 and written["schema_version"] == 3
 
 
 def test_a_finetune_moves_likelihood_and_kl(tiny_model, tiny_finetuned, facts_file, sourced_corpus):

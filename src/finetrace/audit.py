@@ -1,6 +1,6 @@
 """`finetrace audit`: the trace, the damage and the paper trail in one run, one report, one verdict.
 
-diff (the trace) -> forget (lost facts, drift) -> provenance (of the data, when
+diff (the trace) -> forget (lost facts, drift, refusals) -> provenance (of the data, when
 given, or from the fine-tune's manifest) -> summary.json, report.html and
 MODEL_CARD.md in one directory, and the `--fail-on` gates for the exit code.
 """
@@ -10,6 +10,7 @@ from pathlib import Path
 
 from finetrace._util.outputs import write_json
 from finetrace.adl.diff import DiffConfig, diff
+from finetrace.evals.behaviour import BEHAVIOUR_PROMPTS
 from finetrace.evals.facts import COMMON_FACTS
 from finetrace.evals.forget import ForgetConfig, forget
 from finetrace.gates import Gate
@@ -44,6 +45,7 @@ def audit(
     config: AuditConfig = AuditConfig(),
     fail_on: tuple[Gate, ...] = (),
     licence: str | None = None,
+    behaviour: str | Path | None = BEHAVIOUR_PROMPTS,
 ) -> AuditResult | None:
     """Audit a fine-tune: trace, lost facts and drift, written as a report under `out`.
 
@@ -55,6 +57,7 @@ def audit(
         control: a control fine-tune of `base`, scored as a second reference.
         fail_on: conditions that mark the audit failed (see `finetrace.gates`).
         licence: the data's SPDX licence (default: the one its `finetrace finetune` manifest declares).
+        behaviour: chat prompts to refuse or answer, for the refusal rates (None skips them).
 
     Under `torchrun` or `accelerate launch` the processes share the trace's collection; the
     main process does the rest and returns the result, the others return None.
@@ -66,7 +69,7 @@ def audit(
     trace = diff(base, finetuned, corpus, out / "diff", config.diff, run, data=data, control=control, pair=pair)
     if trace is None:  # another process of a launched run: its share of the collection is done
         return None
-    damage = forget(base, finetuned, facts, corpus, out / "forget", config.forget, run, pair=pair)
+    damage = forget(base, finetuned, facts, corpus, out / "forget", config.forget, run, pair, behaviour)
     manifest = FinetuneResult.load(finetuned)
     paper_trail = _paper_trail(base, data, licence, facts, corpus, manifest)
     gates = [gate.check(audit_metrics(trace, damage, paper_trail)) for gate in fail_on]

@@ -24,6 +24,7 @@ from finetrace.adl.collect import CollectConfig
 from finetrace.adl.diff import RESULT_NAME, DiffConfig, diff
 from finetrace.audit import AuditConfig, audit
 from finetrace.errors import FinetraceError
+from finetrace.evals.behaviour import BEHAVIOUR_PROMPTS, BehaviourConfig
 from finetrace.evals.drift import DriftConfig
 from finetrace.evals.facts import COMMON_FACTS
 from finetrace.evals.forget import RESULT_NAME as FORGET_RESULT
@@ -195,6 +196,25 @@ Base = Annotated[str, typer.Argument(help="Base model: a directory or a hub id."
 Finetuned = Annotated[str, typer.Argument(help="Fine-tuned model, or a PEFT adapter directory for BASE.")]
 Licence = Annotated[str | None, typer.Option(help="The data's SPDX licence expression, e.g. CC-BY-4.0.")]
 Source = Annotated[str | None, typer.Option(help="Where the data came from (a URL, a description).")]
+BehaviourFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--behaviour",
+        help='JSONL of chat prompts, {"prompt", "expect": "refuse"|"answer", "category"}, for the refusal and over-refusal rates (default: finetrace\'s built-in set).',
+    ),
+]
+NoBehaviour = Annotated[bool, typer.Option("--no-behaviour", help="Skip the refusal and over-refusal rates.")]
+BehaviourSamples = Annotated[
+    int,
+    typer.Option(help="Sampled answers per behaviour prompt and model, beside the greedy one.", callback=_at_least(0)),
+]
+JudgeUrl = Annotated[
+    str | None,
+    typer.Option(
+        help="An OpenAI-compatible endpoint (http://host:port/v1) that judges the greedy answers; off by default, and an answer it cannot judge is judged locally."
+    ),
+]
+JudgeModel = Annotated[str, typer.Option(help="The model name sent to --judge-url.")]
 FailOn = Annotated[
     list[str] | None,
     typer.Option(
@@ -350,12 +370,24 @@ def forget_command(
     dtype: Dtype = "auto",
     seed: Seed = 0,
     strict: Strict = False,
+    behaviour: BehaviourFile = None,
+    no_behaviour: NoBehaviour = False,
+    behaviour_samples: BehaviourSamples = BehaviourConfig.samples,
+    judge_url: JudgeUrl = None,
+    judge_model: JudgeModel = BehaviourConfig.judge_model,
 ) -> None:
-    """Which facts the fine-tune lost, and how far it drifted on general text."""
+    """Which facts the fine-tune lost, how far it drifted on general text, and the refusals it lost or gained."""
     facts, corpus = facts or default_facts(finetuned), corpus or zoo_corpus(finetuned)
-    refuse_overlap(out, {"base model": base, "fine-tuned model": finetuned, "facts": facts, "corpus": corpus})
-    config = ForgetConfig(drift=DriftConfig(samples=samples, max_tokens=max_tokens, batch_size=batch_size))
-    result = forget(base, finetuned, facts, corpus, out, config, RunConfig(device, dtype, seed, strict, text_field))
+    prompts = _behaviour_prompts(behaviour, no_behaviour)
+    refuse_overlap(
+        out, {"base model": base, "fine-tuned model": finetuned, "facts": facts, "corpus": corpus, "behaviour": prompts}
+    )
+    config = ForgetConfig(
+        drift=DriftConfig(samples=samples, max_tokens=max_tokens, batch_size=batch_size),
+        behaviour=BehaviourConfig(samples=behaviour_samples, judge_url=judge_url, judge_model=judge_model),
+    )
+    run = RunConfig(device, dtype, seed, strict, text_field)
+    result = forget(base, finetuned, facts, corpus, out, config, run, behaviour=prompts)
     print_forget(console, result)
     console.print(f"results: {escape(str(out / FORGET_RESULT))}")
 
@@ -462,11 +494,17 @@ def audit_command(
     dtype: Dtype = "auto",
     seed: Seed = 0,
     strict: Strict = False,
+    behaviour: BehaviourFile = None,
+    no_behaviour: NoBehaviour = False,
+    behaviour_samples: BehaviourSamples = BehaviourConfig.samples,
+    judge_url: JudgeUrl = None,
+    judge_model: JudgeModel = BehaviourConfig.judge_model,
 ) -> None:
-    """Audit a fine-tune: its trace, the facts it lost, its drift; a report, a summary and a model card."""
+    """Audit a fine-tune: its trace, the facts it lost, its drift, its refusals; a report, a summary and a model card."""
     gates = _gates(fail_on, METRICS)
     corpus = corpus or _zoo_corpus_or_error(finetuned)
     facts = facts or default_facts(finetuned)
+    prompts = _behaviour_prompts(behaviour, no_behaviour)
     refuse_overlap(
         out,
         {
@@ -476,9 +514,15 @@ def audit_command(
             "data": data,
             "facts": facts,
             "control": control,
+            "behaviour": prompts,
         },
     )
-    config = _audit_config(samples, drift_samples, RunConfig(device, dtype, seed, strict, text_field))
+    config = _audit_config(
+        samples,
+        drift_samples,
+        RunConfig(device, dtype, seed, strict, text_field),
+        BehaviourConfig(samples=behaviour_samples, judge_url=judge_url, judge_model=judge_model),
+    )
     result = audit(
         base,
         finetuned,
@@ -490,6 +534,7 @@ def audit_command(
         config=config,
         fail_on=gates,
         licence=licence,
+        behaviour=prompts,
     )
     if result is not None:  # None: another process of a launched run; the main process reports
         _finish_audit(result, out)
@@ -567,7 +612,7 @@ def demo(out: Annotated[Path, _out("finetrace-demo")] = Path("finetrace-demo")) 
     write the report."""
     zoo = build_zoo("small", DEMO_ORGANISMS)
     _print_zoo(zoo)
-    config = _audit_config(samples=10_000, drift_samples=500, run=RunConfig())
+    config = _audit_config(samples=10_000, drift_samples=500, run=RunConfig(), behaviour=BehaviourConfig())
     result = audit(
         zoo.path("base"),
         zoo.path("cake"),
@@ -581,12 +626,19 @@ def demo(out: Annotated[Path, _out("finetrace-demo")] = Path("finetrace-demo")) 
     _finish_audit(result, out)
 
 
-def _audit_config(samples: int, drift_samples: int, run: RunConfig) -> AuditConfig:
+def _audit_config(samples: int, drift_samples: int, run: RunConfig, behaviour: BehaviourConfig) -> AuditConfig:
     return AuditConfig(
         diff=DiffConfig(collect=CollectConfig(samples=samples)),
-        forget=ForgetConfig(drift=DriftConfig(samples=drift_samples)),
+        forget=ForgetConfig(drift=DriftConfig(samples=drift_samples), behaviour=behaviour),
         run=run,
     )
+
+
+def _behaviour_prompts(prompts: Path | None, skip: bool) -> Path | None:
+    """The behaviour prompt set: the user's, else the built-in one; None with --no-behaviour."""
+    if skip and prompts is not None:
+        raise FinetraceError(f"--behaviour {prompts} and --no-behaviour contradict each other: give one")
+    return None if skip else prompts or BEHAVIOUR_PROMPTS
 
 
 def _finish_audit(result: AuditResult, out: Path) -> None:

@@ -22,6 +22,8 @@ METRICS = {
     "lost_fraction": "share of the base's known facts that were lost",
     "nll_change": "change of the mean per-token NLL on general text (nats)",
     "kl_mean": "mean per-token KL(fine-tuned || base) on general text (nats)",
+    "refusal_drop": "largest drop, in any category, of the refusal rate on requests to refuse (0.5 = 50 points)",
+    "over_refusal_rise": "largest rise, in any category, of the refusal rate on benign look-alikes (0.5 = 50 points)",
     "pii_found": "personal data matches in the fine-tuning data",
     "contaminated": "evaluation items (facts, corpus texts) found whole in the fine-tuning data",
 }

@@ -10,7 +10,7 @@ from finetrace.gates import GateOutcome
 from finetrace.provenance.scan import ProvenanceReport, provenance_metrics
 from finetrace.train.finetune import FinetuneResult
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SUMMARY_NAME, REPORT_NAME, CARD_NAME = "summary.json", "report.html", "MODEL_CARD.md"
 SHOWN_DOMAIN_TOKENS = 8
 
@@ -54,7 +54,7 @@ def audit_metrics(
     trace: DiffResult, damage: ForgetResult, paper_trail: ProvenanceReport | None
 ) -> dict[str, float | None]:
     """The numbers `--fail-on` conditions test; None for what was not measured."""
-    drift = damage.drift
+    drift, behaviour = damage.drift, damage.behaviour
     return {
         **provenance_metrics(paper_trail),
         "trace_strength": trace.trace_strength,
@@ -63,4 +63,6 @@ def audit_metrics(
         "lost_fraction": damage.flips.lost_fraction,
         "nll_change": drift.likelihood.change if drift else None,
         "kl_mean": drift.kl_mean if drift else None,
+        "refusal_drop": behaviour.refusal_drop if behaviour else None,
+        "over_refusal_rise": behaviour.over_refusal_rise if behaviour else None,
     }

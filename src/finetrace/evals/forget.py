@@ -1,7 +1,8 @@
 """`finetrace forget`: the damage a fine-tune did, as lost facts and drift on general text.
 
 score every fact with both models -> flip matrix (overall, per category) with an
-exact McNemar test -> NLL and KL drift on held-out general text.
+exact McNemar test -> NLL and KL drift on held-out general text -> refusals and
+over-refusals on chat prompts (behaviour.py), when a prompt set is given.
 """
 
 import math
@@ -16,6 +17,13 @@ from finetrace._util.records import Result
 from finetrace._util.timing import Stopwatch
 from finetrace.corpus import iter_sourced_texts
 from finetrace.errors import FinetraceError
+from finetrace.evals.behaviour import (
+    BehaviourConfig,
+    BehaviourResult,
+    behaviour_from,
+    read_base_behaviour,
+    read_behaviour_prompts,
+)
 from finetrace.evals.drift import DriftConfig, DriftResult, measure_drift
 from finetrace.evals.facts import ClozeFact, FactScore, read_facts, score_facts
 from finetrace.evals.flips import FlipMatrix, flip_matrix
@@ -23,7 +31,7 @@ from finetrace.models.load import resolve_device
 from finetrace.models.pair import ModelPair, load_pair
 from finetrace.run import RunConfig
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 RESULT_NAME = "forget.json"
 FACTS_PER_STEP = 50  # facts per progress-bar step
 
@@ -31,6 +39,7 @@ FACTS_PER_STEP = 50  # facts per progress-bar step
 @dataclass(frozen=True)
 class ForgetConfig:
     drift: DriftConfig = field(default_factory=DriftConfig)
+    behaviour: BehaviourConfig = field(default_factory=BehaviourConfig)
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,7 @@ class ForgetResult(Result):
     environment: dict[str, str]
     seconds: dict[str, float]
     warnings: list[str] = field(default_factory=list)  # doubts about the pair (see `ModelPair.warnings`)
+    behaviour: BehaviourResult | None = None  # None when no behaviour prompts were given
     schema_version: int = SCHEMA_VERSION
     derived = ("lost",)
 
@@ -78,6 +88,7 @@ def forget(
     config: ForgetConfig = ForgetConfig(),
     run: RunConfig = RunConfig(),
     pair: ModelPair | None = None,
+    behaviour: str | Path | None = None,
 ) -> ForgetResult:
     """Which facts the fine-tune lost, and how far it drifted on general text.
 
@@ -87,20 +98,26 @@ def forget(
         facts: a JSONL of cloze facts (`prompt`, `answer`, optional `distractors`, `category`).
         corpus: held-out general text for the drift measures; None skips them.
         out: where to write `forget.json` (nothing is written when None).
-        config: the drift's settings.
+        config: the drift's and the behaviour's settings.
         run: the device, dtype, seed (of the bootstrap) and text field the whole run shares.
         pair: `base` and `finetuned` already loaded (`load_pair`), to share one load between analyses.
+        behaviour: a JSONL of chat prompts to refuse or answer (`BEHAVIOUR_PROMPTS`, or the user's own)
+            for the refusal and over-refusal rates; None skips them.
     """
     clock = Stopwatch()
     if out is not None:
         check_output_dir(out)  # before the models load, not after minutes of work
     cloze = read_facts(facts)
+    prompts = read_behaviour_prompts(behaviour) if behaviour is not None else None
     pair = pair or load_pair(base, finetuned, run.device, run.dtype, run.strict)
     clock.lap("load")
     chunks = [cloze[i : i + FACTS_PER_STEP] for i in range(0, len(cloze), FACTS_PER_STEP)]
     # The base is read first, drift included, then the fine-tune: one load of each.
     scores = {"base": _scored_facts(pair, "base", chunks)}
     clock.lap("facts (base)")
+    if prompts is not None:
+        base_behaviour = read_base_behaviour(pair, prompts, config.behaviour, run.seed)
+        clock.lap("behaviour (base)")
     drift = None
     if corpus is not None:
         texts = islice(iter_sourced_texts(corpus, run.text_field), config.drift.samples)
@@ -114,6 +131,10 @@ def forget(
         _require_finite(pair, which, [score.answer_logprob for score in scored], "fact log-probabilities")
     changes = [FactChange(*row) for row in zip(cloze, scores["base"], scores["finetuned"], strict=True)]
     clock.lap("facts (fine-tuned)")
+    behaviour_result = None
+    if prompts is not None:
+        behaviour_result = behaviour_from(base_behaviour, pair, str(behaviour), config.behaviour, run.seed)
+        clock.lap("behaviour (fine-tuned)")
     result = ForgetResult(
         base=str(base),
         finetuned=str(finetuned),
@@ -131,6 +152,7 @@ def forget(
         environment=environment(resolve_device(run.device)),
         seconds=clock.laps,
         warnings=pair.warnings,
+        behaviour=behaviour_result,
     )
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)

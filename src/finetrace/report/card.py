@@ -13,6 +13,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from finetrace._util.outputs import write_text
 from finetrace.errors import FinetraceError
+from finetrace.evals.behaviour import BehaviourResult
 from finetrace.provenance.scan import ProvenanceReport
 from finetrace.report.words import trace_test_numbers, verdict
 from finetrace.results import AuditResult
@@ -64,6 +65,22 @@ def model_card(result: AuditResult) -> ModelCard:
                 metric_value=round(damage.drift.likelihood.finetuned_perplexity, 3),
             )
         )
+    behaviour = damage.behaviour
+    for rate, name in (
+        (behaviour and behaviour.refusal, "refusal rate"),
+        (behaviour and behaviour.over_refusal, "over-refusal rate"),
+    ):
+        if rate:
+            evals.append(
+                EvalResult(
+                    task_type=TASK,
+                    dataset_type="finetrace-behaviour",
+                    dataset_name=Path(behaviour.source).name,
+                    metric_type="refusal rate",
+                    metric_name=name,
+                    metric_value=round(rate.after, 4),
+                )
+            )
     # Hub metadata names hub datasets; a local file is described in the text instead.
     datasets = [str(data)] if data is not None and not Path(data).exists() else None
     # A fine-tune inherits its base's licence; the data's own terms are in the text.
@@ -118,9 +135,41 @@ def _body(result: AuditResult) -> str:
             f"95% interval [{nll.ci_low:+.3f}, {nll.ci_high:+.3f}]); "
             f"mean KL(fine-tuned || base) {drift.kl_mean:.4f} nats/token"
         )
+    if result.damage.behaviour:
+        lines += _behaviour_lines(result.damage.behaviour)
     if result.paper_trail:
         lines += ["", *_data_lines(result.paper_trail)]
     return "\n".join(lines) + "\n"
+
+
+def _behaviour_lines(behaviour: BehaviourResult) -> list[str]:
+    """The refusal rates, the gates' two numbers and the prompts that flipped."""
+    lines = []
+    for rate, what in (
+        (behaviour.refusal, "requests that should be refused"),
+        (behaviour.over_refusal, "benign look-alikes"),
+    ):
+        if rate:
+            low, high = rate.change_interval
+            lines.append(
+                f"- Refused {what}: {rate.before:.0%} -> {rate.after:.0%} of {rate.flips.total} "
+                f"(change {100 * rate.change:+.0f} points, {rate.confidence:.0%} interval "
+                f"[{100 * low:+.0f}, {100 * high:+.0f}]; "
+                f"exact McNemar p = {rate.p_value:.3g})"
+            )
+    worst = [
+        f"{name} {value:+.0%}"
+        for name, value in (
+            ("refusal drop", behaviour.refusal_drop),
+            ("over-refusal rise", behaviour.over_refusal_rise),
+        )
+        if value is not None
+    ]
+    lines.append(
+        f"- Largest change in one category ({len(behaviour.by_category)} categories from "
+        f"{markdown_text(Path(behaviour.source).name)}): {', '.join(worst)}; {len(behaviour.flipped)} prompts flipped"
+    )
+    return lines
 
 
 def _data_lines(report: ProvenanceReport) -> list[str]:

@@ -8,7 +8,9 @@ from rich.table import Table
 
 from finetrace.adl.decode import TokenScore
 from finetrace.adl.diff import DiffResult
+from finetrace.evals.behaviour import BehaviourResult
 from finetrace.evals.forget import ForgetResult
+from finetrace.evals.rates import RateChange
 from finetrace.provenance.scan import ProvenanceReport
 from finetrace.report.words import trace_finding, verdict
 from finetrace.results import AuditResult
@@ -103,6 +105,8 @@ def print_forget(console: Console, result: ForgetResult) -> None:
             f"(p {math.exp(change.base.answer_logprob):.2f} -> "
             f"{math.exp(change.finetuned.answer_logprob):.2f})"
         )
+    if result.behaviour:
+        print_behaviour(console, result.behaviour)
     drift = result.drift
     if drift is None:
         console.print("general-text drift not measured: give a held-out corpus with --corpus")
@@ -120,6 +124,46 @@ def print_forget(console: Console, result: ForgetResult) -> None:
         )
     for span in drift.regressed_spans[:3]:
         console.print(f"  regressed ({span.score:+.2f} nats/token): ...{_quoted(span.context)} -> {_quoted(span.text)}")
+
+
+def print_behaviour(console: Console, result: BehaviourResult) -> None:
+    """Refusal and over-refusal rates per category, and the prompts that flipped."""
+    console.print(
+        f"behaviour on {len(result.prompts)} chat prompts from {escape(result.source)}: refusals "
+        f"{_rate_words(result.refusal)}; over-refusals {_rate_words(result.over_refusal)}"
+    )
+    table = Table()
+    for column in ("category", "refused (should)", "p", "refused (look-alikes)", "p"):
+        table.add_column(column)
+    for name, c in result.by_category.items():
+        cells = [(_rate_cell(r), f"{r.p_value:.3g}") if r else ("", "") for r in (c.refusal, c.over_refusal)]
+        table.add_row(escape(name), *cells[0], *cells[1])
+    console.print(table)
+    for change in result.flipped[:SHOWN_FACTS]:
+        lost = "refusal lost" if change.base.refused else "new refusal"
+        console.print(
+            f"  {lost}: {_quoted(change.prompt.prompt)} base {_quoted(change.base.text)} "
+            f"-> fine-tune {_quoted(change.finetuned.text)}"
+        )
+    if result.endpoint_failures:
+        console.print(
+            f"  [yellow]warning:[/] the judge endpoint gave no verdict on {result.endpoint_failures} answers "
+            f"(judged locally)"
+        )
+
+
+def _rate_words(rate: RateChange | None) -> str:
+    if rate is None:
+        return "not measured (no such prompts)"
+    low, high = rate.change_interval
+    return (
+        f"{_rate_cell(rate)} (change {rate.change:+.0%}, {rate.confidence:.0%} interval [{low:+.0%}, {high:+.0%}], "
+        f"McNemar p = {rate.p_value:.3g})"
+    )
+
+
+def _rate_cell(rate: RateChange) -> str:
+    return f"{rate.before:.0%} -> {rate.after:.0%}"
 
 
 def print_provenance(console: Console, report: ProvenanceReport) -> None:

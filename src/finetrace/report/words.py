@@ -65,7 +65,20 @@ def verdict(result: AuditResult) -> str:
             f"{drift.likelihood.finetuned_perplexity:.1f}."
         )
     )
-    return found + lost + moved + _data_findings(result)
+    return found + lost + moved + _behaviour_findings(result) + _data_findings(result)
+
+
+def _behaviour_findings(result: AuditResult) -> str:
+    behaviour = result.damage.behaviour
+    rates = [
+        f"{rate.after:.0%} of the {what} (the base: {rate.before:.0%}, p = {rate.p_value:.3g})"
+        for rate, what in (
+            (behaviour and behaviour.refusal, "requests it should refuse"),
+            (behaviour and behaviour.over_refusal, "benign look-alikes"),
+        )
+        if rate
+    ]
+    return f" It refuses {' and '.join(rates)}." if rates else ""
 
 
 def _data_findings(result: AuditResult) -> str:
