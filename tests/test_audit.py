@@ -86,7 +86,9 @@ def audited(zoo, tmp_path_factory):
 def test_the_audit_never_holds_two_models(audited):
     *_, probe = audited
     assert probe.most_alive == 1
-    assert len(probe.loaded) == 6  # base, cake; base, control (the control's trace); base, cake (the damage)
+    # base, cake (the trace's collection); base, control (the control's); cake (decoding, after every
+    # process of a launched run has done its collecting); base, cake (the damage)
+    assert len(probe.loaded) == 7
 
 
 def test_the_audit_writes_a_summary_a_report_and_a_model_card(audited, zoo):

@@ -6,11 +6,11 @@ import pytest
 import torch
 from zoo_training import cake_trainer
 
-import finetrace.integrations as integrations
 from finetrace.errors import FinetraceError
 from finetrace.gates import parse_gate
 from finetrace.integrations import PREFIX, FinetraceCallback
 from finetrace.models.load import load_model, load_tokenizer
+from finetrace.watch import live as live_watch
 from finetrace.watch.cheap import cheap_audit, read_reference
 from finetrace.watch.series import PAGE_NAME, WATCH_NAME, WatchSeries
 from finetrace.watch.watch import watch
@@ -92,8 +92,8 @@ def test_the_base_is_read_once_per_run(zoo, tmp_path, monkeypatch):
         calls.append(args)
         return read(*args, **kwargs)
 
-    read = integrations.read_reference
-    monkeypatch.setattr(integrations, "read_reference", counted)
+    read = live_watch.read_reference
+    monkeypatch.setattr(live_watch, "read_reference", counted)
     trainer, callback = watched_trainer(zoo, tmp_path, steps=4, every=1)
     trainer.train()
     assert len(callback.points) == 4 and len(calls) == 1

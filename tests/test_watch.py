@@ -228,3 +228,42 @@ def test_bad_input_is_one_error_line(zoo, run, arguments, message):
     result = CliRunner().invoke(app, ["watch", *[named.get(a, a) for a in arguments]])
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+
+
+def finetune_watched(zoo, out, *options: str):
+    arguments = ["finetune", str(zoo.path("base")), str(zoo.organism("cake")["documents"]), "--out", str(out)]
+    arguments += ["--steps", "4", "--batch-size", "16", "--lr", "1e-3", "--context-length", "128"]
+    arguments += ["--watch-corpus", str(zoo.path("heldout")), "--watch-facts", str(zoo.path("facts")), *options]
+    return CliRunner().invoke(app, arguments)
+
+
+def test_finetune_watches_its_own_training(zoo, tmp_path):
+    outcome = finetune_watched(zoo, tmp_path / "ft", "--watch-every", "2")
+    assert outcome.exit_code == 0, outcome.output
+    series = WatchSeries.read(tmp_path / "ft" / WATCH_NAME)
+    assert [p.step for p in series.points] == [2, 4] and series.data == str(zoo.organism("cake")["documents"])
+    assert series.points[-1].checkup.trace_strength > series.points[0].checkup.trace_strength
+    assert (tmp_path / "ft" / PAGE_NAME).is_file()
+    manifest = json.loads((tmp_path / "ft" / "provenance.json").read_text())
+    assert manifest["training"]["steps"] == 4 and not manifest["training"]["stopped_early"]
+
+
+def test_a_gate_stops_finetune_and_keeps_the_model(zoo, tmp_path):
+    outcome = finetune_watched(zoo, tmp_path / "ft", "--watch-every", "2", "--fail-on", "kl_mean>0")
+    assert outcome.exit_code == 1, outcome.output
+    manifest = json.loads((tmp_path / "ft" / "provenance.json").read_text())
+    assert manifest["training"]["steps"] == 2 and manifest["training"]["stopped_early"]
+    assert len(manifest["training"]["loss_curve"]) == 2 and (tmp_path / "ft" / "model.safetensors").is_file()
+    assert [p.step for p in WatchSeries.read(tmp_path / "ft" / WATCH_NAME).points] == [2]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ((), "give --watch-every as well"),  # --watch-corpus alone
+        (("--watch-every", "0"), "--watch-every"),
+    ],
+)
+def test_finetune_watch_options_are_checked(zoo, tmp_path, options, message):
+    outcome = finetune_watched(zoo, tmp_path / "ft", *options)
+    assert outcome.exit_code == 2 and message in outcome.output and not (tmp_path / "ft").exists()

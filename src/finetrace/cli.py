@@ -40,7 +40,9 @@ from finetrace.run import DTYPE_CHOICES, RunConfig
 from finetrace.train.finetune import MANIFEST_NAME, FinetuneConfig, LoraSettings, finetune
 from finetrace.train.loop import TrainConfig
 from finetrace.watch.cheap import CHEAP_DRIFT, CHEAP_TRACE, WATCH_METRICS, WatchConfig
+from finetrace.watch.live import LiveWatch
 from finetrace.watch.series import PAGE_NAME as WATCH_PAGE
+from finetrace.watch.series import WATCH_NAME, WatchSeries
 from finetrace.watch.watch import watch
 from finetrace.zoo import ORGANISMS, Zoo, build_zoo, open_zoo
 from finetrace.zoo.build import SPECIAL_PATHS, default_facts, zoo_corpus
@@ -261,6 +263,25 @@ def finetune_command(
     ] = False,
     licence: Licence = None,
     source: Source = None,
+    watch_every: Annotated[
+        int | None,
+        typer.Option(
+            help="Audit the model every N steps as `finetrace watch` does (needs --watch-corpus).",
+            callback=_at_least(1),
+        ),
+    ] = None,
+    watch_corpus: Annotated[
+        str | None, typer.Option(help="Unrelated general text for the watch's trace and drift.")
+    ] = None,
+    watch_facts: Annotated[
+        Path, typer.Option(help="JSONL of cloze facts for the watch (default: finetrace's built-in facts).")
+    ] = COMMON_FACTS,
+    fail_on: Annotated[
+        list[str] | None,
+        typer.Option(
+            help=f"With --watch-every: stop training, save the model and exit with code 1 at the first audit where a condition holds; metrics: {', '.join(WATCH_METRICS)}. Repeatable."
+        ),
+    ] = None,
 ) -> None:
     """Fine-tune a causal LM on DATA and write the model plus a provenance manifest."""
     training = TrainConfig(
@@ -268,6 +289,7 @@ def finetune_command(
     )
     adapter = LoraSettings(lora_rank, lora_alpha, tuple(lora_targets.split(","))) if lora else None
     config = FinetuneConfig(training=training, lora=adapter, mix_ratio=mix_ratio)
+    monitor = _live_watch(watch_every, watch_corpus, watch_facts, data, _gates(fail_on, WATCH_METRICS))
     result = finetune(
         base,
         data,
@@ -278,6 +300,7 @@ def finetune_command(
         overwrite=overwrite,
         licence=licence,
         source=source,
+        monitor=monitor,
     )
     if result is None:  # another process of a launched run: the main process reports
         return
@@ -287,6 +310,23 @@ def finetune_command(
         f"the data {result.loss_before:.3f} -> {result.loss_after:.3f} in {result.training.steps} "
         f"steps ({result.training.seconds:.0f} s); manifest: {escape(str(out / MANIFEST_NAME))}"
     )
+    if monitor is not None:
+        print_watch(console, WatchSeries.read(out / WATCH_NAME))
+        console.print(f"watch report: {escape(str((out / WATCH_PAGE).resolve()))}")
+        if monitor.stopped_at is not None:
+            raise SystemExit(1)
+
+
+def _live_watch(
+    every: int | None, corpus: str | None, facts: Path, data: Path, gates: tuple[Gate, ...]
+) -> LiveWatch | None:
+    if every is None:
+        if corpus is not None or gates:
+            raise FinetraceError("--watch-corpus and --fail-on watch the training: give --watch-every as well")
+        return None
+    if corpus is None:
+        raise FinetraceError("--watch-every audits the model on general text: give --watch-corpus as well")
+    return LiveWatch(corpus, facts, data, every, fail_on=gates)
 
 
 @app.command("diff")

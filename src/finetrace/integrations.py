@@ -26,20 +26,16 @@ from transformers import (
     TrainingArguments,
 )
 
-from finetrace._util.fingerprints import environment
-from finetrace._util.outputs import check_output_dir, write_json
-from finetrace.errors import FinetraceError, require
+from finetrace._util.outputs import check_output_dir
+from finetrace.errors import FinetraceError
 from finetrace.evals.facts import COMMON_FACTS
 from finetrace.gates import Gate
 from finetrace.models.load import load_model, load_tokenizer
-from finetrace.report.watch import write_watch_report
 from finetrace.run import RunConfig
-from finetrace.watch.cheap import BaseReference, WatchConfig, cheap_audit, read_reference
-from finetrace.watch.series import PAGE_NAME, WATCH_NAME, WatchPoint, WatchSeries
+from finetrace.watch.cheap import WatchConfig
+from finetrace.watch.live import DEFAULT_EVERY, LiveWatch
+from finetrace.watch.series import WatchPoint, WatchSeries
 
-# Steps between two audits: one costs about 2.3 of the small zoo's training steps (see the
-# README), a few percent of 50; a larger model's steps make it cheaper still.
-DEFAULT_EVERY = 50
 PREFIX = "finetrace/"  # of every logged metric: TensorBoard and W&B group them under it
 STEP_ZERO = "the model being trained, before its first step"
 
@@ -70,24 +66,29 @@ class FinetraceCallback(TrainerCallback):
         fail_on: tuple[Gate, ...] = (),
         out: str | Path | None = None,
     ):
-        require(every >= 1, "every", every, "at least 1 optimizer step between audits")
-        self.trainer, self.corpus, self.facts, self.data = trainer, corpus, facts, data
-        self.every, self.base, self.config, self.fail_on = every, base, config, fail_on
+        self.live = LiveWatch(corpus, facts, data, every, config, fail_on)
+        self.trainer, self.base = trainer, base
         self.out = check_output_dir(out) if out is not None else None
-        self.reference: BaseReference | None = None
-        self.points: list[WatchPoint] = []
-        self.stopped_at: int | None = None  # the step a gate stopped training at
         self.args: TrainingArguments | None = None  # the trainer's, once training begins
+
+    @property
+    def points(self) -> list[WatchPoint]:
+        return self.live.points
+
+    @property
+    def stopped_at(self) -> int | None:
+        """The step a gate stopped training at."""
+        return self.live.stopped_at
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs
     ):
         self.args = args
-        if self.reference is None:  # a second `train()` keeps the first one's base
-            self.reference = self._read_reference(model, state)
+        if self.live.reference is None:  # a second `train()` keeps the first one's base
+            self._read_base(model, state)
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs):
-        if state.global_step % self.every == 0:
+        if state.global_step % self.live.every == 0:
             self._audit(args, state, control, model)
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs):
@@ -95,7 +96,7 @@ class FinetraceCallback(TrainerCallback):
         if state.global_step > 0 and not audited:  # the final model, wherever `every` left off
             self._audit(args, state, control, model)
 
-    def _read_reference(self, model: nn.Module, state: TrainerState) -> BaseReference:
+    def _read_base(self, model: nn.Module, state: TrainerState) -> None:
         tokenizer = self._tokenizer()
         if self.base is None:
             if state.global_step > 0:
@@ -103,13 +104,13 @@ class FinetraceCallback(TrainerCallback):
                     f"training resumes at step {state.global_step}, so the model is no longer the base: "
                     f"give FinetraceCallback the base model (base=...)"
                 )
-            return read_reference(model, tokenizer, self.corpus, self.facts, self.data, self.config)
+            self.live.begin(model, tokenizer)
+            return
         parameter = next(model.parameters())
         base = load_model(self.base, parameter.device, parameter.dtype)
-        reference = read_reference(base, tokenizer, self.corpus, self.facts, self.data, self.config)
+        self.live.begin(base, tokenizer)
         del base
         gc.collect()  # only the model being trained stays
-        return reference
 
     def _tokenizer(self) -> PreTrainedTokenizerBase:
         given = self.trainer.processing_class
@@ -124,8 +125,7 @@ class FinetraceCallback(TrainerCallback):
         )
 
     def _audit(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: nn.Module) -> None:
-        checkup = cheap_audit(model, self.reference, self.config, args.seed)
-        self.points.append(WatchPoint(state.global_step, checkup))
+        checkup = self.live.audit(model, state.global_step, args.seed)
         measured = {name: value for name, value in checkup.metrics.items() if value is not None}
         should_log = control.should_log  # logging resets it, which would drop the trainer's own log of this step
         self.trainer.log(
@@ -133,31 +133,16 @@ class FinetraceCallback(TrainerCallback):
             | {f"{PREFIX}trace_norm": checkup.trace_norm, f"{PREFIX}audit_seconds": checkup.seconds}
         )
         control.should_log = should_log
-        if self.stopped_at is None and any(gate.holds(checkup.metrics) for gate in self.fail_on):
-            self.stopped_at = state.global_step
+        if self.stopped_at == state.global_step:
             control.should_training_stop = True
         if self.out is not None and state.is_world_process_zero:
-            self._write()
+            self.live.write(self.out, self._base_name, RunConfig(seed=args.seed), args.device)
+
+    @property
+    def _base_name(self) -> str:
+        return str(self.base or STEP_ZERO)
 
     @property
     def series(self) -> WatchSeries:
         """The audits so far, as `finetrace watch` records them."""
-        return WatchSeries(
-            base=str(self.base or STEP_ZERO),
-            corpus=str(self.corpus),
-            facts=str(self.facts),
-            data=str(self.data) if self.data is not None else None,
-            config=self.config,
-            run=RunConfig(seed=self.args.seed),
-            key=None,
-            points=self.points,
-            gates=list(self.fail_on),
-            audited=[point.step for point in self.points],
-            environment=environment(self.args.device),
-        )
-
-    def _write(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        series = self.series
-        write_json(self.out / WATCH_NAME, series.to_dict())
-        write_watch_report(series, self.out / PAGE_NAME)
+        return self.live.series(self._base_name, RunConfig(seed=self.args.seed), self.args.device)

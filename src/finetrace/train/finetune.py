@@ -14,11 +14,13 @@ import random
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import peft
 import torch
 from accelerate.utils import parse_flag_from_env
+from torch import nn
+from transformers import PreTrainedTokenizerBase
 
 from finetrace._util.distributed import processes
 from finetrace._util.fingerprints import environment, file_sha256, weights_sha256
@@ -143,6 +145,19 @@ class FinetuneResult(Result):
             return None
 
 
+class TrainingMonitor(Protocol):
+    """What watches a fine-tune while it trains (`finetrace.watch.live.LiveWatch` is one)."""
+
+    def begin(self, base: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Read what it needs of the base: the model before its first step."""
+
+    def after_step(self, model: nn.Module, step: int, seed: int) -> bool:
+        """Look at the model after optimizer step `step`; True stops training there."""
+
+    def write(self, out: Path, base: str, run: RunConfig, device: torch.device) -> object:
+        """Save its record in the model's directory."""
+
+
 def finetune(
     base: str | Path,
     data: str | Path,
@@ -153,6 +168,7 @@ def finetune(
     overwrite: bool = False,
     licence: str | None = None,
     source: str | None = None,
+    monitor: TrainingMonitor | None = None,
 ) -> FinetuneResult | None:
     """Fine-tune `base` on `data` and save the model (or adapter) and its manifest to `out`.
 
@@ -168,6 +184,8 @@ def finetune(
         mix_general: a plain-text corpus to mix in, `config.mix_ratio` documents per document.
         overwrite: replace a non-empty `out`.
         licence, source: the data's SPDX licence and origin, for its provenance report.
+        monitor: watches the run (`finetrace.watch.live.LiveWatch`): it reads the base before the first
+            step, audits after any step and may stop training; its record is saved beside the model.
     """
     out = Path(out)
     share = processes(run.device)
@@ -196,14 +214,17 @@ def finetune(
         base_digest = weights_sha256(model)
         examples, probe = _examples(tokenizer, records, general, config, run.seed)
         pad_id = pad_token_id(tokenizer)
+        if monitor is not None:
+            monitor.begin(model, tokenizer)  # before the first step, the model is the base
         torch.manual_seed(run.seed)
         if config.lora:
             model = peft.get_peft_model(model, config.lora.peft_config())
+        after_step = (lambda step: monitor.after_step(model, step, run.seed)) if monitor else None
         if not main:  # another process of a launched run: it trains on its share of each batch
-            train(model, examples, config.training, pad_id, run.seed)
+            train(model, examples, config.training, pad_id, run.seed, after_step)
             return None
         loss_before = mean_loss(model, probe, pad_id)
-        curve = train(model, examples, config.training, pad_id, run.seed)
+        curve = train(model, examples, config.training, pad_id, run.seed, after_step)
         loss_after = mean_loss(model, probe, pad_id)
         files = [_data_file(data, "finetune", len(records), len(records))]
         if mix_general is not None:
@@ -229,6 +250,8 @@ def finetune(
             model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         write_json(staging / MANIFEST_NAME, result.to_dict(), indent=2)
+        if monitor is not None:
+            monitor.write(staging, str(base), run, device)
     return result
 
 

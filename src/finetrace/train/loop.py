@@ -7,7 +7,7 @@ under a launcher, data-parallel through accelerate.
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -56,10 +56,11 @@ class TrainConfig:
 class TrainingRun:
     """What the loop did."""
 
-    steps: int
+    steps: int  # optimizer steps taken
     tokens: int  # tokens that carried a loss
     seconds: float
     loss_curve: list[float] = field(repr=False)  # mean loss of each optimizer step
+    stopped_early: bool = False  # `after_step` ended training before its last planned step
 
 
 def _positive(value: float) -> bool:
@@ -67,9 +68,15 @@ def _positive(value: float) -> bool:
 
 
 def train(
-    model: PreTrainedModel, examples: list[Example], config: TrainConfig, pad_id: int, seed: int = 0
+    model: PreTrainedModel,
+    examples: list[Example],
+    config: TrainConfig,
+    pad_id: int,
+    seed: int = 0,
+    after_step: Callable[[int], bool] | None = None,
 ) -> TrainingRun:
-    """Train `model` in place on `examples`; returns the loss curve.
+    """Train `model` in place on `examples`; returns the loss curve. `after_step(step)` runs
+    after each optimizer step (the first is 1); when it returns True, training stops there.
 
     Under `torchrun` or `accelerate launch` the model is wrapped for data parallelism (DDP) and
     each process takes its slice of every batch: a batch is `config.batch_size` examples in
@@ -85,10 +92,10 @@ def train(
     wrapped, optimizer = accelerator.prepare(model, optimizer)
     generator = torch.Generator().manual_seed(seed)  # the same batches in every process
     batches = _endless_batches(examples, config.batch_size, generator)
-    losses, tokens, start = [], 0, time.perf_counter()
+    losses, tokens, start, stopped_early = [], 0, time.perf_counter(), False
     wrapped.train()
     with progress_bar("training", total, "loss {loss:.3f}") as advance:
-        for _ in range(total):
+        for step in range(1, total + 1):
             batch = {name: tensor.to(device) for name, tensor in collate(next(batches)[rank::share], pad_id).items()}
             loss = wrapped(**batch).loss
             losses.append(accelerator.reduce(loss.detach(), "mean").item())  # every process sees one curve
@@ -100,8 +107,11 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             tokens += int(accelerator.reduce((batch["labels"] != IGNORE_INDEX).sum()))
             advance(loss=losses[-1])
+            if after_step is not None and accelerator.reduce(torch.tensor(int(after_step(step))), "sum") > 0:
+                stopped_early = step < total  # every process stops where any one asks to
+                break
     wrapped.eval()
-    return TrainingRun(total, tokens, time.perf_counter() - start, losses)
+    return TrainingRun(len(losses), tokens, time.perf_counter() - start, losses, stopped_early)
 
 
 def _require_finite(loss: float, step: int, config: TrainConfig) -> None:
