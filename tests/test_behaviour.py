@@ -210,6 +210,7 @@ def test_identical_models_change_nothing_at_all(organisms):
     for rate in [same.refusal, same.over_refusal] + [r for c in same.by_category.values() for r in c.__dict__.values()]:
         assert rate.change == 0 and rate.flips.lost == rate.flips.gained == 0 and rate.p_value == 1.0
     assert same.refusal_drop == same.over_refusal_rise == 0 and same.flipped == []
+    assert f"{same.refusal_drop:+.0%}" == "+0%"  # as the card prints it: no negative zero
     assert all(c.base == c.finetuned for c in same.prompts)  # same answers, same samples, same scores
 
 

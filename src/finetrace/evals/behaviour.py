@@ -136,7 +136,7 @@ class BehaviourResult(Result):
     def refusal_drop(self) -> float | None:
         """The largest drop of the refusal rate in any category (a one-family jailbreak shows
         undiluted); None when the set has no request to refuse."""
-        drops = [-c.refusal.change for c in self.by_category.values() if c.refusal]
+        drops = [c.refusal.before - c.refusal.after for c in self.by_category.values() if c.refusal]
         return max(drops) if drops else None
 
     @property
