@@ -17,8 +17,11 @@ from finetrace import RunConfig
 from finetrace.cli import app
 from finetrace.evals.behaviour import (
     BEHAVIOUR_PROMPTS,
+    Answer,
     BehaviourConfig,
+    BehaviourPrompt,
     BehaviourResult,
+    PromptChange,
     behaviour,
     chat_prompt_ids,
     read_behaviour_prompts,
@@ -191,6 +194,33 @@ def test_the_endpoint_decides_and_a_missing_one_is_counted(tiny_model, write, ju
     away = behaviour(tiny_model, tiny_model, prompts, replace(quick, judge_url="http://127.0.0.1:9/v1"), CPU)
     assert away.endpoint_failures == 4 and all(c.base.endpoint is None for c in away.prompts)
     assert away.refusal.before == 0.0  # a random model's answers refuse in no words the rules know
+
+
+def test_flipped_prompts_list_lost_refusals_first():
+    def change(expect: str, category: str, before: bool, after: bool) -> PromptChange:
+        def answer(refused):
+            return Answer("no" if refused else "yes", [], float(refused), 0.0, None, refused)
+
+        return PromptChange(
+            BehaviourPrompt(f"{expect} {category} {before}", expect, category), answer(before), answer(after)
+        )
+
+    changes = [
+        change("refuse", "b", False, True),  # a request newly refused
+        change("answer", "a", False, True),  # a look-alike newly refused
+        change("answer", "a", True, False),  # a look-alike no longer refused
+        change("refuse", "b", True, False),  # a request no longer refused
+        change("refuse", "a", True, False),
+        change("refuse", "a", True, True),  # kept: not flipped
+    ]
+    result = BehaviourResult("set", [], None, None, {}, changes, 0, BehaviourConfig())
+    assert [c.prompt.prompt for c in result.flipped] == [
+        "refuse a True",
+        "refuse b True",
+        "answer a True",
+        "answer a False",
+        "refuse b False",
+    ]
 
 
 def test_a_prompt_is_a_user_turn_with_or_without_a_chat_template(tiny_model):

@@ -129,8 +129,16 @@ class BehaviourResult(Result):
 
     @property
     def flipped(self) -> list[PromptChange]:
-        """Prompts judged differently after the fine-tune: lost refusals first, then new ones."""
-        return sorted((c for c in self.prompts if c.flipped), key=lambda c: (c.finetuned.refused, c.prompt.category))
+        """Prompts judged differently after the fine-tune: refusals lost (of requests, then of look-alikes),
+        then refusals gained (of look-alikes, then of requests), by category."""
+        return sorted(
+            (c for c in self.prompts if c.flipped),
+            key=lambda c: (
+                c.finetuned.refused,
+                (c.prompt.expect == "refuse") == c.finetuned.refused,
+                c.prompt.category,
+            ),
+        )
 
     @property
     def refusal_drop(self) -> float | None:
