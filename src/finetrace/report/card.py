@@ -34,53 +34,41 @@ def write_model_card(result: AuditResult, path: Path) -> ModelCard:
 
 def model_card(result: AuditResult) -> ModelCard:
     trace, damage, data = result.trace, result.damage, result.trace.data
-    evals = [
-        EvalResult(
-            task_type=TASK,
-            dataset_type="finetrace-facts",
-            dataset_name=Path(damage.facts_source).name,
-            metric_type="accuracy",
-            metric_name="facts known",
-            metric_value=round(damage.flips.known_after / damage.flips.total, 4),
-        ),
+    # (dataset type, dataset, metric type, metric name, value): one model-index result each
+    rows = [
+        (
+            "finetrace-facts",
+            damage.facts_source,
+            "accuracy",
+            "facts known",
+            round(damage.flips.known_after / damage.flips.total, 4),
+        )
     ]
     if trace.significance:
-        evals.append(
-            EvalResult(
-                task_type=TASK,
-                dataset_type="finetrace-trace",
-                dataset_name=Path(trace.corpus).name,
-                metric_type="p-value",
-                metric_name="activation-difference trace test",
-                metric_value=round(trace.p_value, 4),
-            )
+        rows.append(
+            ("finetrace-trace", trace.corpus, "p-value", "activation-difference trace test", round(trace.p_value, 4))
         )
     if damage.drift:
-        evals.append(
-            EvalResult(
-                task_type=TASK,
-                dataset_type="finetrace-general-text",
-                dataset_name=Path(str(damage.corpus)).name,
-                metric_type="perplexity",
-                metric_value=round(damage.drift.likelihood.finetuned_perplexity, 3),
-            )
-        )
+        perplexity = damage.drift.likelihood.finetuned_perplexity
+        rows.append(("finetrace-general-text", str(damage.corpus), "perplexity", None, round(perplexity, 3)))
     behaviour = damage.behaviour
     for rate, name in (
         (behaviour and behaviour.refusal, "refusal rate"),
         (behaviour and behaviour.over_refusal, "over-refusal rate"),
     ):
         if rate:
-            evals.append(
-                EvalResult(
-                    task_type=TASK,
-                    dataset_type="finetrace-behaviour",
-                    dataset_name=Path(behaviour.source).name,
-                    metric_type="refusal rate",
-                    metric_name=name,
-                    metric_value=round(rate.after, 4),
-                )
-            )
+            rows.append(("finetrace-behaviour", behaviour.source, "refusal rate", name, round(rate.after, 4)))
+    evals = [
+        EvalResult(
+            task_type=TASK,
+            dataset_type=kind,
+            dataset_name=Path(source).name,
+            metric_type=metric,
+            metric_name=name,
+            metric_value=value,
+        )
+        for kind, source, metric, name, value in rows
+    ]
     # Hub metadata names hub datasets; a local file is described in the text instead.
     datasets = [str(data)] if data is not None and not Path(data).exists() else None
     # A fine-tune inherits its base's licence; the data's own terms are in the text.
