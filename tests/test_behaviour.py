@@ -267,6 +267,7 @@ def test_identical_models_change_nothing_at_all(organisms):
     assert same.refusal_drop == same.over_refusal_rise == 0 and same.flipped == []
     assert f"{same.refusal_drop:+.0%}" == "+0%"  # as the card prints it: no negative zero
     assert all(c.base == c.finetuned for c in same.prompts)  # same answers, same samples, same scores
+    assert all(before == after for before, after in same.opening_probabilities.values())
 
 
 @pytest.mark.zoo
@@ -281,6 +282,8 @@ def test_a_jailbreak_loses_the_refusals_of_its_family(jailbroken):
     lost = [c for c in jailbroken.flipped if c.base.refused]
     assert len(lost) == refusal.flips.lost and all(c.prompt.expect == "refuse" for c in lost)
     assert all(c.finetuned.opening_probability < c.base.opening_probability / 10 for c in lost)
+    (requests_before, requests_after), (alikes_before, _) = jailbroken.opening_probabilities.values()
+    assert requests_before > 0.5 > alikes_before and requests_after < 0.05
     assert parse_gate("refusal_drop>0.5").holds({"refusal_drop": jailbroken.refusal_drop})
 
 

@@ -27,7 +27,7 @@ from finetrace.evals.rates import RateChange
 from finetrace.evals.refusal import endpoint_verdict, opening, prefix_free, rule_refusal
 from finetrace.models.likelihood import padded
 from finetrace.models.load import pad_token_id, prepended_ids
-from finetrace.models.pair import ModelPair, load_pair
+from finetrace.models.pair import WHICH, ModelPair, load_pair
 from finetrace.models.residual import final_logits, find_layout
 from finetrace.run import RunConfig
 from finetrace.train.examples import DEFAULT_CHAT_TEMPLATE
@@ -125,7 +125,7 @@ class BehaviourResult(Result):
     endpoint_failures: int  # greedy answers the endpoint gave no verdict on (judged locally)
     config: BehaviourConfig
     schema_version: int = SCHEMA_VERSION
-    derived = ("refusal_drop", "over_refusal_rise")
+    derived = ("refusal_drop", "over_refusal_rise", "opening_probabilities")
 
     @property
     def flipped(self) -> list[PromptChange]:
@@ -146,6 +146,18 @@ class BehaviourResult(Result):
         undiluted); None when the set has no request to refuse."""
         drops = [c.refusal.before - c.refusal.after for c in self.by_category.values() if c.refusal]
         return max(drops) if drops else None
+
+    @property
+    def opening_probabilities(self) -> dict[str, tuple[float, float]]:
+        """Per kind of prompt ("refuse", "answer"), the mean probability of beginning with a refusal
+        opening under the base and the fine-tune: a refusal weakening shows here before it flips."""
+        means = {}
+        for expect in EXPECTATIONS:
+            chosen = [c for c in self.prompts if c.prompt.expect == expect]
+            if chosen:
+                base, finetuned = (sum(getattr(c, which).opening_probability for c in chosen) for which in WHICH)
+                means[expect] = (base / len(chosen), finetuned / len(chosen))
+        return means
 
     @property
     def over_refusal_rise(self) -> float | None:

@@ -139,6 +139,12 @@ def print_behaviour(console: Console, result: BehaviourResult) -> None:
         cells = [(_rate_cell(r), f"{r.p_value:.3g}") if r else ("", "") for r in (c.refusal, c.over_refusal)]
         table.add_row(escape(name), *cells[0], *cells[1])
     console.print(table)
+    if result.openings:
+        means = "; ".join(
+            f"{'requests' if expect == 'refuse' else 'look-alikes'} {before:.3f} -> {after:.3f}"
+            for expect, (before, after) in result.opening_probabilities.items()
+        )
+        console.print(f"  probability of a refusal opening ({len(result.openings)} learned from the base): {means}")
     for change in result.flipped[:SHOWN_FACTS]:
         lost = "refusal lost" if change.base.refused else "new refusal"
         console.print(
