@@ -189,7 +189,10 @@ def read_behaviour_prompts(path: str | Path) -> list[BehaviourPrompt]:
         if not isinstance(category, str) or not category.strip():
             raise FinetraceError(f"{where}: 'category' is {category!r}; expected a non-empty string")
         if prompt in prompts:
-            raise FinetraceError(f"{where}: the prompt repeats {prompts[prompt][0]}; each prompt is one pair")
+            raise FinetraceError(
+                f"{where}: the prompt repeats {prompts[prompt][0]}; give each prompt once (the test pairs "
+                f"each prompt's two answers, and a repeat would count it twice)"
+            )
         prompts[prompt] = (where, BehaviourPrompt(prompt, expect, category))
     if not prompts:
         raise FinetraceError(f"{path} holds no behaviour prompts")
