@@ -107,7 +107,7 @@ def test_an_interrupted_run_resumes_to_the_same_numbers(tiny_model, tiny_finetun
     config = CollectConfig(layers=(1,), positions=4, batch_size=8, checkpoint_every=1)
     uninterrupted = collect(pair, corpus, config, tmp_path / "whole")
 
-    real_accumulate, calls = collect_module._accumulate, []
+    real_accumulate, calls = collect_module.accumulate, []
 
     def failing_accumulate(*args):
         calls.append(1)
@@ -115,11 +115,11 @@ def test_an_interrupted_run_resumes_to_the_same_numbers(tiny_model, tiny_finetun
             raise KeyboardInterrupt
         real_accumulate(*args)
 
-    monkeypatch.setattr(collect_module, "_accumulate", failing_accumulate)
+    monkeypatch.setattr(collect_module, "accumulate", failing_accumulate)
     with pytest.raises(KeyboardInterrupt):
         collect(pair, corpus, config, tmp_path / "resumed")
     calls.clear()
-    monkeypatch.setattr(collect_module, "_accumulate", lambda *a: (calls.append(1), real_accumulate(*a)))
+    monkeypatch.setattr(collect_module, "accumulate", lambda *a: (calls.append(1), real_accumulate(*a)))
     resumed = collect(pair, corpus, config, tmp_path / "resumed")
     assert len(calls) == 3  # batches 3, 4 and 5 of 5
     assert torch.equal(resumed.delta.total, uninterrupted.delta.total)

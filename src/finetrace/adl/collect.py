@@ -35,7 +35,7 @@ from rich.markup import escape
 from transformers import PreTrainedTokenizerBase
 
 from finetrace._util.distributed import processes, sum_across
-from finetrace._util.fingerprints import file_sha256
+from finetrace._util.fingerprints import data_sha256
 from finetrace._util.progress import progress_bar
 from finetrace.adl.moments import RunningMoments, load_moments, load_tensors, read_metadata, save_moments, save_tensors
 from finetrace.corpus import iter_texts
@@ -137,7 +137,7 @@ def collect(
     """
     layers = resolve_layers(config.layers, pair.n_layers)
     prefix = prepended_ids(pair.tokenizer)
-    labels = _position_labels(prefix, config.positions)
+    labels = position_labels(prefix, config.positions)
     store = base_store or out / BASE_STORE
     share = processes()
     base_fingerprint = _fingerprint(pair, corpus, config, layers, text_field)
@@ -201,7 +201,7 @@ def _base_pass(
 def _base_shard(
     pair: ModelPair, texts: list[str], layers: list[int], prefix: list[int], config: CollectConfig
 ) -> dict[str, torch.Tensor]:
-    rows = [prefix + ids for ids in _text_ids(pair.tokenizer, texts, config.positions) if prefix + ids]
+    rows = [prefix + ids for ids in text_ids(pair.tokenizer, texts, config.positions) if prefix + ids]
     ids, attention = padded(rows, pad_token_id(pair.tokenizer), len(prefix) + config.positions)
     residuals = [
         _residuals(pair, "base", layers, ids[i : i + config.batch_size], attention[i : i + config.batch_size])
@@ -226,7 +226,7 @@ def _finetuned_pass(
                 ids, attention = shard["ids"][i : i + batch_size], shard["attention"][i : i + batch_size]
                 base = shard["residuals"][i : i + batch_size].float()
                 finetuned = _residuals(pair, "finetuned", state.layers, ids, attention).float()
-                _accumulate(state, base, finetuned, attention)
+                accumulate(state, base, finetuned, attention)
             state.texts += int(metadata["texts"])
             state.shards += 1
             _checkpoint(checkpoint, state, fingerprint, complete=state.shards == len(shards))
@@ -252,7 +252,7 @@ def _checkpoint_name(rank: int, count: int) -> str:
     return CHECKPOINT_NAME if count == 1 else CHECKPOINT_NAME.replace(".", f"-{rank}-of-{count}.", 1)
 
 
-def _accumulate(state: Collected, base: torch.Tensor, finetuned: torch.Tensor, attention: torch.Tensor) -> None:
+def accumulate(state: Collected, base: torch.Tensor, finetuned: torch.Tensor, attention: torch.Tensor) -> None:
     """Add one batch of float32 residuals of both models, (B, L, T, d), to the sums."""
     mask = attention.unsqueeze(1).expand(-1, len(state.layers), -1)  # (B, L, T)
     state.delta.add(finetuned - base, mask)
@@ -272,7 +272,7 @@ def _residuals(
     return torch.stack([by_layer[i] for i in layers], dim=1).cpu()
 
 
-def _text_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str], positions: int) -> list[list[int]]:
+def text_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str], positions: int) -> list[list[int]]:
     """The first `positions` tokens of each text, without special tokens."""
     limit = chars_holding(tokenizer, positions)
     encoded = tokenizer(
@@ -281,7 +281,7 @@ def _text_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str], positions: i
     return encoded["input_ids"]
 
 
-def _position_labels(prefix: list[int], positions: int) -> list[str]:
+def position_labels(prefix: list[int], positions: int) -> list[str]:
     if len(prefix) > 1:
         raise FinetraceError(
             f"the tokenizer puts {len(prefix)} special tokens {prefix} before "
@@ -325,7 +325,7 @@ def _fingerprint(pair: ModelPair, corpus: str | Path, config: CollectConfig, lay
         "dtype": str(pair.dtype),
         "device": pair.device.type,
         "tokenizer": _tokenizer_digest(pair.tokenizer),
-        "corpus": _corpus_digest(corpus),
+        "corpus": data_sha256(corpus),
         "text_field": text_field,
         "layers": layers,
         "positions": config.positions,
@@ -345,17 +345,6 @@ def _tokenizer_digest(tokenizer: PreTrainedTokenizerBase) -> str:
         described = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
     described["prepended"] = prepended_ids(tokenizer)
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
-
-
-def _corpus_digest(corpus: str | Path) -> str:
-    """sha256 of a corpus file or dataset directory's bytes; a hub dataset by its id."""
-    path = Path(corpus)
-    if path.is_file():
-        return file_sha256(path)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-        return hashlib.sha256("".join(f"{p.relative_to(path)}:{file_sha256(p)}\n" for p in files).encode()).hexdigest()
-    return str(corpus)
 
 
 def _checkpoint(path: Path, state: Collected, fingerprint: str, complete: bool) -> None:

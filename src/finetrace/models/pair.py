@@ -138,19 +138,12 @@ def load_pair(
     """BASE and FINETUNED (a model or a PEFT adapter); pairs that are not comparable are refused,
     and so, with `strict`, is an adapter that finetrace trained on another base (else a warning)."""
     torch_device = resolve_device(device)
-    torch_dtype = _auto_dtype(torch_device) if dtype == "auto" else resolve_dtype(dtype)
+    torch_dtype = resolve_dtype(dtype, torch_device)
     return ModelPair(base, finetuned, torch_device, torch_dtype, strict)
 
 
 def is_adapter(name_or_path: str | Path) -> bool:
     return (Path(name_or_path) / "adapter_config.json").is_file()
-
-
-def _auto_dtype(device: torch.device) -> torch.dtype:
-    # bfloat16 halves memory on accelerators; CPUs compute float32 faster and more exactly.
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
 
 
 def _text_config(name_or_path: str | Path) -> PretrainedConfig:

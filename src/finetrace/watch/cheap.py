@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from finetrace.adl.collect import CollectConfig, Collected, _accumulate, _position_labels, _text_ids, resolve_layers
+from finetrace.adl.collect import CollectConfig, Collected, accumulate, position_labels, resolve_layers, text_ids
 from finetrace.adl.decode import TokenScore, lens_tokens
 from finetrace.adl.diff import DiffConfig, DomainTokens, mark_relevant, read_domain, readable_tokens, trace_test
 from finetrace.adl.score import ScoreConfig
@@ -140,8 +140,8 @@ def _read_reference(
     if not texts:
         raise FinetraceError(f"corpus {corpus} holds no texts")
     prefix = prepended_ids(tokenizer)
-    labels = _position_labels(prefix, collect.positions)
-    rows = [prefix + ids for ids in _text_ids(tokenizer, texts, collect.positions) if prefix + ids]
+    labels = position_labels(prefix, collect.positions)
+    rows = [prefix + ids for ids in text_ids(tokenizer, texts, collect.positions) if prefix + ids]
     ids, attention = padded(rows, pad_token_id(tokenizer), len(labels))
     layers = resolve_layers(collect.layers, layout.n_layers)
     embedding = model.get_input_embeddings().weight.detach()
@@ -180,7 +180,7 @@ def _audit(model: nn.Module, reference: BaseReference, config: WatchConfig, seed
     layout = find_layout(model)
     finetuned = _residuals(model, reference.layers, reference.ids, reference.attention, config.trace.collect.batch_size)
     collected = Collected.zeros(reference.layers, reference.labels, finetuned.shape[-1])
-    _accumulate(collected, reference.residuals, finetuned, reference.attention)
+    accumulate(collected, reference.residuals, finetuned, reference.attention)
     domain = reference.domain
     significance = trace_test(layout, collected, domain, config.trace, seed) if domain else None
     direction = collected.mean_delta[0, reference.labels.index("0")].float()  # (d,) text position 0

@@ -13,7 +13,6 @@ from finetrace._util.outputs import check_output_dir, write_json
 from finetrace.evals.facts import COMMON_FACTS
 from finetrace.gates import Gate
 from finetrace.models.load import load_model, load_tokenizer, resolve_device, resolve_dtype, weights_digest
-from finetrace.models.pair import _auto_dtype
 from finetrace.report.watch import write_watch_report
 from finetrace.run import RunConfig
 from finetrace.watch.cheap import BaseReference, WatchConfig, cheap_audit, read_reference
@@ -53,7 +52,7 @@ def watch(
     out = check_output_dir(out)
     found = find_checkpoints(checkpoints)
     device = resolve_device(run.device)
-    dtype = _auto_dtype(device) if run.dtype == "auto" else resolve_dtype(run.dtype)
+    dtype = resolve_dtype(run.dtype, device)
     key = series_key(weights_digest(base), corpus, facts, data, config, run, device.type)
     previous = previous_points(out / WATCH_NAME, key)
     fingerprints = {c.step: point_fingerprint(key, weights_digest(c.path)) for c in found}
