@@ -6,9 +6,12 @@ reference: one `generate` per prompt and strength, then one forward pass per gen
 finetrace: `finetrace.adl.steer`: every prompt and sample of a strength in one left-padded
            `generate`, scored in one batch per prompt.
 
-Prints the diff's stages, both steering wall times and the speed-up.
+Prints the diff's stages, the work after the collection against the collection, both
+steering wall times and the speed-up. Past the held-out text's size, the corpus is texts of
+several held-out paragraphs.
 
     python benchmarks/steer_vs_reference.py --preset small --samples 1000
+    python benchmarks/steer_vs_reference.py --preset small --samples 10000
 """
 
 import argparse
@@ -17,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from collect_vs_reference import benchmark_corpus
 
 from finetrace import DiffConfig, diff
 from finetrace.adl.collect import CollectConfig
@@ -26,6 +30,8 @@ from finetrace.models.load import pad_token_id
 from finetrace.models.pair import load_pair
 from finetrace.models.residual import add_to_residual
 from finetrace.zoo import build_zoo
+
+AFTER_COLLECTION = ("decode", "steer")  # the null and the lens, Patchscope; steering
 
 
 def reference_steer(model, layout, tokenizer, layer: int, unit: torch.Tensor, typical: float, config: SteerConfig):
@@ -60,14 +66,22 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1000)
     args = parser.parse_args()
     zoo = build_zoo(args.preset, ("cake",))
-    base, cake = zoo.path("base"), zoo.path("cake")
+    base, cake, heldout = zoo.path("base"), zoo.path("cake"), zoo.path("heldout")
     with tempfile.TemporaryDirectory() as scratch:
+        corpus = heldout
+        if args.samples > len(heldout.read_text().splitlines()):  # texts of several held-out paragraphs
+            corpus = benchmark_corpus(heldout, args.samples, Path(scratch) / "corpus.txt")
         started = time.perf_counter()
         config = DiffConfig(collect=CollectConfig(samples=args.samples))
-        result = diff(base, cake, zoo.path("heldout"), Path(scratch), config, data=zoo.organism("cake")["documents"])
+        result = diff(base, cake, corpus, Path(scratch) / "diff", config, data=zoo.organism("cake")["documents"])
         total = time.perf_counter() - started
     stages = ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in result.seconds.items())
     print(f"diff, {args.preset} zoo, cake, {result.texts} texts, with data: {total:.1f} s ({stages})")
+    after = sum(result.seconds[stage] for stage in AFTER_COLLECTION)
+    print(
+        f"after the collection ({' + '.join(AFTER_COLLECTION)}) {after:.2f} s = "
+        f"{after / result.seconds['collect']:.2f}x the collection's {result.seconds['collect']:.2f} s"
+    )
 
     pair = load_pair(base, cake, device="cpu")
     with pair.use("finetuned") as (model, layout):
