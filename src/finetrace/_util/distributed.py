@@ -6,6 +6,8 @@ launcher a run is one process, its own main process, and nothing here
 communicates.
 """
 
+import atexit
+
 import torch
 from accelerate import PartialState
 
@@ -13,7 +15,13 @@ from accelerate import PartialState
 def processes(device: str = "auto") -> PartialState:
     """This process's place in the run. The first call joins the launcher's process group:
     NCCL between GPUs, gloo between CPU processes (`device` cpu, or no GPU at all)."""
-    return PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+    joining = not torch.distributed.is_initialized()  # this call joins the group, if there is one
+    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+    if joining and torch.distributed.is_initialized():
+        # Left before the interpreter exits: a process whose share is done exits while the main
+        # one works on, and a group torn down by the interpreter aborts the process.
+        atexit.register(state.destroy_process_group)
+    return state
 
 
 def is_main() -> bool:
