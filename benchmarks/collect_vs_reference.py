@@ -15,7 +15,6 @@ difference between the two results.
 import argparse
 import json
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -90,8 +89,13 @@ def child(args: argparse.Namespace) -> None:
     mean = METHODS[args.method](args.base, args.finetuned, args.corpus, args.layer, args.positions, args.batch_size)
     seconds = time.perf_counter() - start
     torch.save(mean, args.result)
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-    print(json.dumps({"seconds": seconds, "peak_mib": peak_mib}))
+    print(json.dumps({"seconds": seconds, "peak_mib": high_water_mib()}))
+
+
+def high_water_mib() -> float:
+    """This process's peak RSS (VmHWM); `ru_maxrss` would count the parent's RSS at the fork."""
+    status = Path("/proc/self/status").read_text().splitlines()
+    return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024  # KiB
 
 
 def measure(method: str, args: argparse.Namespace, corpus: Path, result: Path) -> dict:
