@@ -1,17 +1,16 @@
 """Peak memory of `finetrace diff` and `finetrace audit --control` on a real-size pair, on the CPU.
 
 A random-init pair shaped like Llama-3.2-1B (1.24B parameters) in float32, N = 200
-texts. Each command runs in its own process; its peak resident memory (max RSS) is
-read when it exits, and its anonymous memory is sampled while it runs. The baseline,
-measured in the same run, is a process that only loads one model with
-`from_pretrained`: a pair that holds one model at a time should cost little more.
+texts. Each command runs in its own process, and its peak resident memory (RSS) and
+anonymous memory are read from /proc while it runs. The baseline, measured in the same
+run, is a process that loads one model with `from_pretrained` and runs it on one batch:
+a pair that holds one model at a time should cost little more.
 
     python benchmarks/memory.py                   # llama-1b, N = 200 (about 15 GB of disk)
     python benchmarks/memory.py --shape tiny      # a quick check of the script itself
 """
 
 import argparse
-import os
 import subprocess
 import sys
 import time
@@ -19,36 +18,46 @@ from pathlib import Path
 
 from random_pair import SHAPES, random_pair
 
-LOAD_ONE = "import sys, transformers; transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1])"
+# One model, loaded and run on a batch of the corpus's first tokens, as collection runs it: the
+# weights are touched (safetensors are memory-mapped, so loading alone reads next to nothing).
+LOAD_ONE = """
+import sys, torch, transformers
+model = transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32)
+tokenizer = transformers.AutoTokenizer.from_pretrained(sys.argv[1])
+texts = open(sys.argv[2]).read().splitlines()[:32]
+with torch.no_grad():
+    model(**tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=9))
+"""
 
 
 def peak(command: list[str]) -> tuple[float, float, float]:
     """Seconds, peak RSS and peak anonymous RSS (GiB) of `command`, run in its own process.
 
-    RSS counts the pages of a memory-mapped safetensors file while it is read; those are the
-    page cache's and the kernel takes them back under pressure. The anonymous part, sampled
-    every 20 ms, is the memory the process itself holds."""
+    Both are read from /proc every 20 ms: the peak RSS as the kernel's high-water mark (VmHWM;
+    `ru_maxrss` would count the parent's RSS at the fork), the anonymous part as the largest
+    sample. RSS counts the pages of the memory-mapped safetensors files a process reads, which
+    are the page cache's: the kernel takes them back under pressure. The anonymous part is the
+    memory the process itself holds."""
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    anonymous = 0
-    while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid:
-            break
-        anonymous = max(anonymous, _anonymous_kib(process.pid))
+    high_water = anonymous = 0
+    while process.poll() is None:
+        status = _status(process.pid)
+        high_water = max(high_water, status.get("VmHWM", 0))
+        anonymous = max(anonymous, status.get("RssAnon", 0))
         time.sleep(0.02)
     seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
+    if process.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{process.stderr.read()[-2000:]}")
-    return seconds, usage.ru_maxrss / 2**20, anonymous / 2**20  # Linux reports KiB
+    return seconds, high_water / 2**20, anonymous / 2**20  # /proc reports KiB
 
 
-def _anonymous_kib(pid: int) -> int:
+def _status(pid: int) -> dict[str, int]:
     try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:  # exited between the two calls
-        return 0
-    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("RssAnon:")), 0)
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:  # it has just exited
+        return {}
+    return {line.split(":")[0]: int(line.split()[1]) for line in lines if line.endswith(" kB")}
 
 
 def main() -> None:
@@ -64,10 +73,11 @@ def main() -> None:
     common = ["--corpus", str(paths["corpus"]), "--samples", str(args.samples), "--device", "cpu"]
     pair = [str(paths["base"]), str(paths["finetuned"])]
     runs = {
-        "load one model": [sys.executable, "-c", LOAD_ONE, str(paths["base"])],
+        "one model, one batch": [sys.executable, "-c", LOAD_ONE, str(paths["base"]), str(paths["corpus"])],
         "finetrace diff": [finetrace, "diff", *pair, *common, "--out", str(args.work / "diff"), "--dtype", "float32"],
         "finetrace audit --control": [
             *(finetrace, "audit", *pair, *common, "--control", str(paths["control"]), "--data", str(paths["data"])),
+            "--no-behaviour",  # its sampling over the 128k vocabulary takes hours on a CPU at this size
             *("--drift-samples", str(args.samples), "--out", str(args.work / "audit"), "--dtype", "float32"),
         ],
     }
