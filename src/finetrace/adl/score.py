@@ -193,9 +193,10 @@ def relevant_count(
 ) -> torch.Tensor:
     """How many of each direction's top-k allowed logit-lens tokens are relevant: (n,) for (n, d)."""
     counts = []
+    allowed, relevant = allowed.to(readout.device), relevant.to(readout.device)  # only counts leave the device
     for chunk in directions.split(DECODE_CHUNK):
-        logits = logit_lens(readout, chunk.to(readout.device)).cpu().masked_fill(~allowed, float("-inf"))
-        counts.append(relevant[logits.topk(k, dim=-1).indices].sum(-1))
+        logits = logit_lens(readout, chunk.to(readout.device)).masked_fill(~allowed, float("-inf"))
+        counts.append(relevant[logits.topk(k, dim=-1).indices].sum(-1).cpu())
     return torch.cat(counts)
 
 
