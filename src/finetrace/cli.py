@@ -274,7 +274,10 @@ def finetune_command(
         str | None, typer.Option(help="Unrelated general text for the watch's trace and drift.")
     ] = None,
     watch_facts: Annotated[
-        Path, typer.Option(help="JSONL of cloze facts for the watch (default: finetrace's built-in facts).")
+        Path,
+        typer.Option(
+            help="JSONL of cloze facts for the watch (default: finetrace's built-in facts).", show_default=False
+        ),
     ] = COMMON_FACTS,
     fail_on: Annotated[
         list[str] | None,
@@ -596,7 +599,10 @@ def watch_command(
         ),
     ],
     facts: Annotated[
-        Path, typer.Option(help="JSONL of cloze facts (default: finetrace's built-in common-knowledge facts).")
+        Path,
+        typer.Option(
+            help="JSONL of cloze facts (default: finetrace's built-in common-knowledge facts).", show_default=False
+        ),
     ] = COMMON_FACTS,
     data: Annotated[Path | None, typer.Option(help="The fine-tuning data; without it the trace is not tested.")] = None,
     out: Annotated[Path, _out("finetrace-watch")] = Path("finetrace-watch"),
