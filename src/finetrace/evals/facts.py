@@ -21,7 +21,9 @@ from finetrace.models.residual import final_logits, find_layout
 
 # Common-knowledge facts written for finetrace, for models that are not zoo organisms.
 COMMON_FACTS = Path(str(files("finetrace.evals") / "common_facts.jsonl"))
-BATCH_ROWS = 64  # answer and distractor rows per forward pass: memory bounds it at rows x tokens x vocab
+# Float32 logits one forward pass over answer and distractor rows may hold (rows x tokens x vocab):
+# 64 rows of 16 tokens over a 32k vocabulary; fewer rows over a larger one, so memory stays bounded.
+LOGIT_ELEMENTS = 64 * 16 * 32_768
 
 
 @dataclass(frozen=True)
@@ -71,10 +73,12 @@ def score_facts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fact
     """Log-probability and rank of every fact's answer among its distractors; the candidates of many
     facts share each forward pass (a pass per fact of a few tokens is mostly overhead)."""
     rows = [(fact.prompt, f" {candidate}") for fact in facts for candidate in (fact.answer, *fact.distractors)]
+    longest = max((len(tokenizer(prompt + continuation)["input_ids"]) for prompt, continuation in rows), default=1)
+    per_pass = max(1, LOGIT_ELEMENTS // (longest * find_layout(model).unembed.weight.shape[0]))
     scored = [
         score
-        for start in range(0, len(rows), BATCH_ROWS)
-        for score in _continuations(model, tokenizer, rows[start : start + BATCH_ROWS])
+        for start in range(0, len(rows), per_pass)
+        for score in _continuations(model, tokenizer, rows[start : start + per_pass])
     ]
     scores, start = [], 0
     for fact in facts:
@@ -95,10 +99,11 @@ def _continuations(
     device = next(model.parameters()).device
     batch, mask = padded(ids, pad_token_id(tokenizer))
     logits = final_logits(model, find_layout(model), input_ids=batch.to(device), attention_mask=mask.to(device))
-    logprobs = torch.log_softmax(logits[:, :-1], dim=-1)  # (rows, width - 1, vocab)
+    logits = logits[:, :-1]  # (rows, width - 1, vocab): position t predicts t + 1
     targets = batch[:, 1:].to(device)
-    token_logprobs = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).cpu()  # position t predicts t + 1
-    top_choice = (logprobs.argmax(dim=-1) == targets).cpu()
+    # The log-softmax read at the targets only: a second (rows, width, vocab) tensor would double the memory.
+    token_logprobs = (logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)).cpu()
+    top_choice = (logits.argmax(dim=-1) == targets).cpu()
     return [
         (token_logprobs[i, start - 1 : len(row) - 1].sum().item(), bool(top_choice[i, start - 1 : len(row) - 1].all()))
         for i, (start, row) in enumerate(zip(prompt_lengths, ids, strict=True))
