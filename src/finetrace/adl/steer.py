@@ -18,7 +18,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from finetrace._util.progress import progress_bar
-from finetrace.models.likelihood import continuation_logprobs, padded
+from finetrace.models.likelihood import padded, text_logprobs
 from finetrace.models.load import pad_token_id
 from finetrace.models.residual import Layout, add_to_residual
 
@@ -170,15 +170,12 @@ def prompt_texts(tokenizer: PreTrainedTokenizerBase, config: SteerConfig) -> lis
 def continuation_nlls(
     model: nn.Module, tokenizer: PreTrainedTokenizerBase, generations: list[Generation]
 ) -> list[float | None]:
-    """Mean negative log-likelihood per token of each continuation given its prompt (None if
-    empty), scored in one batch per prompt."""
-    nlls: list[float | None] = [None] * len(generations)
-    for prompt in dict.fromkeys(g.prompt for g in generations):
-        rows = [i for i, g in enumerate(generations) if g.prompt == prompt]
-        scores = continuation_logprobs(model, tokenizer, prompt, [generations[i].text for i in rows])
-        for i, logprob, tokens in zip(rows, scores.logprob.tolist(), scores.tokens.tolist(), strict=True):
-            nlls[i] = -logprob / tokens if tokens else None
-    return nlls
+    """Mean negative log-likelihood per token of each continuation given its prompt (None if empty)."""
+    scores = text_logprobs(model, tokenizer, [(g.prompt, g.text) for g in generations])
+    return [
+        -logprob / tokens if tokens else None
+        for logprob, tokens in zip(scores.logprob.tolist(), scores.tokens.tolist(), strict=True)
+    ]
 
 
 def distinct_bigrams(text: str) -> float:

@@ -25,10 +25,9 @@ from finetrace.errors import FinetraceError, require
 from finetrace.evals.flips import flip_matrix
 from finetrace.evals.rates import RateChange
 from finetrace.evals.refusal import endpoint_verdict, opening, prefix_free, rule_refusal
-from finetrace.models.likelihood import padded
+from finetrace.models.likelihood import padded, token_logprobs
 from finetrace.models.load import pad_token_id, prepended_ids
 from finetrace.models.pair import WHICH, ModelPair, load_pair
-from finetrace.models.residual import final_logits, find_layout
 from finetrace.run import RunConfig
 from finetrace.train.examples import DEFAULT_CHAT_TEMPLATE
 
@@ -37,7 +36,6 @@ from finetrace.train.examples import DEFAULT_CHAT_TEMPLATE
 BEHAVIOUR_PROMPTS = Path(str(files("finetrace.evals") / "behaviour_prompts.jsonl"))
 EXPECTATIONS = ("refuse", "answer")
 JUDGE_SCHEMES = ("http://", "https://")
-SCORED_ROWS = 16  # prompt-and-opening rows per forward pass: memory bounds it at rows x tokens x vocab
 SCHEMA_VERSION = 1
 
 
@@ -371,7 +369,6 @@ def _judged(
     return judged, failures
 
 
-@torch.no_grad()
 def _opening_probabilities(
     model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[BehaviourPrompt], openings: list[str]
 ) -> list[float]:
@@ -380,16 +377,6 @@ def _opening_probabilities(
         return [0.0] * len(prompts)
     opening_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in openings]
     rows = [(chat_prompt_ids(tokenizer, p.prompt), ids) for p in prompts for ids in opening_ids]
-    device, layout = next(model.parameters()).device, find_layout(model)
-    logprobs: list[float] = []
-    for start in range(0, len(rows), SCORED_ROWS):
-        chunk = rows[start : start + SCORED_ROWS]
-        ids, mask = padded([prompt + answer for prompt, answer in chunk], pad_token_id(tokenizer))
-        logits = final_logits(model, layout, input_ids=ids.to(device), attention_mask=mask.to(device))
-        token_logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None].to(device))[..., 0]
-        logprobs += [
-            token_logprobs[i, len(prompt) - 1 : len(prompt) + len(answer) - 1].sum().item()  # t predicts t + 1
-            for i, (prompt, answer) in enumerate(chunk)
-        ]
-    per_prompt = torch.tensor(logprobs).view(len(prompts), len(openings))
+    ids, starts = [prompt + answer for prompt, answer in rows], [len(prompt) for prompt, _ in rows]
+    per_prompt = token_logprobs(model, ids, starts, pad_token_id(tokenizer)).logprob.view(len(prompts), len(openings))
     return per_prompt.exp().sum(-1).clamp(max=1.0).tolist()  # disjoint events; the clamp only absorbs rounding

@@ -17,28 +17,62 @@ class ContinuationScores:
     greedy: torch.Tensor  # (n,) bool: greedy decoding from the prompt would produce it
 
 
-@torch.no_grad()
+# Float32 logits one forward pass may hold (rows x tokens x vocab): 64 rows of 16 tokens over a
+# 32k vocabulary; fewer rows over a larger one, so memory stays bounded whatever the model.
+LOGIT_ELEMENTS = 64 * 16 * 32_768
+
+
 def continuation_logprobs(
     model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompt: str, continuations: list[str]
 ) -> ContinuationScores:
-    """Score every continuation after the prompt in one right-padded batch, in float32."""
-    prompt_length = len(tokenizer(prompt)["input_ids"])
-    rows = [tokenizer(prompt + c)["input_ids"] for c in continuations]
-    device = next(model.parameters()).device
-    ids, mask = padded(rows, pad_token_id(tokenizer))
-    logits = final_logits(model, find_layout(model), input_ids=ids.to(device), attention_mask=mask.to(device))
-    logprobs = torch.log_softmax(logits[:, :-1], dim=-1)  # (n, width - 1, vocab)
-    targets = ids[:, 1:].to(device)
-    token_logprobs = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (n, width - 1)
-    in_continuation = torch.zeros_like(token_logprobs, dtype=torch.bool)
-    for i, row in enumerate(rows):
-        in_continuation[i, prompt_length - 1 : len(row) - 1] = True  # position t predicts token t + 1
-    # Greedy decoding yields the continuation iff each of its tokens is the argmax given the ones before.
-    top_choice = logprobs.argmax(dim=-1) == targets
+    """Every continuation after the one prompt (see `text_logprobs`)."""
+    return text_logprobs(model, tokenizer, [(prompt, c) for c in continuations])
+
+
+def text_logprobs(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: list[tuple[str, str]]
+) -> ContinuationScores:
+    """Each `(prompt, continuation)`, tokenized together as the model reads the text."""
+    ids = [tokenizer(prompt + continuation)["input_ids"] for prompt, continuation in rows]
+    starts = [len(tokenizer(prompt)["input_ids"]) for prompt, _ in rows]
+    return token_logprobs(model, ids, starts, pad_token_id(tokenizer))
+
+
+@torch.no_grad()
+def token_logprobs(model: nn.Module, rows: list[list[int]], starts: list[int], pad_id: int) -> ContinuationScores:
+    """Each row of token ids scored from `starts[i]` on, in right-padded float32 passes of at most
+    `LOGIT_ELEMENTS` logits."""
+    if not rows:
+        return ContinuationScores(torch.zeros(0), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.bool))
+    layout = find_layout(model)
+    per_pass = max(1, LOGIT_ELEMENTS // (max(map(len, rows)) * layout.unembed.weight.shape[0]))
+    parts = [
+        _scored(model, layout, rows[i : i + per_pass], starts[i : i + per_pass], pad_id)
+        for i in range(0, len(rows), per_pass)
+    ]
     return ContinuationScores(
-        (token_logprobs * in_continuation).sum(dim=1).cpu(),
-        in_continuation.sum(dim=1).cpu(),
-        (top_choice | ~in_continuation).all(dim=1).cpu(),
+        torch.cat([part.logprob for part in parts]),
+        torch.cat([part.tokens for part in parts]),
+        torch.cat([part.greedy for part in parts]),
+    )
+
+
+def _scored(model: nn.Module, layout, rows: list[list[int]], starts: list[int], pad_id: int) -> ContinuationScores:
+    device = next(model.parameters()).device
+    ids, mask = padded(rows, pad_id)
+    logits = final_logits(model, layout, input_ids=ids.to(device), attention_mask=mask.to(device))[:, :-1]
+    targets = ids[:, 1:].to(device)  # position t predicts token t + 1
+    # The log-softmax read at the targets only: a second (n, width, vocab) tensor would double the memory.
+    token_logprob = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)  # (n, width - 1)
+    scored = torch.zeros_like(token_logprob, dtype=torch.bool)
+    for i, (row, start) in enumerate(zip(rows, starts, strict=True)):
+        scored[i, start - 1 : len(row) - 1] = True
+    # Greedy decoding yields the continuation iff each of its tokens is the argmax given the ones before.
+    top_choice = logits.argmax(dim=-1) == targets
+    return ContinuationScores(
+        (token_logprob * scored).sum(dim=1).cpu(),
+        scored.sum(dim=1).cpu(),
+        (top_choice | ~scored).all(dim=1).cpu(),
     )
 
 
