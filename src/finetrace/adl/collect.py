@@ -35,7 +35,7 @@ from rich.markup import escape
 from transformers import PreTrainedTokenizerBase
 
 from finetrace._util.distributed import processes, sum_across
-from finetrace._util.fingerprints import data_sha256
+from finetrace._util.fingerprints import data_sha256, json_sha256
 from finetrace._util.progress import progress_bar
 from finetrace.adl.moments import RunningMoments, load_moments, load_tensors, read_metadata, save_moments, save_tensors
 from finetrace.corpus import iter_texts
@@ -333,7 +333,7 @@ def _fingerprint(pair: ModelPair, corpus: str | Path, config: CollectConfig, lay
         "batch_size": config.batch_size,
         "moments": MOMENT_NAMES,
     }
-    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+    return json_sha256(described)
 
 
 def _tokenizer_digest(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -344,7 +344,7 @@ def _tokenizer_digest(tokenizer: PreTrainedTokenizerBase) -> str:
     else:  # tokenizer.json, less the truncation and padding that each call sets anew
         described = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
     described["prepended"] = prepended_ids(tokenizer)
-    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+    return json_sha256(described)
 
 
 def _checkpoint(path: Path, state: Collected, fingerprint: str, complete: bool) -> None:
