@@ -48,12 +48,12 @@ class ModelPair:
         self.device, self.dtype = device, dtype
         self.adapter = is_adapter(finetuned)
         self.tokenizer = load_tokenizer(base)
-        self.config = _text_config(base)
+        self.config = text_config(base)
         self.warnings: list[str] = []  # doubts about the pair that do not stop the run
         if self.adapter:
             self._check_adapter_base(strict)
         else:
-            _check_comparable(base, finetuned, self.config, _text_config(finetuned), self.tokenizer)
+            _check_comparable(base, finetuned, self.config, text_config(finetuned), self.tokenizer)
         self._resident: tuple[str, nn.Module] | None = None
         self._base_readout: Readout | None = None
         self._load("base")  # the base is read first, and loading it checks an adapter's fit
@@ -121,15 +121,7 @@ class ModelPair:
         Console(stderr=True).print(f"[yellow]warning: {escape(message)}[/]", highlight=False)
 
     def _adapted(self) -> nn.Module:
-        base = load_model(self.base_name, self.device, self.dtype)
-        try:
-            adapted = peft.PeftModel.from_pretrained(base, self.finetuned_name).eval()
-        except ADAPTER_ERRORS as error:
-            raise FinetraceError(
-                f"adapter {self.finetuned_name} does not fit base {self.base_name}: {first_line(error)}"
-            ) from None
-        refuse_non_finite(peft.get_peft_model_state_dict(adapted).items(), self.finetuned_name)
-        return adapted
+        return load_adapted(self.base_name, self.finetuned_name, self.device, self.dtype)
 
 
 def load_pair(
@@ -142,23 +134,38 @@ def load_pair(
     return ModelPair(base, finetuned, torch_device, torch_dtype, strict)
 
 
+def load_adapted(base: str | Path, adapter: str | Path, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """`base` with the PEFT `adapter` on, in eval mode; one error line when it does not fit."""
+    try:
+        adapted = peft.PeftModel.from_pretrained(load_model(base, device, dtype), str(adapter)).eval()
+    except ADAPTER_ERRORS as error:
+        raise FinetraceError(f"adapter {adapter} does not fit base {base}: {first_line(error)}") from None
+    refuse_non_finite(peft.get_peft_model_state_dict(adapted).items(), adapter)
+    return adapted
+
+
 def is_adapter(name_or_path: str | Path) -> bool:
     return (Path(name_or_path) / "adapter_config.json").is_file()
 
 
-def _text_config(name_or_path: str | Path) -> PretrainedConfig:
+def text_config(name_or_path: str | Path) -> PretrainedConfig:
     try:
         return AutoConfig.from_pretrained(str(name_or_path), trust_remote_code=False).get_text_config()
     except LOAD_ERRORS as error:
         raise FinetraceError(f"cannot load a model from {name_or_path}: {first_line(error)}") from None
 
 
-def _check_comparable(base, finetuned, base_config, finetuned_config, base_tokenizer) -> None:
-    differences = [
-        f"{key}: {getattr(base_config, key, None)} vs {getattr(finetuned_config, key, None)}"
+def config_differences(base_config: PretrainedConfig, other_config: PretrainedConfig) -> list[str]:
+    """The `COMPARED_CONFIG` settings in which two models differ, each as `key: base vs other`."""
+    return [
+        f"{key}: {getattr(base_config, key, None)} vs {getattr(other_config, key, None)}"
         for key in COMPARED_CONFIG
-        if getattr(base_config, key, None) != getattr(finetuned_config, key, None)
+        if getattr(base_config, key, None) != getattr(other_config, key, None)
     ]
+
+
+def _check_comparable(base, finetuned, base_config, finetuned_config, base_tokenizer) -> None:
+    differences = config_differences(base_config, finetuned_config)
     finetuned_tokenizer = load_tokenizer(finetuned)
     if base_tokenizer.get_vocab() != finetuned_tokenizer.get_vocab():
         differences.append(

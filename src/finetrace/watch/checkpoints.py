@@ -12,20 +12,17 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import peft
 import torch
 from torch import nn
-from transformers import AutoConfig
 
 from finetrace._util.outputs import read_json
 from finetrace.errors import FinetraceError
-from finetrace.models.load import LOAD_ERRORS, first_line, load_model, refuse_non_finite
-from finetrace.models.pair import ADAPTER_ERRORS, COMPARED_CONFIG, is_adapter
+from finetrace.models.load import CONFIG_FILES, load_model
+from finetrace.models.pair import config_differences, is_adapter, load_adapted, text_config
 
 TRAINER_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 TRAILING_STEP = re.compile(r"(\d+)$")  # `step-300`, `ckpt_300`: the step a name ends with
 STATE_NAME = "trainer_state.json"
-MODEL_FILES = ("config.json", "adapter_config.json")
 GLOB_CHARACTERS = "*?["
 
 
@@ -49,7 +46,7 @@ def find_checkpoints(given: list[str | Path]) -> list[Checkpoint]:
 
 
 def is_model_dir(path: Path) -> bool:
-    return any((path / name).is_file() for name in MODEL_FILES)
+    return any((path / name).is_file() for name in CONFIG_FILES)
 
 
 def _expand(item: str) -> list[Path]:
@@ -92,25 +89,8 @@ def load_checkpoint(path: Path, base: str | Path, device: torch.device, dtype: t
     """A checkpoint in eval mode: a full model, or a PEFT adapter applied to `base`; refused when it
     is not the base's shape."""
     if is_adapter(path):
-        try:
-            model = peft.PeftModel.from_pretrained(load_model(base, device, dtype), str(path)).eval()
-        except ADAPTER_ERRORS as error:
-            raise FinetraceError(f"adapter {path} does not fit base {base}: {first_line(error)}") from None
-        refuse_non_finite(peft.get_peft_model_state_dict(model).items(), path)
-        return model
-    _check_shape(path, base)
-    return load_model(path, device, dtype)
-
-
-def _check_shape(path: Path, base: str | Path) -> None:
-    try:
-        configs = [AutoConfig.from_pretrained(str(p), trust_remote_code=False).get_text_config() for p in (base, path)]
-    except LOAD_ERRORS as error:
-        raise FinetraceError(f"cannot read the config of {path} or {base}: {first_line(error)}") from None
-    differences = [
-        f"{key}: {getattr(configs[0], key, None)} vs {getattr(configs[1], key, None)}"
-        for key in COMPARED_CONFIG
-        if getattr(configs[0], key, None) != getattr(configs[1], key, None)
-    ]
+        return load_adapted(base, path, device, dtype)
+    differences = config_differences(text_config(base), text_config(path))
     if differences:
         raise FinetraceError(f"{base} and {path} are not comparable (base vs checkpoint): {'; '.join(differences)}")
+    return load_model(path, device, dtype)
