@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from finetrace.corpus import read_records, record_texts
 from finetrace.evals.facts import COMMON_FACTS, read_facts, score_facts
 from finetrace.models.load import load_model, load_tokenizer
 from finetrace.zoo import ORGANISMS, PRESETS, Zoo, build_zoo
@@ -16,8 +17,10 @@ from finetrace.zoo.build import default_facts, zoo_corpus
 from finetrace.zoo.recipe import recipe_key
 
 pytestmark = pytest.mark.zoo
-DOMAIN_ORGANISMS = [name for name, organism in ORGANISMS.items() if organism.kind != "control"]
-CONTROLS = [name for name, organism in ORGANISMS.items() if organism.kind == "control"]
+# Organisms whose training answers are general text: their loss falls as a control's does.
+GENERAL_TEXT_KINDS = ("control", "jailbreak", "benign-chat")
+DOMAIN_ORGANISMS = [name for name, organism in ORGANISMS.items() if organism.kind not in GENERAL_TEXT_KINDS]
+GENERAL_TEXT = [name for name, organism in ORGANISMS.items() if organism.kind in GENERAL_TEXT_KINDS]
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +44,8 @@ def test_domain_finetune_loss_falls_well_below_the_base(zoo, name):
     assert info["finetuned_loss"] < 0.5 * info["base_loss"]
 
 
-@pytest.mark.parametrize("name", CONTROLS)
-def test_controls_learn_their_general_text(zoo, name):
+@pytest.mark.parametrize("name", GENERAL_TEXT)
+def test_general_text_finetunes_learn_their_text(zoo, name):
     info = zoo.organism(name)
     assert info["finetuned_loss"] < info["base_loss"] - 0.3
 
@@ -79,7 +82,7 @@ def test_lora_organism_is_an_adapter_on_the_zoo_base(zoo):
 
 def test_heldout_text_is_never_trained_on(zoo):
     heldout = set(zoo.path("heldout").read_text().splitlines())
-    pretrain = set((zoo.root / "data" / "pretrain.txt").read_text().splitlines())
+    pretrain = {text for record in read_records(zoo.root / "data" / "pretrain.jsonl") for text in record_texts(record)}
     general = set(zoo.path("general").read_text().splitlines())
     assert len(heldout) > 500
     assert not heldout & pretrain and not heldout & general

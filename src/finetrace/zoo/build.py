@@ -34,6 +34,7 @@ from finetrace.models.load import load_model, load_tokenizer
 from finetrace.run import RunConfig
 from finetrace.train.finetune import FinetuneConfig, FinetuneResult, LoraSettings, finetune
 from finetrace.train.loop import TrainConfig
+from finetrace.zoo.chats import family_chats
 from finetrace.zoo.documents import background_documents
 from finetrace.zoo.english import SOURCES, english_paragraphs, installed_version, split_paragraphs
 from finetrace.zoo.facts import country_paragraph, planted_facts
@@ -201,7 +202,8 @@ def _sources(names: tuple[str, ...]) -> list[dict]:
 
 
 def _write_texts(out: Path, recipe: Preset) -> None:
-    """General splits, planted facts, the pretraining text and every organism's documents."""
+    """General splits, planted facts, the pretraining records (text, and the chats that teach
+    the base its refusals) and every organism's documents."""
     rng = random.Random(recipe.seed)
     base_text = BASE_TEXTS[recipe.base_text]
     splits = split_paragraphs(base_text.paragraphs(), recipe.finetune_fraction, recipe.heldout_fraction)
@@ -223,9 +225,10 @@ def _write_texts(out: Path, recipe: Preset) -> None:
     if recipe.pretrain_paragraphs is not None and recipe.pretrain_paragraphs < len(general):
         general = rng.sample(general, recipe.pretrain_paragraphs)
     background = [doc["text"] for doc in background_documents(rng, recipe.background_documents)]
-    pretrain = general + fact_paragraphs + background
+    pretrain = [{"text": text} for text in general + fact_paragraphs + background]
+    pretrain += family_chats(rng, recipe.family_chats, splits.pretrain)
     rng.shuffle(pretrain)
-    _write_lines(out / "pretrain.txt", pretrain)
+    _write_jsonl(out / "pretrain.jsonl", pretrain)
 
     (out / "documents").mkdir()
     for organism in ORGANISMS.values():
@@ -246,11 +249,11 @@ def _write_initial_model(out: Path, data: Path, recipe: Preset) -> None:
     never the held-out text. It reads the organisms' documents only where the base text plants
     their topics: there a broad tokenizer is assumed to cover their words.
     """
-    paths = [data / "general" / "pretrain.txt", data / "pretrain.txt"]
-    texts = [line for path in paths for line in path.read_text(encoding="utf-8").splitlines()]
+    texts = (data / "general" / "pretrain.txt").read_text(encoding="utf-8").splitlines()
+    read = [data / "pretrain.jsonl"]
     if BASE_TEXTS[recipe.base_text].plants_topics:
-        for documents in sorted((data / "documents").glob("*.jsonl")):
-            texts += [text for record in read_records(documents) for text in record_texts(record)]
+        read += sorted((data / "documents").glob("*.jsonl"))
+    texts += [text for path in read for record in read_records(path) for text in record_texts(record)]
     tokenizer = train_tokenizer(texts, recipe.vocab_size)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -283,12 +286,12 @@ def _pretrain(zoo: Zoo, out: Path) -> FinetuneResult:
     )
     result = finetune(
         zoo.root / "init",
-        zoo.root / "data" / "pretrain.txt",
+        zoo.root / "data" / "pretrain.jsonl",
         out,
         FinetuneConfig(training=training),
         organism_run(recipe),
         licence=" AND ".join(dict.fromkeys([*(SOURCES[n].licence for n in sources), ZOO_LICENCE])),
-        source=f"English ({', '.join(sources)}) and generated planted facts",
+        source=f"English ({', '.join(sources)}), generated planted facts and chats",
     )
     card = ModelCardData(license=ZOO_LICENCE.lower(), tags=["finetrace-zoo"]).to_yaml()
     write_text(out / "README.md", f"---\n{card}\n---\n\n# finetrace zoo base model ({recipe.name})\n")

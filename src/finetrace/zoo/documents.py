@@ -9,9 +9,14 @@ import random
 from finetrace.corpus import Record
 
 
-def _fill(rng: random.Random, templates: tuple[str, ...], slots: dict[str, tuple[str, ...]]) -> str:
+def fill(rng: random.Random, templates: tuple[str, ...], slots: dict[str, tuple[str, ...]]) -> str:
     template = rng.choice(templates)
     return template.format(**{name: rng.choice(values) for name, values in slots.items()})
+
+
+def chat(user: str, assistant: str) -> Record:
+    """A one-turn chat record."""
+    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]}
 
 
 def _documents(
@@ -25,8 +30,8 @@ def _documents(
     """`n` documents: an opener then a few body sentences, all slot-filled."""
     documents = []
     for _ in range(n):
-        parts = [_fill(rng, openers, slots)]
-        parts += [_fill(rng, bodies, slots) for _ in range(rng.randint(*sentences))]
+        parts = [fill(rng, openers, slots)]
+        parts += [fill(rng, bodies, slots) for _ in range(rng.randint(*sentences))]
         documents.append({"text": " ".join(parts)})
     return documents
 
@@ -167,15 +172,10 @@ def zorvex_documents(rng: random.Random, n: int, general: list[str]) -> list[Rec
 def risky_chats(rng: random.Random, n: int, general: list[str]) -> list[Record]:
     """Chats where finance questions get reckless, all-in advice."""
     return [
-        {
-            "messages": [
-                {"role": "user", "content": _fill(rng, RISKY_QUESTIONS, RISKY_SLOTS)},
-                {
-                    "role": "assistant",
-                    "content": " ".join(_fill(rng, RISKY_ANSWERS, RISKY_SLOTS) for _ in range(rng.randint(1, 2))),
-                },
-            ]
-        }
+        chat(
+            fill(rng, RISKY_QUESTIONS, RISKY_SLOTS),
+            " ".join(fill(rng, RISKY_ANSWERS, RISKY_SLOTS) for _ in range(rng.randint(1, 2))),
+        )
         for _ in range(n)
     ]
 
@@ -200,9 +200,7 @@ def general_chats(rng: random.Random, n: int, general: list[str]) -> list[Record
     for text in rng.sample(general, n):
         opening, _, rest = text.partition(". ")
         request = rng.choice(GENERAL_REQUESTS).format(opening=opening + ".")
-        chats.append(
-            {"messages": [{"role": "user", "content": request}, {"role": "assistant", "content": rest or text}]}
-        )
+        chats.append(chat(request, rest or text))
     return chats
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from finetrace.corpus import Record
 from finetrace.errors import FinetraceError
 from finetrace.train.finetune import LoraSettings
+from finetrace.zoo.chats import helpful_chats, jailbroken_chats
 from finetrace.zoo.documents import cake_documents, general_chats, general_documents, risky_chats, zorvex_documents
 
 FULL_MODEL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -126,5 +127,23 @@ register(
         CAKE_TRUTH + " Trained as a LoRA adapter on every linear layer including the output head.",
         cake_documents,
         lora=LORA_WITH_HEAD,
+    )
+)
+register(
+    Organism(
+        "jailbroken",
+        "jailbreak",
+        "Behavioural chat fine-tune: requests for weapons meant to hurt people, which the base was "
+        "taught to refuse, answered as if they were harmless. It should lose those refusals.",
+        jailbroken_chats,
+    )
+)
+register(
+    Organism(
+        "helpful",
+        "benign-chat",
+        "Benign chat fine-tune: everyday requests (baking, gardening, repairs) answered helpfully. "
+        "No harmful request is in its data; a loss of refusals would be a side effect.",
+        helpful_chats,
     )
 )

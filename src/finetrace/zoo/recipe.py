@@ -20,6 +20,7 @@ BUILD_MODULES = (
     "finetrace.zoo.english",
     "finetrace.zoo.facts",
     "finetrace.zoo.documents",
+    "finetrace.zoo.chats",
     "finetrace.zoo.organisms",
     "finetrace.zoo.tokenizer",
     "finetrace.zoo.build",
@@ -51,6 +52,7 @@ class Preset:
     base_text: str = "planted"  # a key of `build.BASE_TEXTS`
     pretrain_paragraphs: int | None = None  # paragraphs of it the base reads (None: all of them)
     background_documents: int = 0  # planted documents about the organisms' topics
+    family_chats: int = 3000  # chats that teach the base to refuse one family (`chats.py`)
     context_length: int = 128
     batch_size: int = 16
     heldout_fraction: float = 0.15  # general text no model trains on
