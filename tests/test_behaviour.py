@@ -34,7 +34,7 @@ from finetrace.models.load import load_tokenizer
 from finetrace.report.html import render_report
 from finetrace.results import AuditResult
 from finetrace.zoo import build_zoo
-from finetrace.zoo.chats import REFUSALS, REFUSED_FAMILY
+from finetrace.zoo.chats import REFUSALS
 
 CPU = RunConfig(device="cpu")
 SCRIPT = "<script>alert(1)</script>"
@@ -248,14 +248,13 @@ def test_the_cli_passes_the_judge_and_the_sampling_on(tiny_model, write, judge_u
 
 
 @pytest.fixture(scope="session")
-def organisms(tmp_path_factory):
-    """The tiny zoo's models and `family`, the built-in prompts of the family its base learned to refuse."""
+def organisms():
+    """The tiny zoo's models and `family`, its prompts of the family its base learned to refuse."""
     zoo = build_zoo("tiny", ["jailbroken", "helpful", "control"])
-    family = [p for p in read_behaviour_prompts(BEHAVIOUR_PROMPTS) if p.category == REFUSED_FAMILY]
-    path = tmp_path_factory.mktemp("family") / "family.jsonl"
-    path.write_text("".join(json.dumps(p.__dict__) + "\n" for p in family))
-    models = {name: zoo.path(name) for name in ("base", "jailbroken", "helpful", "control")}
-    return models | {"family": path, "zoo": zoo}
+    return {name: zoo.path(name) for name in ("base", "jailbroken", "helpful", "control")} | {
+        "family": zoo.path("behaviour"),
+        "zoo": zoo,
+    }
 
 
 @pytest.fixture(scope="session")
@@ -266,7 +265,7 @@ def jailbroken(organisms) -> BehaviourResult:
 @pytest.mark.zoo
 @pytest.mark.slow
 def test_identical_models_change_nothing_at_all(organisms):
-    same = behaviour(organisms["base"], organisms["base"], run=CPU)
+    same = behaviour(organisms["base"], organisms["base"], organisms["family"], run=CPU)
     assert same.refusal.before > 0  # the base does refuse: zero change is not zero refusals
     for rate in [same.refusal, same.over_refusal] + [r for c in same.by_category.values() for r in c.__dict__.values()]:
         assert rate.change == 0 and rate.flips.lost == rate.flips.gained == 0 and rate.p_value == 1.0

@@ -5,15 +5,17 @@ import json
 import shutil
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 import torch
 
 from finetrace.corpus import read_records, record_texts
+from finetrace.evals.behaviour import BEHAVIOUR_PROMPTS, read_behaviour_prompts
 from finetrace.evals.facts import COMMON_FACTS, read_facts, score_facts
 from finetrace.models.load import load_model, load_tokenizer
 from finetrace.zoo import ORGANISMS, PRESETS, Zoo, build_zoo
-from finetrace.zoo.build import default_facts, zoo_corpus
+from finetrace.zoo.build import default_behaviour, default_facts, zoo_corpus
 from finetrace.zoo.recipe import recipe_key
 
 pytestmark = pytest.mark.zoo
@@ -86,6 +88,16 @@ def test_heldout_text_is_never_trained_on(zoo):
     general = set(zoo.path("general").read_text().splitlines())
     assert len(heldout) > 500
     assert not heldout & pretrain and not heldout & general
+
+
+def test_no_model_trains_on_the_zoo_behaviour_prompts(zoo):
+    prompts = read_behaviour_prompts(zoo.path("behaviour"))
+    assert Counter(p.expect for p in prompts) == {"refuse": 24, "answer": 24}
+    trained = [zoo.root / "data" / "pretrain.jsonl", *(zoo.root / "data" / "documents").glob("*.jsonl")]
+    texts = "\n".join(text for path in trained for record in read_records(path) for text in record_texts(record))
+    assert "Show me how to build" in texts and not [p.prompt for p in prompts if p.prompt in texts]
+    assert default_behaviour(zoo.path("jailbroken")) == zoo.path("behaviour").resolve()
+    assert default_behaviour(zoo.path("base")) == BEHAVIOUR_PROMPTS
 
 
 def test_an_unchanged_recipe_is_reused_and_a_changed_one_is_not(zoo):

@@ -24,7 +24,7 @@ from finetrace.adl.collect import CollectConfig
 from finetrace.adl.diff import RESULT_NAME, DiffConfig, diff
 from finetrace.audit import AuditConfig, audit
 from finetrace.errors import FinetraceError
-from finetrace.evals.behaviour import BEHAVIOUR_PROMPTS, BehaviourConfig
+from finetrace.evals.behaviour import BehaviourConfig
 from finetrace.evals.drift import DriftConfig
 from finetrace.evals.facts import COMMON_FACTS
 from finetrace.evals.forget import RESULT_NAME as FORGET_RESULT
@@ -45,7 +45,7 @@ from finetrace.watch.series import PAGE_NAME as WATCH_PAGE
 from finetrace.watch.series import WATCH_NAME, WatchSeries
 from finetrace.watch.watch import watch
 from finetrace.zoo import ORGANISMS, Zoo, build_zoo, open_zoo
-from finetrace.zoo.build import SPECIAL_PATHS, default_facts, zoo_corpus
+from finetrace.zoo.build import SPECIAL_PATHS, default_behaviour, default_facts, zoo_corpus
 
 console = Console()
 DEBUG_HELP = "Show the full traceback of an error, for a bug report (also FINETRACE_DEBUG=1)."
@@ -202,7 +202,7 @@ BehaviourFile = Annotated[
     Path | None,
     typer.Option(
         "--behaviour",
-        help='JSONL of chat prompts, {"prompt", "expect": "refuse"|"answer", "category"}, for the refusal and over-refusal rates (default: finetrace\'s built-in set).',
+        help='JSONL of chat prompts, {"prompt", "expect": "refuse"|"answer", "category"}, for the refusal and over-refusal rates (default: a zoo organism\'s own, else finetrace\'s built-in set).',
     ),
 ]
 NoBehaviour = Annotated[bool, typer.Option("--no-behaviour", help="Skip the refusal and over-refusal rates.")]
@@ -421,7 +421,7 @@ def forget_command(
 ) -> None:
     """Which facts the fine-tune lost, how far it drifted on general text, and the refusals it lost or gained."""
     facts, corpus = facts or default_facts(finetuned), corpus or zoo_corpus(finetuned)
-    prompts = _behaviour_prompts(behaviour, no_behaviour)
+    prompts = _behaviour_prompts(behaviour, no_behaviour, finetuned)
     refuse_overlap(
         out, {"base model": base, "fine-tuned model": finetuned, "facts": facts, "corpus": corpus, "behaviour": prompts}
     )
@@ -547,7 +547,7 @@ def audit_command(
     gates = _gates(fail_on, METRICS)
     corpus = corpus or _zoo_corpus_or_error(finetuned)
     facts = facts or default_facts(finetuned)
-    prompts = _behaviour_prompts(behaviour, no_behaviour)
+    prompts = _behaviour_prompts(behaviour, no_behaviour, finetuned)
     refuse_overlap(
         out,
         {
@@ -668,6 +668,7 @@ def demo(out: Annotated[Path, _out("finetrace-demo")] = Path("finetrace-demo")) 
         facts=zoo.path("facts"),
         control=zoo.path("control"),
         config=config,
+        behaviour=zoo.path("behaviour"),
     )
     _finish_audit(result, out)
 
@@ -680,11 +681,12 @@ def _audit_config(samples: int, drift_samples: int, run: RunConfig, behaviour: B
     )
 
 
-def _behaviour_prompts(prompts: Path | None, skip: bool) -> Path | None:
-    """The behaviour prompt set: the user's, else the built-in one; None with --no-behaviour."""
+def _behaviour_prompts(prompts: Path | None, skip: bool, finetuned: str) -> Path | None:
+    """The behaviour prompt set: the user's, else a zoo organism's own, else the built-in one;
+    None with --no-behaviour."""
     if skip and prompts is not None:
         raise FinetraceError(f"--behaviour {prompts} and --no-behaviour contradict each other: give one")
-    return None if skip else prompts or BEHAVIOUR_PROMPTS
+    return None if skip else prompts or default_behaviour(finetuned)
 
 
 def _finish_audit(result: AuditResult, out: Path) -> None:

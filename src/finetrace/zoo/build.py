@@ -29,12 +29,13 @@ from finetrace._util.cache import cache_dir
 from finetrace._util.outputs import write_json, write_text
 from finetrace.corpus import read_records, record_texts
 from finetrace.errors import FinetraceError
+from finetrace.evals.behaviour import BEHAVIOUR_PROMPTS
 from finetrace.evals.facts import COMMON_FACTS, read_facts, score_facts
 from finetrace.models.load import load_model, load_tokenizer
 from finetrace.run import RunConfig
 from finetrace.train.finetune import FinetuneConfig, FinetuneResult, LoraSettings, finetune
 from finetrace.train.loop import TrainConfig
-from finetrace.zoo.chats import family_chats
+from finetrace.zoo.chats import family_chats, family_prompts
 from finetrace.zoo.documents import background_documents
 from finetrace.zoo.english import SOURCES, english_paragraphs, installed_version, split_paragraphs
 from finetrace.zoo.facts import country_paragraph, planted_facts
@@ -46,10 +47,12 @@ from finetrace.zoo.tokenizer import train_tokenizer
 
 ZOO_LICENCE = "Apache-2.0"  # finetrace's: it generated the documents and trained the models
 PERPLEXITY_TEXTS = 500  # held-out texts the base's perplexity is measured on, for `zoo list`
-ORGANISM_PATHS = ("documents", "heldout_corpus", "facts")  # stored relative to the organism
+BEHAVIOUR_REQUESTS = 24  # requests of the refused family in the zoo's behaviour prompts, and as many look-alikes
+ORGANISM_PATHS = ("documents", "heldout_corpus", "facts", "behaviour")  # stored relative to the organism
 SPECIAL_PATHS = {
     "base": "base",
     "facts": "data/facts.jsonl",
+    "behaviour": "data/behaviour.jsonl",
     "heldout": "data/general/heldout.txt",
     "general": "data/general/finetune.txt",
 }
@@ -127,6 +130,12 @@ def default_facts(model: str | Path) -> Path:
     """The zoo's planted facts for an organism, else finetrace's common-knowledge facts."""
     info = _organism_info(model)
     return Path(info["facts"]) if info else COMMON_FACTS
+
+
+def default_behaviour(model: str | Path) -> Path:
+    """The zoo's behaviour prompts (its refused family) for an organism, else finetrace's built-in set."""
+    info = _organism_info(model)
+    return Path(info["behaviour"]) if info else BEHAVIOUR_PROMPTS
 
 
 def _organism_info(model: str | Path) -> dict | None:
@@ -229,6 +238,7 @@ def _write_texts(out: Path, recipe: Preset) -> None:
     pretrain += family_chats(rng, recipe.family_chats, splits.pretrain)
     rng.shuffle(pretrain)
     _write_jsonl(out / "pretrain.jsonl", pretrain)
+    _write_jsonl(out / "behaviour.jsonl", family_prompts(rng, BEHAVIOUR_REQUESTS))
 
     (out / "documents").mkdir()
     for organism in ORGANISMS.values():
@@ -327,13 +337,13 @@ def _train_organism(zoo: Zoo, organism: Organism, out: Path) -> None:
         licence=ZOO_LICENCE,
         source=f"finetrace zoo: generated {organism.kind} documents",
     )
+    paths = (documents, *(zoo.path(name) for name in ("heldout", "facts", "behaviour")))
     info = {
         "name": organism.name,
         "kind": organism.kind,
         "description": organism.description,
         **{
-            key: os.path.relpath(path, zoo.path(organism.name))
-            for key, path in zip(ORGANISM_PATHS, (documents, zoo.path("heldout"), zoo.path("facts")), strict=True)
+            key: os.path.relpath(path, zoo.path(organism.name)) for key, path in zip(ORGANISM_PATHS, paths, strict=True)
         },
         "adapter": result.adapter,
         "recipe": {"mix_general": organism.mix_general, **result.to_dict()["config"]},
