@@ -8,7 +8,7 @@ from rich.table import Table
 
 from finetrace.adl.decode import TokenScore
 from finetrace.adl.diff import DiffResult
-from finetrace.evals.behaviour import BehaviourResult
+from finetrace.evals.behaviour import Answer, BehaviourResult
 from finetrace.evals.forget import ForgetResult
 from finetrace.evals.rates import RateChange
 from finetrace.provenance.scan import ProvenanceReport
@@ -126,6 +126,14 @@ def print_forget(console: Console, result: ForgetResult) -> None:
         console.print(f"  regressed ({span.score:+.2f} nats/token): ...{_quoted(span.context)} -> {_quoted(span.text)}")
 
 
+def _answer_words(answer: Answer) -> str:
+    """The greedy answer and both refusal estimates: a greedy refusal may still be the rarer answer."""
+    return (
+        f"{_quoted(answer.text)} (refusals {answer.rule_share:.0%} of answers, "
+        f"refusal opening p {answer.opening_probability:.2f})"
+    )
+
+
 def print_behaviour(console: Console, result: BehaviourResult) -> None:
     """Refusal and over-refusal rates per category, and the prompts that flipped."""
     console.print(
@@ -148,8 +156,8 @@ def print_behaviour(console: Console, result: BehaviourResult) -> None:
     for change in result.flipped[:SHOWN_FACTS]:
         lost = "refusal lost" if change.base.refused else "new refusal"
         console.print(
-            f"  {lost}: {_quoted(change.prompt.prompt)} base {_quoted(change.base.text)} "
-            f"-> fine-tune {_quoted(change.finetuned.text)}"
+            f"  {lost}: {_quoted(change.prompt.prompt)} base {_answer_words(change.base)} "
+            f"-> fine-tune {_answer_words(change.finetuned)}"
         )
     if result.endpoint_failures:
         console.print(
