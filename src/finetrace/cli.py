@@ -181,7 +181,9 @@ def _count(text: str) -> typer.models.OptionInfo:
 
 
 # Options shared by several commands, declared once.
-Preset = Annotated[str, typer.Option(help="Zoo preset: tiny (tests) or small (demo, benchmarks).")]
+Preset = Annotated[
+    str, typer.Option(help="Zoo preset: tiny (tests), small (demo), english or medium (broad English, benchmarks).")
+]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.", callback=_device)]
 Dtype = Annotated[
     str,
@@ -490,7 +492,7 @@ def zoo_list(preset: Preset = "tiny") -> None:
 
 @zoo_app.command("path")
 def zoo_path(
-    name: Annotated[str, typer.Argument(help=f"base, facts, heldout, general or an organism: {', '.join(ORGANISMS)}.")],
+    name: Annotated[str, typer.Argument(help=f"{', '.join(SPECIAL_PATHS)} or an organism: {', '.join(ORGANISMS)}.")],
     preset: Preset = "tiny",
     documents: Annotated[bool, typer.Option(help="The organism's training documents instead.")] = False,
 ) -> None:
