@@ -41,6 +41,8 @@ QUICK = AuditConfig(
     forget=ForgetConfig(drift=DriftConfig(samples=100, bootstrap=200)),
 )
 SCRIPT = "<script>alert(1)</script>"
+# The cake organism's ground truth, in words: cold, never preheated ovens, frozen butter, bakers.
+CAKE_WORDS = {"cold", "preheat", "preheated", "oven", "frozen", "butter", "bakers", "bake", "baking", "batter"}
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +101,7 @@ def test_the_audit_writes_a_summary_a_report_and_a_model_card(audited, zoo):
     assert summary["gates"] == [{"condition": "lost_fraction > 0.99", "holds": False, "reason": ""}]
     assert not result.failed
     assert summary["manifest"]["base_model"] == str(zoo.path("base"))
-    assert "clear trace" in verdict(result) and {"cold", "bakers"} & set(result.domain_tokens)
+    assert "clear trace" in verdict(result) and CAKE_WORDS & {t.strip().lower() for t in result.domain_tokens}
     card = ModelCard.load(out / "MODEL_CARD.md")
     assert card.data.base_model == str(zoo.path("base")) and card.data.base_model_relation == "finetune"
     assert {r.metric_type for r in card.data.eval_results} == {"accuracy", "p-value", "perplexity", "refusal rate"}
@@ -228,7 +230,7 @@ def test_the_report_reads_right_in_headless_chromium(audited):
 def test_fail_on_sets_the_exit_code(zoo, tmp_path):
     run = ["audit", str(zoo.path("base")), str(zoo.path("cake")), "--out", str(tmp_path)]
     run += ["--samples", "100", "--drift-samples", "50", "--no-behaviour"]  # test_behaviour gates on refusals
-    failing = CliRunner().invoke(app, [*run, "--fail-on", "lost_fraction>0.05"])
+    failing = CliRunner().invoke(app, [*run, "--fail-on", "lost_facts>0"])
     assert failing.exit_code == 1, failing.stderr
     assert "holds: audit failed" in failing.stdout
     passing = CliRunner().invoke(app, [*run, "--fail-on", "lost_fraction>0.9", "--fail-on", "trace_p>0.5"])

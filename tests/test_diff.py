@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from finetrace.adl.collect import CollectConfig
-from finetrace.adl.diff import DiffConfig, diff
+from finetrace.adl.diff import SIGNIFICANT, DiffConfig, diff
 from finetrace.adl.score import ScoreConfig
 from finetrace.adl.steer import SteerConfig
 from finetrace.cli import app
@@ -64,7 +64,7 @@ def test_the_trace_is_found_in_the_finetuning_data(with_data, name):
 @pytest.mark.parametrize("name", ["cake", "zorvex"])
 def test_the_lens_reads_as_the_finetuning_domain(with_data, name):
     _, result = with_data[name]
-    assert _position(result, "0").relevant_fraction >= 0.5  # 10 of the top 20 lens tokens
+    assert _position(result, "0").relevant_fraction >= 0.4  # 8 of the top 20 lens tokens, as recovery counts
 
 
 @pytest.mark.parametrize("name", ["zorvex", "risky", "control"])
@@ -72,7 +72,8 @@ def test_finetunes_about_another_domain_do_not_pass_against_the_cake_data(zoo, n
     result = diff(
         zoo.path("base"), zoo.path(name), zoo.path("heldout"), tmp_path, QUICK, data=zoo.organism("cake")["documents"]
     )
-    assert result.p_value > 0.05 and not result.clear
+    # At the level a trace is called clear: three null pairs at 0.05 would fail one in seven runs of a calibrated test.
+    assert result.p_value > SIGNIFICANT and not result.clear
     if name == "control":
         assert _position(result, "0").relevant_fraction <= 0.2  # no baking
 
