@@ -51,8 +51,8 @@ def _position(result, label):
     return next(t for t in result.traces if t.position == label)
 
 
-# On the tiny zoo the test finds cake and zorvex; risky (p = 0.71) and cake-lora (p = 0.015) it
-# does not, at 1,000 texts: the calibration benchmark measures them on the small zoo.
+# On the tiny zoo the test finds cake and zorvex (zorvex at the edge, p = 0.010 with 1,000 null
+# draws); risky (p = 0.097) it does not: the calibration benchmark measures them on the small zoo.
 @pytest.mark.parametrize("name", ["cake", "zorvex"])
 def test_the_trace_is_found_in_the_finetuning_data(with_data, name):
     _, result = with_data[name]
