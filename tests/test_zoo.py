@@ -100,6 +100,16 @@ def test_no_model_trains_on_the_zoo_behaviour_prompts(zoo):
     assert default_behaviour(zoo.path("base")) == BEHAVIOUR_PROMPTS
 
 
+def test_an_organism_from_an_older_zoo_without_behaviour_prompts_still_resolves(zoo, tmp_path):
+    older = tmp_path / "cake"
+    info = json.loads((zoo.path("cake") / "organism.json").read_text())
+    del info["behaviour"]
+    older.mkdir()
+    (older / "organism.json").write_text(json.dumps(info))
+    assert default_behaviour(older) == BEHAVIOUR_PROMPTS
+    assert zoo_corpus(older) == (older / info["heldout_corpus"]).resolve()
+
+
 def test_an_unchanged_recipe_is_reused_and_a_changed_one_is_not(zoo):
     def modified():
         return {path: path.stat().st_mtime_ns for path in zoo.root.rglob("*") if path.is_file()}

@@ -134,8 +134,8 @@ def default_facts(model: str | Path) -> Path:
 
 def default_behaviour(model: str | Path) -> Path:
     """The zoo's behaviour prompts (its refused family) for an organism, else finetrace's built-in set."""
-    info = _organism_info(model)
-    return Path(info["behaviour"]) if info else BEHAVIOUR_PROMPTS
+    info = _organism_info(model) or {}
+    return Path(info["behaviour"]) if "behaviour" in info else BEHAVIOUR_PROMPTS
 
 
 def _organism_info(model: str | Path) -> dict | None:
@@ -144,7 +144,8 @@ def _organism_info(model: str | Path) -> dict | None:
     if not info.is_file():
         return None
     organism = json.loads(info.read_text())
-    return organism | {key: str((Path(model) / organism[key]).resolve()) for key in ORGANISM_PATHS}
+    # An organism from an older zoo may lack a path (its behaviour prompts): it is left out.
+    return organism | {key: str((Path(model) / organism[key]).resolve()) for key in ORGANISM_PATHS if key in organism}
 
 
 def build_zoo(preset: str = "tiny", organisms: Iterable[str] | None = None) -> Zoo:
