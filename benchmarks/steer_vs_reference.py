@@ -25,7 +25,7 @@ from collect_vs_reference import benchmark_corpus
 from finetrace import DiffConfig, diff
 from finetrace.adl.collect import CollectConfig
 from finetrace.adl.steer import SteerConfig, distinct_bigrams, prompt_texts, steer
-from finetrace.models.likelihood import continuation_logprobs
+from finetrace.models.likelihood import text_logprobs
 from finetrace.models.load import pad_token_id
 from finetrace.models.pair import load_pair
 from finetrace.models.residual import add_to_residual
@@ -54,7 +54,7 @@ def reference_steer(model, layout, tokenizer, layer: int, unit: torch.Tensor, ty
                 )
             for row in output[:, ids.shape[1] :]:
                 text = tokenizer.decode(row, skip_special_tokens=True)
-                scores = continuation_logprobs(model, tokenizer, prompt, [text])
+                scores = text_logprobs(model, tokenizer, [(prompt, text)])
                 texts.append((text, scores.logprob[0].item() / max(int(scores.tokens[0]), 1)))
         trials.append((strength, sum(distinct_bigrams(t) for t, _ in texts) / len(texts)))
     return trials

@@ -14,7 +14,7 @@ from finetrace.evals.drift import DriftConfig
 from finetrace.evals.facts import COMMON_FACTS, read_facts
 from finetrace.evals.flips import flip_matrix, mcnemar_exact
 from finetrace.evals.forget import ForgetConfig, forget
-from finetrace.models.likelihood import continuation_logprobs
+from finetrace.models.likelihood import text_logprobs
 from finetrace.models.load import load_model, load_tokenizer
 
 QUICK = ForgetConfig(drift=DriftConfig(bootstrap=200))
@@ -119,7 +119,7 @@ def test_a_fact_without_distractors_is_known_by_greedy_decoding(tiny_model):
     logits = model(**tokenizer(prompt, return_tensors="pt")).logits[0, -1]
     greedy = tokenizer.decode(logits.argmax())
     other = tokenizer.decode(logits.argmin())
-    scores = continuation_logprobs(model, tokenizer, prompt, [greedy, other])
+    scores = text_logprobs(model, tokenizer, [(prompt, greedy), (prompt, other)])
     assert scores.greedy.tolist() == [True, False]
 
 

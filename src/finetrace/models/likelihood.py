@@ -22,13 +22,6 @@ class ContinuationScores:
 LOGIT_ELEMENTS = 64 * 16 * 32_768
 
 
-def continuation_logprobs(
-    model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompt: str, continuations: list[str]
-) -> ContinuationScores:
-    """Every continuation after the one prompt (see `text_logprobs`)."""
-    return text_logprobs(model, tokenizer, [(prompt, c) for c in continuations])
-
-
 def text_logprobs(
     model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: list[tuple[str, str]]
 ) -> ContinuationScores:
