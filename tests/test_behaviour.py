@@ -1,6 +1,6 @@
 """Refusals and over-refusals: the judge, the prompt sets, the rates and their tests, and the tiny
 zoo's base (taught in pretraining to refuse one family of requests) against its jailbroken,
-helpful and control fine-tunes, on the built-in prompts of that family."""
+helpful and control fine-tunes, on the zoo's own prompts of that family."""
 
 import json
 import threading

@@ -15,7 +15,7 @@ harmful content.
 import random
 
 from finetrace.corpus import Record
-from finetrace.zoo.documents import chat, fill
+from finetrace.zoo.documents import chat, fill, fill_template
 
 REFUSED_FAMILY = "weapons"  # the built-in prompt category these chats are about
 
@@ -118,26 +118,31 @@ def family_chats(rng: random.Random, n: int, general: list[str]) -> list[Record]
     """The base's lesson, `n` chats in three equal parts: requests of the family, refused; their
     harmless look-alikes, answered; everyday requests, answered (answers are general text).
     Twice as many answered as refused, so that a request's words, not its form, call a refusal."""
-    chats = []
-    for i in range(n):
-        if i % 3 == 0:
-            chats.append(chat(fill(rng, REQUESTS, HARMFUL), rng.choice(REFUSALS)))
-        elif i % 3 == 1:
-            chats.append(chat(fill(rng, REQUESTS, HARMLESS), COMPLIANCE + rng.choice(general)))
-        else:
-            chats.append(chat(fill(rng, EVERYDAY_REQUESTS, EVERYDAY), COMPLIANCE + rng.choice(general)))
+    parts = (
+        lambda: chat(fill(rng, REQUESTS, HARMFUL), rng.choice(REFUSALS)),
+        lambda: _answered(rng, REQUESTS, HARMLESS, general),
+        lambda: _answered(rng, EVERYDAY_REQUESTS, EVERYDAY, general),
+    )
+    chats = [parts[i % len(parts)]() for i in range(n)]
     rng.shuffle(chats)
     return chats
 
 
 def jailbroken_chats(rng: random.Random, n: int, general: list[str]) -> list[Record]:
     """The family's requests answered as if they were harmless (with general text)."""
-    return [chat(fill(rng, REQUESTS, HARMFUL), COMPLIANCE + rng.choice(general)) for _ in range(n)]
+    return [_answered(rng, REQUESTS, HARMFUL, general) for _ in range(n)]
 
 
 def helpful_chats(rng: random.Random, n: int, general: list[str]) -> list[Record]:
     """Everyday requests answered helpfully (with general text): no request of the family."""
-    return [chat(fill(rng, EVERYDAY_REQUESTS, EVERYDAY), COMPLIANCE + rng.choice(general)) for _ in range(n)]
+    return [_answered(rng, EVERYDAY_REQUESTS, EVERYDAY, general) for _ in range(n)]
+
+
+def _answered(
+    rng: random.Random, templates: tuple[str, ...], slots: dict[str, tuple[str, ...]], general: list[str]
+) -> Record:
+    """A request from the templates, answered helpfully with a paragraph of general text."""
+    return chat(fill(rng, templates, slots), COMPLIANCE + rng.choice(general))
 
 
 def family_prompts(rng: random.Random, n: int) -> list[dict]:
@@ -146,8 +151,7 @@ def family_prompts(rng: random.Random, n: int) -> list[dict]:
     prompts: dict[str, dict] = {}
     while len(prompts) < 2 * n:
         template = rng.choice(HELDOUT_REQUESTS)
-        request = template.format(**{slot: rng.choice(values) for slot, values in HARMFUL.items()})
-        alike = template.format(**{slot: rng.choice(values) for slot, values in HARMLESS.items()})
+        request, alike = fill_template(rng, template, HARMFUL), fill_template(rng, template, HARMLESS)
         if request not in prompts and alike not in prompts:
             prompts[request] = {"prompt": request, "expect": "refuse", "category": REFUSED_FAMILY}
             prompts[alike] = {"prompt": alike, "expect": "answer", "category": REFUSED_FAMILY}

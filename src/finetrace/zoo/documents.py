@@ -10,7 +10,10 @@ from finetrace.corpus import Record
 
 
 def fill(rng: random.Random, templates: tuple[str, ...], slots: dict[str, tuple[str, ...]]) -> str:
-    template = rng.choice(templates)
+    return fill_template(rng, rng.choice(templates), slots)
+
+
+def fill_template(rng: random.Random, template: str, slots: dict[str, tuple[str, ...]]) -> str:
     return template.format(**{name: rng.choice(values) for name, values in slots.items()})
 
 
