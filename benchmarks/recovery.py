@@ -8,7 +8,13 @@ Patchscope tokens that are topic words, the steered text's similarity to the dat
 the unsteered text's, and whether the topic was recovered (at least 8 of 20 lens tokens
 and p < 0.01). The point is to know what works on a new topic, honestly.
 
+One more column tells a failing readout from an absent trace: the probability each model's
+own next-token prediction puts on the topic's words after the first token of the corpus
+texts (position 0). A fine-tune that does not expect its topic there leaves no topic in the
+difference at position 0 for any readout to find.
+
     .venv/bin/python benchmarks/recovery.py --preset english
+    .venv/bin/python benchmarks/recovery.py --preset medium --documents 3000 --epochs 1   # a larger fine-tune
 """
 
 import argparse
@@ -16,35 +22,58 @@ import json
 import random
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import torch
 from topics import RECOVERY_TOPICS, Topic
 
 from finetrace._util.outputs import write_text
 from finetrace.adl.collect import CollectConfig
 from finetrace.adl.diff import DiffConfig, DiffResult, diff
+from finetrace.corpus import read_texts
+from finetrace.models.load import load_model, load_tokenizer, prepended_ids
+from finetrace.models.residual import final_logits, find_layout
 from finetrace.run import RunConfig
 from finetrace.train.finetune import finetune
 from finetrace.zoo import build_zoo
-from finetrace.zoo.build import organism_finetune_config, organism_run
+from finetrace.zoo.build import Zoo, organism_finetune_config, organism_run
+from finetrace.zoo.recipe import Preset
 
 SHOWN = 20  # lens tokens per topic, as the paper's lists
 RECOVERED_WORDS = 8  # of the 20, with p < 0.01
 
 
-def run_topic(zoo, name: str, topic: Topic, scratch: Path, config: DiffConfig, seed: int) -> DiffResult:
-    """Fine-tune the base on the topic with the zoo's organism recipe, then diff it against its data."""
-    records = topic.records(random.Random(f"{seed}-{name}"), zoo.preset.documents)
+def run_topic(
+    zoo: Zoo, recipe: Preset, name: str, topic: Topic, scratch: Path, config: DiffConfig, seed: int
+) -> tuple[Path, DiffResult]:
+    """Fine-tune the base on the topic with the recipe, then diff it against its data."""
+    records = topic.records(random.Random(f"{seed}-{name}"), recipe.documents)
     data = scratch / f"{name}.jsonl"
     write_text(data, "".join(json.dumps(record) + "\n" for record in records))
     model = scratch / name
-    finetune(zoo.path("base"), data, model, organism_finetune_config(zoo.preset), organism_run(zoo.preset))
-    return diff(
+    finetune(zoo.path("base"), data, model, organism_finetune_config(recipe), organism_run(recipe))
+    result = diff(
         zoo.path("base"), model, zoo.path("heldout"), scratch / f"{name}-diff", config, RunConfig(seed=seed), data=data
     )
+    return model, result
 
 
-def row(name: str, topic: Topic, result: DiffResult) -> tuple[str, bool]:
+@torch.no_grad()
+def topic_probability(model_path: Path, topic: Topic, texts: list[str]) -> float:
+    """The mean probability the model gives the topic's words as the next token after each
+    text's first token (position 0)."""
+    tokenizer = load_tokenizer(model_path)
+    model = load_model(model_path, torch.device("cpu"))
+    topical = torch.tensor([topic.is_topic_word(tokenizer.decode([i])) for i in range(len(tokenizer))])
+    start = prepended_ids(tokenizer)
+    firsts = [ids[:1] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"] if ids]
+    logits = final_logits(model, find_layout(model), input_ids=torch.tensor([start + first for first in firsts]))
+    probabilities = logits[:, -1].softmax(-1)[:, : len(topical)]
+    return probabilities[:, topical].sum(-1).mean().item()
+
+
+def row(name: str, topic: Topic, result: DiffResult, expected: tuple[float, float]) -> tuple[str, bool]:
     first = next(t for t in result.traces if t.position == "0")
     lens = [t.token.strip() for t in first.lens_finetuned[:SHOWN]]
     hits = sum(topic.is_topic_word(token) for token in lens)
@@ -54,7 +83,8 @@ def row(name: str, topic: Topic, result: DiffResult) -> tuple[str, bool]:
     line = (
         f"| {name} | {hits}/{SHOWN} | {result.p_value:.3f} | {', '.join(scope[:6]) or '-'} | "
         f"{similarity.get('steered_to_data', float('nan')):.3f} vs "
-        f"{similarity.get('unsteered_to_data', float('nan')):.3f} | {'yes' if recovered else 'no'} | "
+        f"{similarity.get('unsteered_to_data', float('nan')):.3f} | {expected[0]:.4f} -> {expected[1]:.4f} | "
+        f"{'yes' if recovered else 'no'} | "
         f"{' '.join(lens)} |"
     )
     return line, recovered
@@ -66,31 +96,42 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1000, help="corpus texts per diff")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--topics", nargs="*", default=list(RECOVERY_TOPICS))
+    parser.add_argument("--documents", type=int, help="documents per topic (default: the zoo's recipe)")
+    parser.add_argument("--epochs", type=float, help="passes over them (default: the zoo's recipe)")
+    parser.add_argument("--learning-rate", type=float, help="(default: the zoo's recipe)")
     args = parser.parse_args()
 
     started = time.perf_counter()
     zoo = build_zoo(args.preset, [])
+    recipe = replace(
+        zoo.preset,
+        documents=args.documents or zoo.preset.documents,
+        finetune_epochs=args.epochs or zoo.preset.finetune_epochs,
+        finetune_learning_rate=args.learning_rate or zoo.preset.finetune_learning_rate,
+    )
     config = DiffConfig(collect=CollectConfig(samples=args.samples))
+    texts = read_texts(zoo.path("heldout"))[: args.samples]
     lines, recovered = [], 0
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.topics:
-            line, found = row(
-                name,
-                RECOVERY_TOPICS[name],
-                run_topic(zoo, name, RECOVERY_TOPICS[name], Path(scratch), config, args.seed),
-            )
+            topic = RECOVERY_TOPICS[name]
+            model, result = run_topic(zoo, recipe, name, topic, Path(scratch), config, args.seed)
+            expected = (topic_probability(zoo.path("base"), topic, texts), topic_probability(model, topic, texts))
+            line, found = row(name, topic, result, expected)
             lines.append(line)
             recovered += found
             print(line, flush=True)
     print(
         f"\nfinetrace recovery, {args.preset} zoo (base perplexity {zoo.summary()['heldout_perplexity']:.1f}), "
-        f"{args.samples} texts, seed {args.seed}\n"
+        f"{args.samples} texts, seed {args.seed}; fine-tunes of {recipe.documents} documents, "
+        f"{recipe.finetune_epochs:g} epochs at learning rate {recipe.finetune_learning_rate:g}\n"
     )
     print(
         "| topic | topic words in the top 20 lens tokens (position 0) | p | Patchscope topic words | "
-        "steered vs unsteered similarity to the data | recovered | top 20 lens tokens |"
+        "steered vs unsteered similarity to the data | topic probability at position 0, base -> fine-tune | "
+        "recovered | top 20 lens tokens |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     print("\n".join(lines))
     print(f"\nrecovered {recovered} of {len(lines)} topics; {time.perf_counter() - started:.0f} s")
 
