@@ -15,6 +15,7 @@ difference at position 0 for any readout to find.
 
     .venv/bin/python benchmarks/recovery.py --preset english
     .venv/bin/python benchmarks/recovery.py --preset medium --documents 3000 --epochs 1   # a larger fine-tune
+    .venv/bin/python benchmarks/recovery.py --base Qwen/Qwen3-0.6B --corpus HuggingFaceFW/fineweb   # a real base
 """
 
 import argparse
@@ -22,7 +23,8 @@ import json
 import random
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -31,44 +33,85 @@ from topics import RECOVERY_TOPICS, Topic
 from finetrace._util.outputs import write_text
 from finetrace.adl.collect import CollectConfig
 from finetrace.adl.diff import DiffConfig, DiffResult, diff
-from finetrace.corpus import read_texts
-from finetrace.models.load import load_model, load_tokenizer, prepended_ids
+from finetrace.corpus import iter_texts
+from finetrace.models.load import load_model, load_tokenizer, prepended_ids, resolve_device
 from finetrace.models.residual import final_logits, find_layout
 from finetrace.run import RunConfig
-from finetrace.train.finetune import finetune
+from finetrace.train.finetune import FinetuneConfig, finetune
+from finetrace.train.loop import TrainConfig
 from finetrace.zoo import build_zoo
-from finetrace.zoo.build import Zoo, organism_finetune_config, organism_run
-from finetrace.zoo.recipe import Preset
+from finetrace.zoo.build import organism_finetune_config, organism_run
 
 SHOWN = 20  # lens tokens per topic, as the paper's lists
 RECOVERED_WORDS = 8  # of the 20, with p < 0.01
 
 
+@dataclass(frozen=True)
+class Setup:
+    """The base the topics are fine-tuned onto, how, and the unrelated text the diff reads."""
+
+    base: str | Path
+    corpus: str | Path
+    documents: int  # per topic
+    finetuning: FinetuneConfig
+    run: RunConfig
+    described: str
+
+
+def zoo_setup(args: argparse.Namespace) -> Setup:
+    """The zoo's base and held-out text, and its organism recipe unless the flags change it."""
+    zoo = build_zoo(args.preset, [])
+    recipe = replace(
+        zoo.preset,
+        documents=args.documents or zoo.preset.documents,
+        finetune_epochs=args.epochs or zoo.preset.finetune_epochs,
+        finetune_learning_rate=args.learning_rate or zoo.preset.finetune_learning_rate,
+    )
+    described = f"{args.preset} zoo (base perplexity {zoo.summary()['heldout_perplexity']:.1f})"
+    return Setup(
+        zoo.path("base"),
+        zoo.path("heldout"),
+        recipe.documents,
+        organism_finetune_config(recipe),
+        organism_run(recipe),
+        described,
+    )
+
+
+def model_setup(args: argparse.Namespace) -> Setup:
+    """A model of the user's (a directory or a hub id), fully fine-tuned at the zoo's batch and length."""
+    training = TrainConfig(
+        epochs=args.epochs or 3.0, learning_rate=args.learning_rate, batch_size=16, context_length=128
+    )
+    return Setup(
+        args.base, args.corpus, args.documents or 300, FinetuneConfig(training), RunConfig(seed=args.seed), args.base
+    )
+
+
 def run_topic(
-    zoo: Zoo, recipe: Preset, name: str, topic: Topic, scratch: Path, config: DiffConfig, seed: int
+    setup: Setup, name: str, topic: Topic, scratch: Path, config: DiffConfig, seed: int
 ) -> tuple[Path, DiffResult]:
-    """Fine-tune the base on the topic with the recipe, then diff it against its data."""
-    records = topic.records(random.Random(f"{seed}-{name}"), recipe.documents)
+    """Fine-tune the base on the topic, then diff it against its data."""
+    records = topic.records(random.Random(f"{seed}-{name}"), setup.documents)
     data = scratch / f"{name}.jsonl"
     write_text(data, "".join(json.dumps(record) + "\n" for record in records))
     model = scratch / name
-    finetune(zoo.path("base"), data, model, organism_finetune_config(recipe), organism_run(recipe))
-    result = diff(
-        zoo.path("base"), model, zoo.path("heldout"), scratch / f"{name}-diff", config, RunConfig(seed=seed), data=data
-    )
+    finetune(setup.base, data, model, setup.finetuning, setup.run)
+    result = diff(setup.base, model, setup.corpus, scratch / f"{name}-diff", config, RunConfig(seed=seed), data=data)
     return model, result
 
 
 @torch.no_grad()
-def topic_probability(model_path: Path, topic: Topic, texts: list[str]) -> float:
+def topic_probability(model_path: str | Path, topic: Topic, texts: list[str], device: str = "cpu") -> float:
     """The mean probability the model gives the topic's words as the next token after each
     text's first token (position 0)."""
     tokenizer = load_tokenizer(model_path)
-    model = load_model(model_path, torch.device("cpu"))
+    model = load_model(model_path, resolve_device(device))
     topical = torch.tensor([topic.is_topic_word(tokenizer.decode([i])) for i in range(len(tokenizer))])
     start = prepended_ids(tokenizer)
     firsts = [ids[:1] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"] if ids]
-    logits = final_logits(model, find_layout(model), input_ids=torch.tensor([start + first for first in firsts]))
+    ids = torch.tensor([start + first for first in firsts], device=model.device)
+    logits = final_logits(model, find_layout(model), input_ids=ids).cpu()
     probabilities = logits[:, -1].softmax(-1)[:, : len(topical)]
     return probabilities[:, topical].sum(-1).mean().item()
 
@@ -98,33 +141,31 @@ def main() -> None:
     parser.add_argument("--topics", nargs="*", default=list(RECOVERY_TOPICS))
     parser.add_argument("--documents", type=int, help="documents per topic (default: the zoo's recipe)")
     parser.add_argument("--epochs", type=float, help="passes over them (default: the zoo's recipe)")
-    parser.add_argument("--learning-rate", type=float, help="(default: the zoo's recipe)")
+    parser.add_argument("--learning-rate", type=float, help="(default: the zoo's recipe, or finetune's usual rate)")
+    parser.add_argument("--base", help="fine-tune this model (a directory or a hub id) instead of the zoo's base")
+    parser.add_argument("--corpus", help="with --base: unrelated text for the diff (a file or a hub dataset)")
     args = parser.parse_args()
+    if args.base and not args.corpus:
+        parser.error("--base needs --corpus, unrelated text for the diff")
 
     started = time.perf_counter()
-    zoo = build_zoo(args.preset, [])
-    recipe = replace(
-        zoo.preset,
-        documents=args.documents or zoo.preset.documents,
-        finetune_epochs=args.epochs or zoo.preset.finetune_epochs,
-        finetune_learning_rate=args.learning_rate or zoo.preset.finetune_learning_rate,
-    )
+    setup = model_setup(args) if args.base else zoo_setup(args)
     config = DiffConfig(collect=CollectConfig(samples=args.samples))
-    texts = read_texts(zoo.path("heldout"))[: args.samples]
+    texts = list(islice(iter_texts(setup.corpus), args.samples))
     lines, recovered = [], 0
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.topics:
             topic = RECOVERY_TOPICS[name]
-            model, result = run_topic(zoo, recipe, name, topic, Path(scratch), config, args.seed)
-            expected = (topic_probability(zoo.path("base"), topic, texts), topic_probability(model, topic, texts))
+            model, result = run_topic(setup, name, topic, Path(scratch), config, args.seed)
+            expected = tuple(topic_probability(m, topic, texts, setup.run.device) for m in (setup.base, model))
             line, found = row(name, topic, result, expected)
             lines.append(line)
             recovered += found
             print(line, flush=True)
+    training = setup.finetuning.training
     print(
-        f"\nfinetrace recovery, {args.preset} zoo (base perplexity {zoo.summary()['heldout_perplexity']:.1f}), "
-        f"{args.samples} texts, seed {args.seed}; fine-tunes of {recipe.documents} documents, "
-        f"{recipe.finetune_epochs:g} epochs at learning rate {recipe.finetune_learning_rate:g}\n"
+        f"\nfinetrace recovery, {setup.described}, {args.samples} texts, seed {args.seed}; fine-tunes of "
+        f"{setup.documents} documents, {training.epochs:g} epochs at learning rate {training.learning_rate:g}\n"
     )
     print(
         "| topic | topic words in the top 20 lens tokens (position 0) | p | Patchscope topic words | "
