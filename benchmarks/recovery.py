@@ -1,12 +1,12 @@
 """Can a new topic be read from its fine-tune's trace? Topics the zoo's base never saw.
 
 Each topic of `topics.RECOVERY_TOPICS` (its documents and its word list written for this
-benchmark alone) is fine-tuned onto the zoo's base with the zoo's own organism recipe, then
-`finetrace diff --data` runs on it. Printed per topic: how many of the top-20 position-0
-logit-lens tokens are the topic's words (by its list), the trace test's p-value, the
-Patchscope tokens that are topic words, the steered text's similarity to the data against
-the unsteered text's, and whether the topic was recovered (at least 8 of 20 lens tokens
-and p < 0.01). The point is to know what works on a new topic, honestly.
+benchmark alone) is fine-tuned onto the zoo's base with the zoo's own organism recipe (or
+onto any model, with `--base` and `--corpus`), then `finetrace diff --data` runs on it.
+Printed per topic: how many of the top-20 position-0 logit-lens tokens are the topic's words
+(by its list), the trace test's p-value, the Patchscope tokens that are topic words, the
+steered text's similarity to the data against the unsteered text's, and whether the topic
+was recovered (at least 8 of 20 lens tokens and p < 0.01). The point is to know what works on a new topic, honestly.
 
 One more column tells a failing readout from an absent trace: the probability each model's
 own next-token prediction puts on the topic's words after the first token of the corpus
