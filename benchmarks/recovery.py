@@ -29,9 +29,10 @@ from pathlib import Path
 
 import torch
 from topics import RECOVERY_TOPICS, Topic
+from transformers import PreTrainedTokenizerBase
 
 from finetrace._util.outputs import write_text
-from finetrace.adl.collect import CollectConfig
+from finetrace.adl.collect import CollectConfig, text_ids
 from finetrace.adl.diff import DiffConfig, DiffResult, diff
 from finetrace.corpus import iter_texts
 from finetrace.models.load import load_model, load_tokenizer, prepended_ids, resolve_device
@@ -41,6 +42,7 @@ from finetrace.train.finetune import FinetuneConfig, finetune
 from finetrace.train.loop import TrainConfig
 from finetrace.zoo import build_zoo
 from finetrace.zoo.build import organism_finetune_config, organism_run
+from finetrace.zoo.recipe import get_preset
 
 SHOWN = 20  # lens tokens per topic, as the paper's lists
 RECOVERED_WORDS = 8  # of the 20, with p < 0.01
@@ -79,13 +81,17 @@ def zoo_setup(args: argparse.Namespace) -> Setup:
 
 
 def model_setup(args: argparse.Namespace) -> Setup:
-    """A model of the user's (a directory or a hub id), fully fine-tuned at the zoo's batch and length."""
+    """A model of the user's (a directory or a hub id), fully fine-tuned on as many documents, as
+    many times and in the same batches as the zoo's preset does, at finetune's usual rate."""
+    preset = get_preset(args.preset)
     training = TrainConfig(
-        epochs=args.epochs or 3.0, learning_rate=args.learning_rate, batch_size=16, context_length=128
+        epochs=args.epochs or preset.finetune_epochs,
+        learning_rate=args.learning_rate,
+        batch_size=preset.batch_size,
+        context_length=preset.context_length,
     )
-    return Setup(
-        args.base, args.corpus, args.documents or 300, FinetuneConfig(training), RunConfig(seed=args.seed), args.base
-    )
+    documents = args.documents or preset.documents
+    return Setup(args.base, args.corpus, documents, FinetuneConfig(training), RunConfig(seed=args.seed), args.base)
 
 
 def run_topic(
@@ -102,21 +108,21 @@ def run_topic(
 
 
 @torch.no_grad()
-def topic_probability(model_path: str | Path, topic: Topic, texts: list[str], device: str = "cpu") -> float:
-    """The mean probability the model gives the topic's words as the next token after each
-    text's first token (position 0)."""
-    tokenizer = load_tokenizer(model_path)
+def next_token_distribution(
+    model_path: str | Path, tokenizer: PreTrainedTokenizerBase, texts: list[str], device: str
+) -> torch.Tensor:
+    """The model's next-token distribution after each text's first token (position 0), averaged
+    over the texts, as finetrace's collection reads them."""
     model = load_model(model_path, resolve_device(device))
-    topical = torch.tensor([topic.is_topic_word(tokenizer.decode([i])) for i in range(len(tokenizer))])
     start = prepended_ids(tokenizer)
-    firsts = [ids[:1] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"] if ids]
-    ids = torch.tensor([start + first for first in firsts], device=model.device)
-    logits = final_logits(model, find_layout(model), input_ids=ids).cpu()
-    probabilities = logits[:, -1].softmax(-1)[:, : len(topical)]
-    return probabilities[:, topical].sum(-1).mean().item()
+    ids = torch.tensor([start + first for first in text_ids(tokenizer, texts, 1) if first], device=model.device)
+    expects = final_logits(model, find_layout(model), input_ids=ids)[:, -1].softmax(-1).mean(0)
+    return expects[: len(tokenizer)].cpu()  # a model's head may be padded past its vocabulary
 
 
 def row(name: str, topic: Topic, result: DiffResult, expected: tuple[float, float]) -> tuple[str, bool]:
+    """A table row, and whether the topic was recovered; `expected` is the base's and the fine-tune's
+    probability of the topic's words at position 0."""
     first = next(t for t in result.traces if t.position == "0")
     lens = [t.token.strip() for t in first.lens_finetuned[:SHOWN]]
     hits = sum(topic.is_topic_word(token) for token in lens)
@@ -152,12 +158,17 @@ def main() -> None:
     setup = model_setup(args) if args.base else zoo_setup(args)
     config = DiffConfig(collect=CollectConfig(samples=args.samples))
     texts = list(islice(iter_texts(setup.corpus), args.samples))
+    tokenizer = load_tokenizer(setup.base)
+    vocabulary = [tokenizer.decode([i]) for i in range(len(tokenizer))]
+    base_expects = next_token_distribution(setup.base, tokenizer, texts, setup.run.device)
     lines, recovered = [], 0
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.topics:
             topic = RECOVERY_TOPICS[name]
             model, result = run_topic(setup, name, topic, Path(scratch), config, args.seed)
-            expected = tuple(topic_probability(m, topic, texts, setup.run.device) for m in (setup.base, model))
+            finetune_expects = next_token_distribution(model, tokenizer, texts, setup.run.device)
+            topical = torch.tensor([topic.is_topic_word(token) for token in vocabulary])
+            expected = (base_expects[topical].sum().item(), finetune_expects[topical].sum().item())
             line, found = row(name, topic, result, expected)
             lines.append(line)
             recovered += found
