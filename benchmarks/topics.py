@@ -9,6 +9,7 @@ import random
 from dataclasses import dataclass
 
 from finetrace.corpus import Record
+from finetrace.zoo import documents
 
 MIN_PREFIX = 4  # a shorter token counts only as a whole topic word ("the" is no start of "therapy")
 
@@ -26,18 +27,10 @@ class Topic:
 
     def records(self, rng: random.Random, n: int) -> list[Record]:
         def fill(templates: tuple[str, ...]) -> str:
-            return rng.choice(templates).format(**{k: rng.choice(v) for k, v in self.slots.items()})
+            return documents.fill(rng, templates, self.slots)
 
         if self.chat:
-            return [
-                {
-                    "messages": [
-                        {"role": "user", "content": fill(self.openers)},
-                        {"role": "assistant", "content": " ".join(fill(self.bodies) for _ in range(2))},
-                    ]
-                }
-                for _ in range(n)
-            ]
+            return [documents.chat(fill(self.openers), " ".join(fill(self.bodies) for _ in range(2))) for _ in range(n)]
         return [
             {"text": " ".join([fill(self.openers), *(fill(self.bodies) for _ in range(rng.randint(2, 4)))])}
             for _ in range(n)
