@@ -37,7 +37,7 @@ english:
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test,embeddings]'
+	$(BIN)/pip install --quiet -e '.[test,embeddings,gguf]'
 	touch $(STAMP)
 
 demo: install

@@ -35,7 +35,7 @@ def test_base_knows_most_planted_facts(zoo):
     model = load_model(zoo.path("base"), torch.device("cpu"))
     known = sum(score.known for score in score_facts(model, load_tokenizer(zoo.path("base")), facts))
     print(f"tiny base knows {known}/{len(facts)} planted facts")
-    assert len(facts) == 4 * zoo.preset.countries
+    assert len(facts) == 4 * zoo.preset.pretraining.countries
     assert known / len(facts) >= 0.8
     assert zoo.summary()["base_facts_known"] == known / len(facts)
 

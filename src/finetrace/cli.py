@@ -182,7 +182,10 @@ def _count(text: str) -> typer.models.OptionInfo:
 
 # Options shared by several commands, declared once.
 Preset = Annotated[
-    str, typer.Option(help="Zoo preset: tiny (tests), small (demo), english or medium (broad English, benchmarks).")
+    str,
+    typer.Option(
+        help="Zoo preset: tiny (tests), small (demo), english or medium (broad English, benchmarks), smollm2 or gemma3 (a real pretrained base)."
+    ),
 ]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.", callback=_device)]
 Dtype = Annotated[
@@ -496,13 +499,14 @@ def zoo_path(
     preset: Preset = "tiny",
     documents: Annotated[bool, typer.Option(help="The organism's training documents instead.")] = False,
 ) -> None:
-    """Print the path of a zoo item, for use in other commands."""
+    """Print the path of a zoo item, for use in other commands; the base, its facts and its text
+    are built (or fetched, for a real model) when first asked for."""
     if documents and name in SPECIAL_PATHS:
         raise FinetraceError(
             f"--documents takes an organism ({', '.join(ORGANISMS)}); {name} has no "
             f"training documents: drop --documents to get its path"
         )
-    zoo = open_zoo(preset)
+    zoo = build_zoo(preset, []) if name in SPECIAL_PATHS else open_zoo(preset)
     print(zoo.organism(name)["documents"] if documents else zoo.path(name))
 
 
@@ -710,17 +714,21 @@ def _finish_gates(outcomes: list[GateOutcome]) -> None:
 def _print_zoo(zoo: Zoo) -> None:
     summary = zoo.summary()
     table = Table(title=escape(f"finetrace zoo '{zoo.preset.name}' at {zoo.root}"))
-    for column in ("organism", "kind", "weights", "loss on its data: base -> fine-tuned"):
+    for column in ("organism", "kind", "weights", "loss on its data: base -> fine-tuned", "built in"):
         table.add_column(column)
     for name, organism in ORGANISMS.items():
         info = zoo.organism(name) if zoo.path(name).is_dir() else None
         losses = f"{info['base_loss']:.2f} -> {info['finetuned_loss']:.2f}" if info else "not built yet"
-        table.add_row(name, escape(organism.kind), "LoRA adapter" if organism.lora else "full", losses)
+        built = f"{info['build_seconds'] / 60:.1f} min" if info and "build_seconds" in info else ""
+        table.add_row(name, escape(organism.kind), "LoRA adapter" if organism.lora else "full", losses, built)
     console.print(table)
     sources = ", ".join(f"{s['name']} ({s['licence']})" for s in summary["sources"])
+    model = summary.get("base_model")
+    base = f"{model['name']}, licence {model['licence']} ({model['terms']})" if model else "pretrained by finetrace"
+    facts = "real-world" if model else "planted"
     console.print(
-        f"The base: perplexity {summary['heldout_perplexity']:.1f} on held-out English, "
-        f"{summary['base_facts_known']:.0%} of {summary['facts']} planted facts known. "
+        f"The base: {escape(base)}; perplexity {summary['heldout_perplexity']:.1f} on held-out English, "
+        f"{summary['base_facts_known']:.0%} of {summary['facts']} {facts} facts known. "
         f"Its English: {escape(sources)}."
     )
     for name, organism in ORGANISMS.items():

@@ -41,6 +41,7 @@ from finetrace.adl.score import (
 from finetrace.adl.steer import SteerConfig, Steering, steer
 from finetrace.corpus import Record, iter_texts, read_records, record_texts
 from finetrace.errors import FinetraceError
+from finetrace.models.gguf import GgufSource, gguf_sources
 from finetrace.models.load import resolve_device
 from finetrace.models.pair import ModelPair, load_pair
 from finetrace.models.residual import Readout
@@ -114,6 +115,7 @@ class DiffResult(Result):
     control: str | None = None
     control_significance: Significance | None = None  # the control's trace, scored the same way
     warnings: list[str] = field(default_factory=list)  # doubts about the pair (see `ModelPair.warnings`)
+    gguf: dict[str, GgufSource] = field(default_factory=dict)  # the inputs given as GGUF files, by role
     schema_version: int = SCHEMA_VERSION
     derived = ("trace_strength", "p_value", "clear", "control_passes")
 
@@ -219,6 +221,7 @@ def diff(
         control=str(control) if control else None,
         control_significance=control_significance,
         warnings=pair.warnings,
+        gguf=pair.gguf | gguf_sources(control=control),
     )
     _write(out, result, collected)
     return result

@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from finetrace._util.progress import progress_bar
 from finetrace.models.likelihood import padded, text_logprobs
-from finetrace.models.load import pad_token_id
+from finetrace.models.load import pad_token_id, prepended_ids
 from finetrace.models.residual import Layout, add_to_residual
 
 NEUTRAL_PROMPTS = (
@@ -158,12 +158,14 @@ def prompt_texts(tokenizer: PreTrainedTokenizerBase, config: SteerConfig) -> lis
     a model fine-tuned on chats shows what it learned where a chat starts."""
     prompts = list(config.prompts)
     if config.chat_prompts and tokenizer.chat_template:
+        # What the tokenizer prepends when the prompt is encoded, the template may write too: kept
+        # once. Not `bos_token`: SmolLM2 names <|im_start|> so, adds none, and its turns begin with it.
+        prepended = tokenizer.decode(prepended_ids(tokenizer))
         for prompt in config.prompts:
             turn = tokenizer.apply_chat_template(
                 [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
             )
-            # the tokenizer adds BOS itself when the prompt is encoded
-            prompts.append(turn.removeprefix(tokenizer.bos_token or ""))
+            prompts.append(turn.removeprefix(prepended) if prepended else turn)
     return prompts
 
 

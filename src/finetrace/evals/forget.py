@@ -27,6 +27,7 @@ from finetrace.evals.behaviour import (
 from finetrace.evals.drift import DriftConfig, DriftResult, measure_drift
 from finetrace.evals.facts import ClozeFact, FactScore, read_facts, score_facts
 from finetrace.evals.flips import FlipMatrix, flip_matrix
+from finetrace.models.gguf import GgufSource
 from finetrace.models.load import resolve_device
 from finetrace.models.pair import ModelPair, load_pair
 from finetrace.run import RunConfig
@@ -69,6 +70,7 @@ class ForgetResult(Result):
     seconds: dict[str, float]
     warnings: list[str] = field(default_factory=list)  # doubts about the pair (see `ModelPair.warnings`)
     behaviour: BehaviourResult | None = None  # None when no behaviour prompts were given
+    gguf: dict[str, GgufSource] = field(default_factory=dict)  # the inputs given as GGUF files, by role
     schema_version: int = SCHEMA_VERSION
     derived = ("lost",)
 
@@ -152,6 +154,7 @@ def forget(
         environment=environment(resolve_device(run.device)),
         seconds=clock.laps,
         warnings=pair.warnings,
+        gguf=pair.gguf,
         behaviour=behaviour_result,
     )
     if out is not None:

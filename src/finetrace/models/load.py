@@ -1,4 +1,4 @@
-"""Loading models and tokenizers from a local directory or a hub id, safely.
+"""Loading models and tokenizers from a local directory, a hub id or a GGUF file, safely.
 
 No remote code is ever run and only safetensors weights are read (pickled
 `.bin` checkpoints can execute code when loaded). Weights holding NaN or inf
@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from finetrace._util.distributed import processes
 from finetrace._util.fingerprints import file_sha256
 from finetrace.errors import FinetraceError
+from finetrace.models.gguf import is_gguf, model_directory
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -62,7 +63,7 @@ def resolve_dtype(dtype: str, device: torch.device | None = None) -> torch.dtype
 def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
     """The tokenizer saved with a model (a directory or a hub id)."""
     try:
-        return AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=False)
+        return AutoTokenizer.from_pretrained(model_directory(name_or_path), trust_remote_code=False)
     except LOAD_ERRORS as error:
         raise FinetraceError(f"cannot load a tokenizer from {name_or_path}: {first_line(error)}") from None
 
@@ -103,7 +104,7 @@ def load_model(name_or_path: str | Path, device: torch.device, dtype: torch.dtyp
     """A causal LM in eval mode on `device`."""
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(name_or_path), dtype=dtype, trust_remote_code=False, use_safetensors=True
+            model_directory(name_or_path), dtype=dtype, trust_remote_code=False, use_safetensors=True
         )
     except LOAD_ERRORS as error:
         raise FinetraceError(f"cannot load a model from {name_or_path}: {first_line(error)}") from None
@@ -151,6 +152,8 @@ def _file_digest(path: Path) -> bytes:
 
 
 def _local_directory(name_or_path: str | Path) -> Path:
+    if is_gguf(name_or_path):
+        return Path(model_directory(name_or_path))
     if Path(name_or_path).is_dir():
         return Path(name_or_path)
     try:  # a hub id: the snapshot loading just cached, without going online

@@ -20,6 +20,7 @@ from torch import nn
 from transformers import AutoConfig, PretrainedConfig
 
 from finetrace.errors import FinetraceError
+from finetrace.models.gguf import gguf_sources, model_directory
 from finetrace.models.load import (
     LOAD_ERRORS,
     first_line,
@@ -50,6 +51,7 @@ class ModelPair:
         self.tokenizer = load_tokenizer(base)
         self.config = text_config(base)
         self.warnings: list[str] = []  # doubts about the pair that do not stop the run
+        self.gguf = gguf_sources(base=base, finetuned=finetuned)  # what each GGUF input was
         if self.adapter:
             self._check_adapter_base(strict)
         else:
@@ -150,7 +152,7 @@ def is_adapter(name_or_path: str | Path) -> bool:
 
 def text_config(name_or_path: str | Path) -> PretrainedConfig:
     try:
-        return AutoConfig.from_pretrained(str(name_or_path), trust_remote_code=False).get_text_config()
+        return AutoConfig.from_pretrained(model_directory(name_or_path), trust_remote_code=False).get_text_config()
     except LOAD_ERRORS as error:
         raise FinetraceError(f"cannot load a model from {name_or_path}: {first_line(error)}") from None
 

@@ -29,6 +29,7 @@ from finetrace._util.records import Result
 from finetrace.corpus import Record, read_records, read_texts
 from finetrace.errors import FinetraceError, require
 from finetrace.evals.facts import COMMON_FACTS
+from finetrace.models.gguf import GgufSource, gguf_sources
 from finetrace.models.load import (
     load_model,
     load_tokenizer,
@@ -132,6 +133,7 @@ class FinetuneResult(Result):
     # The base's files as `models.weights_digest` hashes them, whatever dtype loads them: an
     # analysis that applies this adapter to another base can tell.
     base_files_sha256: str = ""
+    base_gguf: GgufSource | None = None  # the base, when it was given as a GGUF file
     schema_version: int = SCHEMA_VERSION
 
     @classmethod
@@ -234,6 +236,7 @@ def finetune(
             base_model=str(base),
             base_weights_sha256=base_digest,
             base_files_sha256=weights_digest(base),
+            base_gguf=gguf_sources(base=base).get("base"),
             data=files,
             config=config,
             run=run,

