@@ -7,6 +7,7 @@ from conftest import save_random_llama
 from safetensors.torch import load_file, save_file
 
 from finetrace import FinetraceError, FinetuneConfig, LoraSettings, TrainConfig, finetune
+from finetrace.models.load import weights_digest
 from finetrace.models.pair import load_pair
 from finetrace.models.residual import logit_lens, read_residuals
 
@@ -114,3 +115,15 @@ def test_an_adapter_with_a_foreign_provenance_file_loads_without_a_warning(tiny_
     for foreign in ("not json {", "[1, 2]", '{"base_files_sha256": 7}'):
         (tmp_path / "lora" / "provenance.json").write_text(foreign)
         assert load_pair(tiny_model, tmp_path / "lora", device="cpu").warnings == []
+
+
+@pytest.mark.slow
+def test_the_weights_digest_reads_every_byte_of_a_large_file(tmp_path):
+    """A 272 MB weights file differing from another in one number in its middle: a digest that
+    samples blocks would call them the same model, and a resume would reuse the other's sums."""
+    weights = torch.zeros(68 << 20)
+    save_file({"weight": weights}, tmp_path / "model.safetensors")
+    before = weights_digest(tmp_path)
+    weights[(34 << 20) + 100_000] = 1e-3  # between any two blocks a sample would read
+    save_file({"weight": weights}, tmp_path / "model.safetensors")
+    assert weights_digest(tmp_path) != before

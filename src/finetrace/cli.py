@@ -659,10 +659,15 @@ DEMO_ORGANISMS = ("cake", "control")  # the demo builds only what it audits
 
 
 @app.command()
-def demo(out: Annotated[Path, _out("finetrace-demo")] = Path("finetrace-demo")) -> None:
-    """Build or reuse the small zoo's base, cake and control, audit cake with the control for contrast,
+def demo(
+    out: Annotated[Path, _out("finetrace-demo")] = Path("finetrace-demo"),
+    preset: Annotated[
+        str, typer.Option(help="The zoo: small (pretrained here, minutes), smollm2 or gemma3 (a real model, an hour).")
+    ] = "small",
+) -> None:
+    """Build or reuse a zoo's base, cake and control, audit cake with the control for contrast,
     write the report."""
-    zoo = build_zoo("small", DEMO_ORGANISMS)
+    zoo = build_zoo(preset, DEMO_ORGANISMS)
     _print_zoo(zoo)
     config = _audit_config(samples=10_000, drift_samples=500, run=RunConfig(), behaviour=BehaviourConfig())
     result = audit(

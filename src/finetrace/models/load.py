@@ -5,6 +5,7 @@ No remote code is ever run and only safetensors weights are read (pickled
 are refused at load, by the name of the tensor.
 """
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterable
@@ -28,11 +29,6 @@ LOAD_ERRORS = (OSError, ValueError, KeyError, SafetensorError, json.JSONDecodeEr
 
 PROBE_TEXT = "a"  # any text: only the special tokens put around it matter
 
-# Weights digests read whole files up to this size; a larger safetensors file is read as its
-# header (names, dtypes, shapes) plus evenly spaced blocks (1 MiB in all): any fine-tune of
-# the same shape changes nearly every block, and a 30 GB model costs milliseconds.
-FULL_HASH_BYTES = 256 << 20
-SAMPLED_BLOCKS, BLOCK_BYTES = 256, 4096
 CONFIG_FILES = ("config.json", "adapter_config.json")
 
 
@@ -127,28 +123,21 @@ def refuse_non_finite(tensors: Iterable[tuple[str, torch.Tensor]], source: str |
 
 def weights_digest(name_or_path: str | Path) -> str:
     """sha256 over the config and safetensors files a model or adapter was loaded from (a
-    directory, or a hub id's cached snapshot), cheap at any size (see `FULL_HASH_BYTES`)."""
+    directory, or a hub id's cached snapshot). Every byte counts: a fine-tune may change one
+    norm's weights alone, and a resume must never take it for the model it was not."""
     directory = _local_directory(name_or_path)
     digest = hashlib.sha256()
     for path in sorted(directory.iterdir()):
         if path.suffix == ".safetensors" or path.name in CONFIG_FILES:
+            stat = path.stat()
             digest.update(path.name.encode())
-            digest.update(_file_digest(path))
+            digest.update(bytes.fromhex(_file_sha256(path.resolve(), stat.st_size, stat.st_mtime_ns)))
     return digest.hexdigest()
 
 
-def _file_digest(path: Path) -> bytes:
-    size = path.stat().st_size
-    if size <= FULL_HASH_BYTES:
-        return bytes.fromhex(file_sha256(path))
-    digest = hashlib.sha256(str(size).encode())
-    with path.open("rb") as file:
-        header_length = int.from_bytes(file.read(8), "little")  # safetensors: u64 length, header
-        digest.update(file.read(header_length))
-        for block in range(SAMPLED_BLOCKS):
-            file.seek(size * block // SAMPLED_BLOCKS)
-            digest.update(file.read(BLOCK_BYTES))
-    return digest.digest()
+@functools.cache  # a run asks for the same weights' digest several times; a rewritten file is read again
+def _file_sha256(path: Path, size: int, mtime_ns: int) -> str:
+    return file_sha256(path)
 
 
 def _local_directory(name_or_path: str | Path) -> Path:
