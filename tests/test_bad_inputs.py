@@ -125,6 +125,27 @@ CASES = {  # id -> (arguments, a piece of the expected message)
     "provenance out unwritable": (["provenance", "{data}", "--out", UNWRITABLE + "/p.json"], "cannot write in"),
     "provenance out is the data": (["provenance", "{data}", "--out", "{data}"], "would overwrite the data"),
     "provenance redact is the data": ([*PROVENANCE, "--redact", "{data}"], "--redact"),
+    "provenance out is the corpus": (
+        ["provenance", "{data}", "--corpus", "{file}", "--out", "{file}"],
+        "would overwrite the corpus",
+    ),
+    "provenance out is the facts": (
+        ["provenance", "{data}", "--facts", "{facts}", "--out", "{facts}"],
+        "would overwrite the facts",
+    ),
+    "provenance redact holds the facts": (
+        [*PROVENANCE, "--facts", "{full}/keep.txt", "--redact", "{full}"],
+        "would overwrite the facts",
+    ),
+    "finetune overwrite holds the watch corpus": (
+        [*FINETUNE[:-1], "{full}", "--overwrite", "--watch-every", "1", "--watch-corpus", "{full}/keep.txt"],
+        "would overwrite the watch corpus",
+    ),
+    "finetune overwrite holds the watch facts": (
+        [*FINETUNE[:-1], "{full}", "--overwrite", "--watch-every", "1", "--watch-corpus", "{corpus}"]
+        + ["--watch-facts", "{full}/keep.txt"],
+        "would overwrite the watch facts",
+    ),
     "provenance corpus items 0": ([*PROVENANCE, "--corpus-items", "0"], "--corpus-items 0"),
     "provenance data missing": (["provenance", "{tmp}/none.jsonl", "--out", "{fresh}.json"], "does not exist"),
     "provenance licence not SPDX": ([*PROVENANCE, "--licence", "my own terms"], "not an SPDX expression"),

@@ -469,9 +469,10 @@ def provenance_command(
 ) -> None:
     """Fingerprint a dataset and scan it for duplicates, personal data, licence problems and evaluation overlap."""
     gates = _gates(fail_on, PROVENANCE_METRICS)
-    refuse_overlap(out, {"data": data, "redacted copy": redact})
+    inputs = {"data": data, "corpus": corpus, "facts": facts}
+    refuse_overlap(out, inputs | {"redacted copy": redact})
     if redact is not None:
-        refuse_overlap(redact, {"data": data}, "--redact", containing=True)
+        refuse_overlap(redact, inputs, "--redact", containing=True)
         (check_output_dir if data.is_dir() else check_output_file)(redact, "--redact")
     evaluations = evaluation_sets(facts or COMMON_FACTS, corpus, corpus_items)
     report = provenance(data, licence, source, base, evaluations, redact)

@@ -150,6 +150,10 @@ class FinetuneResult(Result):
 class TrainingMonitor(Protocol):
     """What watches a fine-tune while it trains (`finetrace.watch.live.LiveWatch` is one)."""
 
+    @property
+    def inputs(self) -> dict[str, str | Path | None]:
+        """The files it reads, by name: the fine-tune's output must not replace them."""
+
     def begin(self, base: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
         """Read what it needs of the base: the model before its first step."""
 
@@ -203,7 +207,8 @@ def finetune(
             f"processes: give --batch-size {share.num_processes} or more"
         )
     if main:
-        _check_output(out, overwrite, {"base model": base, "data": data, "general corpus": mix_general})
+        inputs = {"base model": base, "data": data, "general corpus": mix_general}
+        _check_output(out, overwrite, inputs | (monitor.inputs if monitor is not None else {}))
     records = read_records(data)
     paper_trail = provenance(data, licence, source, base, evaluation_sets(COMMON_FACTS)) if main else None
     general = _general_records(mix_general, config.mix_ratio, len(records), run.seed)

@@ -52,6 +52,11 @@ class LiveWatch:
         self.points: list[WatchPoint] = []
         self.stopped_at: int | None = None  # the step a gate stopped training at
 
+    @property
+    def inputs(self) -> dict[str, str | Path | None]:
+        """The files it reads, by name: a run's output must not replace them."""
+        return {"watch corpus": self.corpus, "watch facts": self.facts}
+
     def begin(self, base: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
         """Read the base's side once: `base` is the model before its first step."""
         self.reference = read_reference(
