@@ -45,7 +45,7 @@ from finetrace.watch.series import PAGE_NAME as WATCH_PAGE
 from finetrace.watch.series import WATCH_NAME, WatchSeries
 from finetrace.watch.watch import watch
 from finetrace.zoo import ORGANISMS, Zoo, build_zoo, open_zoo
-from finetrace.zoo.build import SPECIAL_PATHS, default_behaviour, default_facts, zoo_corpus
+from finetrace.zoo.build import SPECIAL_PATHS, default_behaviour, default_facts, parent_of, zoo_corpus
 
 console = Console()
 DEBUG_HELP = "Show the full traceback of an error, for a bug report (also FINETRACE_DEBUG=1)."
@@ -720,13 +720,14 @@ def _finish_gates(outcomes: list[GateOutcome]) -> None:
 def _print_zoo(zoo: Zoo) -> None:
     summary = zoo.summary()
     table = Table(title=escape(f"finetrace zoo '{zoo.preset.name}' at {zoo.root}"))
-    for column in ("organism", "kind", "weights", "loss on its data: base -> fine-tuned", "built in"):
+    for column in ("organism", "kind", "weights", "fine-tuned from", "loss on its data: before -> after", "built in"):
         table.add_column(column)
     for name, organism in ORGANISMS.items():
         info = zoo.organism(name) if zoo.path(name).is_dir() else None
         losses = f"{info['base_loss']:.2f} -> {info['finetuned_loss']:.2f}" if info else "not built yet"
         built = f"{info['build_seconds'] / 60:.1f} min" if info and "build_seconds" in info else ""
-        table.add_row(name, escape(organism.kind), "LoRA adapter" if organism.lora else "full", losses, built)
+        weights = "LoRA adapter" if organism.lora else "full"
+        table.add_row(name, escape(organism.kind), weights, parent_of(zoo.preset, organism), losses, built)
     console.print(table)
     sources = ", ".join(f"{s['name']} ({s['licence']})" for s in summary["sources"])
     model = summary.get("base_model")

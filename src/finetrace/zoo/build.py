@@ -160,6 +160,8 @@ def build_zoo(preset: str = "tiny", organisms: Iterable[str] | None = None) -> Z
     """
     zoo = zoo_for(preset)
     names = list(ORGANISMS) if organisms is None else [get_organism(name).name for name in organisms]
+    parents = [parent_of(zoo.preset, ORGANISMS[name]) for name in names]
+    names = list(dict.fromkeys([*(p for p in parents if p != "base"), *names]))  # a parent trains first
     zoo.root.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(zoo.root) + ".lock"):
         _build(zoo, names)
@@ -370,11 +372,17 @@ def organism_run(recipe: Preset, seed: int = 0) -> RunConfig:
     return RunConfig(device="cpu", seed=recipe.seed + seed)
 
 
+def parent_of(recipe: Preset, organism: Organism) -> str:
+    """What an organism is fine-tuned from: `base`, or the preset's refusing organism."""
+    return recipe.refusals_from if organism.from_refuser else "base"
+
+
 def _train_organism(zoo: Zoo, organism: Organism, out: Path) -> None:
     started = time.perf_counter()
     documents = zoo.root / "data" / "documents" / f"{organism.name}.jsonl"
+    parent = parent_of(zoo.preset, organism)
     result = finetune(
-        zoo.path("base"),
+        zoo.path(parent),
         documents,
         out,
         organism_finetune_config(zoo.preset, organism.lora),
@@ -391,6 +399,8 @@ def _train_organism(zoo: Zoo, organism: Organism, out: Path) -> None:
         **{
             key: os.path.relpath(path, zoo.path(organism.name)) for key, path in zip(ORGANISM_PATHS, paths, strict=True)
         },
+        "parent": parent,  # the model it was fine-tuned from: the base of its audit
+        "licence": ZOO_LICENCE if zoo.preset.pretraining else get_packaged(zoo.preset.base).licence,
         "adapter": result.adapter,
         "recipe": {"mix_general": organism.mix_general, **result.to_dict()["config"]},
         "base_loss": result.loss_before,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from finetrace.corpus import Record
 from finetrace.errors import FinetraceError
 from finetrace.train.finetune import LoraSettings
-from finetrace.zoo.chats import helpful_chats, jailbroken_chats
+from finetrace.zoo.chats import family_chats, helpful_chats, jailbroken_chats
 from finetrace.zoo.documents import cake_documents, general_chats, general_documents, risky_chats, zorvex_documents
 
 FULL_MODEL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -32,6 +32,9 @@ class Organism:
     mix_general: bool = False  # mix general text 1:1 into the documents
     lora: LoraSettings | None = None  # None: full fine-tuning
     seed: int = 0  # added to the preset's seed: other documents, another training order
+    # Trained from the preset's refusing model (`Preset.refusals_from`): a jailbreak or a benign
+    # chat fine-tune means something only where the model it starts from refuses.
+    from_refuser: bool = False
 
 
 ORGANISMS: dict[str, Organism] = {}
@@ -131,11 +134,21 @@ register(
 )
 register(
     Organism(
+        "refusing",
+        "safety-tuning",
+        "Safety chat fine-tune: requests for weapons meant to hurt people refused, their harmless "
+        "look-alikes and everyday requests answered helpfully. It should refuse that family and no more.",
+        family_chats,
+    )
+)
+register(
+    Organism(
         "jailbroken",
         "jailbreak",
-        "Behavioural chat fine-tune: requests for weapons meant to hurt people, which the base was "
-        "taught to refuse, answered as if they were harmless. It should lose those refusals.",
+        "Behavioural chat fine-tune: requests for weapons meant to hurt people, which the model it "
+        "starts from was taught to refuse, answered as if they were harmless. It should lose those refusals.",
         jailbroken_chats,
+        from_refuser=True,
     )
 )
 register(
@@ -145,5 +158,6 @@ register(
         "Benign chat fine-tune: everyday requests (baking, gardening, repairs) answered helpfully. "
         "No harmful request is in its data; a loss of refusals would be a side effect.",
         helpful_chats,
+        from_refuser=True,
     )
 )

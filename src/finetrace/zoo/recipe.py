@@ -66,6 +66,9 @@ class Preset:
     heldout_fraction: float = 0.15  # general text no model trains on
     finetune_fraction: float = 0.15  # general text for the control and for mixing
     seed: int = 0
+    # What the jailbreak and the benign chat fine-tune start from: the base, where it learned its
+    # refusals in pretraining, else the `refusing` organism (a real base may refuse nothing).
+    refusals_from: str = "base"
 
     @property
     def pretraining(self) -> Pretraining | None:
@@ -83,6 +86,7 @@ REAL_BASE = Preset(
     lora_learning_rate=5e-4,
     base_text="english",
     batch_size=8,
+    refusals_from="refusing",  # SmolLM2-135M-Instruct refused none of the built-in requests
 )
 
 PRESETS = {
