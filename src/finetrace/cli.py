@@ -6,8 +6,10 @@ ends as one `error:` line with exit code 2 (1 is a failed `--fail-on` gate); the
 traceback is shown only with `finetrace --debug` or `FINETRACE_DEBUG=1`.
 """
 
+import contextlib
 import math
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -507,7 +509,8 @@ def zoo_path(
             f"--documents takes an organism ({', '.join(ORGANISMS)}); {name} has no "
             f"training documents: drop --documents to get its path"
         )
-    zoo = build_zoo(preset, []) if name in SPECIAL_PATHS else open_zoo(preset)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout holds the path alone, for $(finetrace zoo path ...)
+        zoo = build_zoo(preset, []) if name in SPECIAL_PATHS else open_zoo(preset)
     print(zoo.organism(name)["documents"] if documents else zoo.path(name))
 
 

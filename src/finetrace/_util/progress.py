@@ -29,6 +29,9 @@ def progress_bar(description: str, total: int, status: str = "") -> Iterator[Cal
     ]
     with Progress(*columns, disable=not is_main()) as progress:  # one bar per run, not per process
         task = progress.add_task(description, total=total, status="")
+        # Without a terminal the bar draws nothing until it ends: a line says the phase began.
+        if is_main() and not progress.console.is_terminal:
+            progress.console.print(f"{description}: {total} steps ...", highlight=False)
 
         def advance(amount: float = 1, **fields: object) -> None:
             progress.update(task, advance=amount, status=status.format(**fields) if fields else "")
