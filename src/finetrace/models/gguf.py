@@ -10,6 +10,7 @@ the file was (digest, architecture, quantization) for the records that used it.
 import functools
 import importlib.util
 import shutil
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,7 +118,7 @@ def _checked_header(path: Path) -> tuple[str, str]:
 
     try:
         reader = GGUFReader(path)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, IndexError, KeyError, struct.error) as error:  # what a damaged header raises
         raise FinetraceError(f"{path} is not a readable GGUF file: {error}") from None
     architecture = _field(reader, "general.architecture") or "unknown"
     supported = [name for name in GGUF_SUPPORTED_ARCHITECTURES if name not in ("general", "tokenizer")]

