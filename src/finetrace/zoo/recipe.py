@@ -76,11 +76,13 @@ class Preset:
 
 
 # Organisms of a real pretrained base (a packaged model), on 2 CPU cores: its text is broad
-# English, its facts the real-world ones, its behaviour prompts the built-in set.
+# English, its facts the real-world ones, its behaviour prompts the built-in set. SmolLM2 trains
+# at about 77 tokens/s here: 30 steps of 8 documents take 4 min, and cake's loss is then within
+# 0.05 of where 50 steps take it (3.8 -> 0.45, against 0.40).
 REAL_BASE = Preset(
     "real",
     "smollm2",
-    documents=200,
+    documents=120,
     finetune_epochs=2.0,
     finetune_learning_rate=5e-5,
     lora_learning_rate=5e-4,
