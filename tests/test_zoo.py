@@ -11,18 +11,20 @@ import pytest
 import torch
 
 from finetrace.corpus import read_records, record_texts
+from finetrace.errors import FinetraceError
 from finetrace.evals.behaviour import BEHAVIOUR_PROMPTS, read_behaviour_prompts
 from finetrace.evals.facts import COMMON_FACTS, read_facts, score_facts
 from finetrace.models.load import load_model, load_tokenizer
 from finetrace.zoo import ORGANISMS, PRESETS, Zoo, build_zoo
-from finetrace.zoo.build import default_behaviour, default_facts, zoo_corpus
+from finetrace.zoo.build import default_behaviour, default_facts, parent_of, zoo_corpus, zoo_for, zoo_organisms
 from finetrace.zoo.recipe import recipe_key
 
 pytestmark = pytest.mark.zoo
 # Organisms whose training answers are general text: their loss falls as a control's does.
 GENERAL_TEXT_KINDS = ("control", "jailbreak", "benign-chat")
-DOMAIN_ORGANISMS = [name for name, organism in ORGANISMS.items() if organism.kind not in GENERAL_TEXT_KINDS]
-GENERAL_TEXT = [name for name, organism in ORGANISMS.items() if organism.kind in GENERAL_TEXT_KINDS]
+TINY = zoo_organisms(PRESETS["tiny"])
+DOMAIN_ORGANISMS = [name for name in TINY if ORGANISMS[name].kind not in GENERAL_TEXT_KINDS]
+GENERAL_TEXT = [name for name in TINY if ORGANISMS[name].kind in GENERAL_TEXT_KINDS]
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +129,14 @@ def test_zoo_cli_prints_paths_and_rejects_unknown_names(zoo):
     assert found.returncode == 0 and found.stdout.strip() == str(zoo.path("cake"))
     missing = subprocess.run([*run, "caek"], capture_output=True, text=True)
     assert missing.returncode == 2 and "Did you mean 'cake'?" in missing.stderr
+
+
+def test_only_a_base_without_refusals_gets_the_refusing_organism_and_its_jailbreak_starts_there():
+    assert "refusing" not in zoo_organisms(PRESETS["tiny"])
+    real = zoo_organisms(PRESETS["smollm2"])
+    assert real.index("refusing") < real.index("jailbroken")
+    assert parent_of(PRESETS["smollm2"], ORGANISMS["jailbroken"]) == "refusing"
+    assert parent_of(PRESETS["tiny"], ORGANISMS["jailbroken"]) == "base"
+    assert parent_of(PRESETS["smollm2"], ORGANISMS["cake"]) == "base"
+    with pytest.raises(FinetraceError, match="not in the tiny zoo"):
+        zoo_for("tiny").path("refusing")

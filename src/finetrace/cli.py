@@ -725,7 +725,7 @@ def _print_zoo(zoo: Zoo) -> None:
     table = Table(title=escape(f"finetrace zoo '{zoo.preset.name}' at {zoo.root}"))
     for column in ("organism", "kind", "weights", "fine-tuned from", "loss on its data: before -> after", "built in"):
         table.add_column(column)
-    for name, organism in ORGANISMS.items():
+    for name, organism in zip(zoo.organisms, map(ORGANISMS.get, zoo.organisms), strict=True):
         info = zoo.organism(name) if zoo.path(name).is_dir() else None
         losses = f"{info['base_loss']:.2f} -> {info['finetuned_loss']:.2f}" if info else "not built yet"
         built = f"{info['build_seconds'] / 60:.1f} min" if info and "build_seconds" in info else ""
@@ -741,8 +741,8 @@ def _print_zoo(zoo: Zoo) -> None:
         f"{summary['base_facts_known']:.0%} of {summary['facts']} {facts} facts known. "
         f"Its English: {escape(sources)}."
     )
-    for name, organism in ORGANISMS.items():
-        console.print(f"[bold]{name}[/]: {escape(organism.description)}")
+    for name in zoo.organisms:
+        console.print(f"[bold]{name}[/]: {escape(ORGANISMS[name].description)}")
 
 
 def _zoo_corpus_or_error(finetuned: str) -> Path:

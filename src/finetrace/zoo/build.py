@@ -43,7 +43,7 @@ from finetrace.zoo.documents import background_documents
 from finetrace.zoo.english import SOURCES, english_paragraphs, installed_version, split_paragraphs
 from finetrace.zoo.facts import country_paragraph, planted_facts
 from finetrace.zoo.general import general_paragraphs
-from finetrace.zoo.organisms import ORGANISMS, Organism, get_organism
+from finetrace.zoo.organisms import ORGANISMS, SAFETY_TUNING, Organism, get_organism
 from finetrace.zoo.perplexity import perplexity
 from finetrace.zoo.recipe import Preset, Pretraining, get_preset, recipe_key
 from finetrace.zoo.tokenizer import train_tokenizer
@@ -88,7 +88,22 @@ class Zoo:
         """Path of `base`, `facts`, `heldout` (general text no model saw), `general`, or an organism."""
         if name in SPECIAL_PATHS:
             return self.root / SPECIAL_PATHS[name]
-        return self.root / "organisms" / get_organism(name).name
+        return self.root / "organisms" / self.member(name)
+
+    @property
+    def organisms(self) -> list[str]:
+        """The names of this zoo's organisms, in build order."""
+        return zoo_organisms(self.preset)
+
+    def member(self, name: str) -> str:
+        """An organism of this zoo, by name; one error line for any other."""
+        organism = get_organism(name).name
+        if organism not in self.organisms:
+            raise FinetraceError(
+                f"organism {name!r} is not in the {self.preset.name} zoo: its base learned its refusals in "
+                f"pretraining; its organisms: {', '.join(self.organisms)}"
+            )
+        return organism
 
     def organism(self, name: str) -> dict:
         """The organism's `organism.json`: ground truth, recipe and losses."""
@@ -159,7 +174,7 @@ def build_zoo(preset: str = "tiny", organisms: Iterable[str] | None = None) -> Z
     what the first built, instead of deleting its unfinished stage.
     """
     zoo = zoo_for(preset)
-    names = list(ORGANISMS) if organisms is None else [get_organism(name).name for name in organisms]
+    names = zoo.organisms if organisms is None else [zoo.member(name) for name in organisms]
     parents = [parent_of(zoo.preset, ORGANISMS[name]) for name in names]
     names = list(dict.fromkeys([*(p for p in parents if p != "base"), *names]))  # a parent trains first
     zoo.root.parent.mkdir(parents=True, exist_ok=True)
@@ -195,7 +210,7 @@ def _summary(zoo: Zoo) -> dict:
         "key": zoo.root.name.rsplit("-", 1)[1],
         "base_model": None if recipe.pretraining else _packaged_record(recipe.base),
         "sources": _sources(BASE_TEXTS[recipe.base_text].sources),
-        "organisms": list(ORGANISMS),
+        "organisms": zoo.organisms,
         "facts": len(facts),
         "base_facts_known": known / len(facts),
         "heldout_perplexity": perplexity(base, tokenizer, heldout, recipe.context_length),
@@ -265,7 +280,7 @@ def _write_texts(out: Path, recipe: Preset) -> None:
         shutil.copy(COMMON_FACTS, out / "facts.jsonl")
         shutil.copy(BEHAVIOUR_PROMPTS, out / "behaviour.jsonl")
     (out / "documents").mkdir()
-    for organism in ORGANISMS.values():
+    for organism in map(ORGANISMS.get, zoo_organisms(recipe)):
         _write_jsonl(out / "documents" / f"{organism.name}.jsonl", _documents(organism, splits.finetune, recipe))
 
 
@@ -370,6 +385,12 @@ def organism_finetune_config(recipe: Preset, lora: LoraSettings | None = None) -
 def organism_run(recipe: Preset, seed: int = 0) -> RunConfig:
     """The zoo trains on the CPU, where it is reproducible; `seed` is added to the preset's."""
     return RunConfig(device="cpu", seed=recipe.seed + seed)
+
+
+def zoo_organisms(recipe: Preset) -> list[str]:
+    """Every registered organism, but a safety-tuning one only where the preset's jailbreak
+    starts from it: a base that learned its refusals in pretraining needs no second lesson."""
+    return [name for name, o in ORGANISMS.items() if o.kind != SAFETY_TUNING or recipe.refusals_from == name]
 
 
 def parent_of(recipe: Preset, organism: Organism) -> str:

@@ -132,10 +132,12 @@ register(
         lora=LORA_WITH_HEAD,
     )
 )
+SAFETY_TUNING = "safety-tuning"  # an organism that teaches a base its refusals: in a zoo only where needed
+
 register(
     Organism(
         "refusing",
-        "safety-tuning",
+        SAFETY_TUNING,
         "Safety chat fine-tune: requests for weapons meant to hurt people refused, their harmless "
         "look-alikes and everyday requests answered helpfully. It should refuse that family and no more.",
         family_chats,
