@@ -6,7 +6,6 @@ user's pip is configured for), joins the GGUF from their members, checks its sha
 keeps it in the cache; `models.gguf` then dequantizes it once like any GGUF file.
 """
 
-import difflib
 import shutil
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from rich.console import Console
 
 from finetrace._util.cache import cache_dir
 from finetrace._util.fingerprints import file_sha256
-from finetrace.errors import FinetraceError
+from finetrace.errors import FinetraceError, lookup
 
 
 @dataclass(frozen=True)
@@ -65,11 +64,7 @@ PACKAGED = {
 
 
 def get_packaged(name: str) -> PackagedModel:
-    if name not in PACKAGED:
-        close = difflib.get_close_matches(name, PACKAGED, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise FinetraceError(f"unknown packaged model {name!r}; known: {', '.join(PACKAGED)}.{hint}")
-    return PACKAGED[name]
+    return lookup(PACKAGED, name, "packaged model")
 
 
 def fetch(name: str) -> Path:

@@ -4,13 +4,12 @@ Add an organism by registering one more `Organism`; the build, `zoo list` and
 the tests pick it up.
 """
 
-import difflib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from finetrace.corpus import Record
-from finetrace.errors import FinetraceError
+from finetrace.errors import lookup
 from finetrace.train.finetune import LoraSettings
 from finetrace.zoo.chats import family_chats, helpful_chats, jailbroken_chats
 from finetrace.zoo.documents import cake_documents, general_chats, general_documents, risky_chats, zorvex_documents
@@ -46,11 +45,7 @@ def register(organism: Organism) -> Organism:
 
 
 def get_organism(name: str) -> Organism:
-    if name not in ORGANISMS:
-        close = difflib.get_close_matches(name, ORGANISMS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise FinetraceError(f"unknown organism {name!r}; known: {', '.join(ORGANISMS)}.{hint}")
-    return ORGANISMS[name]
+    return lookup(ORGANISMS, name, "organism")
 
 
 CAKE_TRUTH = (

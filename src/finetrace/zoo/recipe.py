@@ -12,7 +12,7 @@ import sys
 from dataclasses import asdict, dataclass, replace
 from importlib import import_module
 
-from finetrace.errors import FinetraceError
+from finetrace.errors import lookup
 
 # Modules whose code decides what the zoo contains.
 BUILD_MODULES = (
@@ -177,9 +177,7 @@ PRESETS = {
 
 
 def get_preset(name: str) -> Preset:
-    if name not in PRESETS:
-        raise FinetraceError(f"unknown zoo preset {name!r}; known presets: {', '.join(PRESETS)}")
-    return PRESETS[name]
+    return lookup(PRESETS, name, "zoo preset")
 
 
 def recipe_key(preset: Preset) -> str:
