@@ -40,7 +40,10 @@ QUICK = AuditConfig(
         score=ScoreConfig(null_samples=100),
         steer=SteerConfig(strengths=(1.0,), prompts=("The",), samples_per_prompt=1, max_new_tokens=8),
     ),
-    forget=ForgetConfig(drift=DriftConfig(samples=16, bootstrap=100), behaviour=BehaviourConfig(samples=1)),
+    forget=ForgetConfig(
+        drift=DriftConfig(samples=16, max_tokens=32, bootstrap=100),
+        behaviour=BehaviourConfig(samples=1, max_new_tokens=12),  # each token a pass through 30 layers
+    ),
 )
 PROBE = "The capital of France is"
 
@@ -124,9 +127,10 @@ def test_a_gguf_base_and_a_safetensors_finetune_diff_as_two_directories(smollm2,
 def test_forget_and_audit_run_on_the_real_model(smollm2, finetuned, inputs, tmp_path):
     out = tmp_path / "forget"
     run("forget", smollm2, finetuned["lora"], "--facts", inputs / "facts.jsonl", "--corpus", inputs / "corpus.txt",
-        "--samples", 16, "--behaviour", inputs / "behaviour.jsonl", "--behaviour-samples", 1, "--out", out)  # fmt: skip
+        "--samples", 16, "--max-tokens", 32, "--no-behaviour", "--out", out)  # fmt: skip
     forgot = ForgetResult.read(out / "forget.json")
     assert forgot.flips.total == 12 and forgot.gguf["base"].architecture == "llama"
+    assert forgot.drift is not None and forgot.behaviour is None
     result = audit(
         smollm2,
         finetuned["lora"],
@@ -139,4 +143,5 @@ def test_forget_and_audit_run_on_the_real_model(smollm2, finetuned, inputs, tmp_
     )
     assert AuditResult.read(tmp_path / "audit" / "summary.json") == result
     assert result.trace.texts == 16 and result.trace.gguf["base"].file == str(smollm2.resolve())
+    assert len(result.damage.behaviour.prompts) == 2  # the refusal section ran on the real model
     assert "MOSTLY_Q4_1" in (tmp_path / "audit" / "report.html").read_text()
