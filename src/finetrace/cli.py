@@ -725,7 +725,8 @@ def _print_zoo(zoo: Zoo) -> None:
     table = Table(title=escape(f"finetrace zoo '{zoo.preset.name}' at {zoo.root}"))
     for column in ("organism", "kind", "weights", "fine-tuned from", "loss on its data: before -> after", "built in"):
         table.add_column(column)
-    for name, organism in zip(zoo.organisms, map(ORGANISMS.get, zoo.organisms), strict=True):
+    for name in zoo.organisms:
+        organism = ORGANISMS[name]
         info = zoo.organism(name) if zoo.path(name).is_dir() else None
         losses = f"{info['base_loss']:.2f} -> {info['finetuned_loss']:.2f}" if info else "not built yet"
         built = f"{info['build_seconds'] / 60:.1f} min" if info and "build_seconds" in info else ""

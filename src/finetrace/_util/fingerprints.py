@@ -1,5 +1,6 @@
 """Fingerprints of what went into a model: data files, weights, software."""
 
+import functools
 import hashlib
 import json
 import platform
@@ -21,6 +22,19 @@ def file_sha256(path: str | Path) -> str:
         while chunk := file.read(CHUNK_BYTES):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def stored_sha256(path: str | Path) -> str:
+    """`file_sha256` of a file a run reads several times (weights, a GGUF model), read once per
+    process; a file rewritten in place (another size or mtime) is read again."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    return _stored_sha256(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.cache
+def _stored_sha256(path: Path, size: int, mtime_ns: int) -> str:
+    return file_sha256(path)
 
 
 def data_sha256(path: str | Path) -> str:

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from finetrace._util.cache import cache_dir
-from finetrace._util.fingerprints import file_sha256
+from finetrace._util.fingerprints import stored_sha256
 from finetrace._util.outputs import read_json, write_json
 from finetrace.errors import FinetraceError
 
@@ -64,13 +64,11 @@ def gguf_sources(**models: str | Path | None) -> dict[str, GgufSource]:
 def gguf_source(path: str | Path) -> GgufSource:
     """The GGUF file at `path`, dequantized into the cache on first use."""
     path = Path(path).resolve()
-    stat = path.stat()
-    return _converted(path, stat.st_size, stat.st_mtime_ns)
+    return _converted(path, stored_sha256(path))
 
 
-@functools.cache  # keyed by size and mtime too: a file rewritten in place is read again
-def _converted(path: Path, size: int, mtime_ns: int) -> GgufSource:
-    digest = file_sha256(path)
+@functools.cache  # keyed by the digest: a file rewritten in place is converted again
+def _converted(path: Path, digest: str) -> GgufSource:
     target = cache_dir() / "gguf" / digest[:16]
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
@@ -85,7 +83,7 @@ def _dequantize(path: Path, digest: str, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     Console(stderr=True).print(
-        f"dequantizing {escape(path.name)} ({architecture}, {quantization}) once", highlight=False
+        f"dequantizing {escape(path.name)} ({escape(architecture)}, {quantization}) once", highlight=False
     )
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)

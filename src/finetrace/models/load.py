@@ -5,7 +5,6 @@ No remote code is ever run and only safetensors weights are read (pickled
 are refused at load, by the name of the tensor.
 """
 
-import functools
 import hashlib
 import json
 from collections.abc import Iterable
@@ -18,7 +17,7 @@ from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from finetrace._util.distributed import processes
-from finetrace._util.fingerprints import file_sha256
+from finetrace._util.fingerprints import stored_sha256
 from finetrace.errors import FinetraceError
 from finetrace.models.gguf import is_gguf, model_directory
 
@@ -129,15 +128,9 @@ def weights_digest(name_or_path: str | Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(directory.iterdir()):
         if path.suffix == ".safetensors" or path.name in CONFIG_FILES:
-            stat = path.stat()
             digest.update(path.name.encode())
-            digest.update(bytes.fromhex(_file_sha256(path.resolve(), stat.st_size, stat.st_mtime_ns)))
+            digest.update(bytes.fromhex(stored_sha256(path)))
     return digest.hexdigest()
-
-
-@functools.cache  # a run asks for the same weights' digest several times; a rewritten file is read again
-def _file_sha256(path: Path, size: int, mtime_ns: int) -> str:
-    return file_sha256(path)
 
 
 def _local_directory(name_or_path: str | Path) -> Path:
