@@ -46,7 +46,7 @@ demo: install
 test: install browser
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
-	$(BIN)/python -m pytest -n auto --dist loadfile
+	$(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder
 
 # The unit tests that need neither the zoo nor a subprocess: the edit-run loop.
 test-fast: install

@@ -52,7 +52,7 @@ def save_random_llama(out: Path, tokenizer, hidden_size: int = 32, seed: int = 0
         num_hidden_layers=2,
         num_attention_heads=2,
         num_key_value_heads=2,
-        max_position_embeddings=64,
+        max_position_embeddings=256,
         tie_word_embeddings=False,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -80,3 +80,14 @@ def tiny_finetuned(tiny_model, tmp_path_factory) -> Path:
     training = TrainConfig(steps=10, learning_rate=3e-3, batch_size=4, context_length=64)
     finetune(tiny_model, data, out, FinetuneConfig(training=training), overwrite=True)
     return out
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under `make test`, one worker builds the tiny zoo (minutes on one core) while the other
+    runs what needs no zoo (with --no-loadscope-reorder, xdist keeps this order): one zoo file
+    first, the slow files next, the zoo's other files last.
+    The sort is stable, so each file's tests keep their order."""
+    zoo = {item.path for item in items if item.get_closest_marker("zoo")}
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    first = next((item.path for item in items if item.path in zoo), None)
+    items.sort(key=lambda item: 0 if item.path == first else 3 if item.path in zoo else 1 if item.path in slow else 2)
