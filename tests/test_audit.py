@@ -96,7 +96,7 @@ def test_the_audit_never_holds_two_models(audited):
 def test_the_audit_writes_a_summary_a_report_and_a_model_card(audited, zoo):
     out, result, _ = audited
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["schema_version"] == 4 and summary["verdict"] == verdict(result)
+    assert summary["schema_version"] == 5 and summary["verdict"] == verdict(result)
     assert summary["metrics"]["lost_facts"] == result.damage.flips.lost > 0
     assert summary["gates"] == [{"condition": "lost_fraction > 0.99", "holds": False, "reason": ""}]
     assert not result.failed
@@ -155,18 +155,53 @@ def test_a_summary_of_another_version_is_refused(audited, tmp_path):
     out, _, _ = audited
     old = json.loads((out / "summary.json").read_text()) | {"schema_version": 3}
     (tmp_path / "summary.json").write_text(json.dumps(old))
-    with pytest.raises(FinetraceError, match="schema 3, expected 4"):
+    with pytest.raises(FinetraceError, match="schema 3, expected 5"):
         AuditResult.read(tmp_path / "summary.json")
 
 
-def test_an_incomplete_summary_is_one_error_line(audited, tmp_path):
+SUMMARY_FAULTS = {  # a summary.json edited by hand or by a bug -> the field the error line names
+    "no traces": (lambda s: s["trace"].pop("traces"), "trace.traces is missing"),
+    "an empty list of traces": (lambda s: s["trace"].update(traces=[]), "traces []: expected at least one"),
+    "a string for a number": (
+        lambda s: s["trace"]["significance"].update(p_value="0.01"),
+        "trace.significance.p_value should be a number, not '0.01'",
+    ),
+    "a list for a record": (lambda s: s.update(damage=[]), "damage should be an object"),
+    "true for a count": (lambda s: s["damage"]["flips"].update(lost=True), "damage.flips.lost should be a whole"),
+    "an unknown gate": (
+        lambda s: s["fail_on"].append({"metric": "bogus", "op": ">", "threshold": 1}),
+        "bogus > 1 is not a gate",
+    ),
+}
+
+
+@pytest.mark.parametrize(("edit", "expected"), SUMMARY_FAULTS.values(), ids=list(SUMMARY_FAULTS))
+def test_a_corrupt_summary_is_one_line_naming_the_field(audited, tmp_path, edit, expected):
     out, _, _ = audited
     summary = json.loads((out / "summary.json").read_text())
-    del summary["trace"]["traces"]
+    edit(summary)
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     rebuilt = CliRunner().invoke(app, ["report", str(tmp_path / "summary.json"), "--out", str(tmp_path / "new")])
     assert rebuilt.exit_code == 2 and "Traceback" not in rebuilt.output
-    assert rebuilt.stderr.startswith("error: ") and "is incomplete or corrupt" in rebuilt.stderr
+    [line] = rebuilt.stderr.strip().splitlines()
+    assert line.startswith("error: ") and expected in line and "finetrace bug" not in line
+
+
+def test_a_number_that_is_not_one_is_not_measured_and_fails_its_gate(audited, tmp_path):
+    out, _, _ = audited
+    summary = json.loads((out / "summary.json").read_text())
+    summary["trace"]["significance"]["p_value"] = float("nan")  # Python's json writes NaN
+    summary["fail_on"].append({"metric": "trace_p", "op": "<", "threshold": 0.01})
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    result = AuditResult.read(tmp_path / "summary.json")
+    assert "The trace test was not measured" in verdict(result) and "No significant trace" not in verdict(result)
+    [gate] = [g for g in result.gates if g.condition.startswith("trace_p")]
+    assert gate.holds and gate.reason == "trace_p is nan, which passes no gate"
+    rebuilt = CliRunner().invoke(app, ["report", str(tmp_path / "summary.json"), "--out", str(tmp_path / "new")])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    page = (tmp_path / "new" / "report.html").read_text()
+    assert "not measured</b><span>trace p-value" in page and "fails: trace_p is nan" in page
+    assert ">nan<" not in page
 
 
 SECTIONS = (
@@ -233,14 +268,17 @@ def test_fail_on_sets_the_exit_code(zoo, tmp_path):
     failing = CliRunner().invoke(app, [*run, "--fail-on", "lost_facts>0"])
     assert failing.exit_code == 1, failing.stderr
     assert "holds: audit failed" in failing.stdout
-    passing = CliRunner().invoke(app, [*run, "--fail-on", "lost_fraction>0.9", "--fail-on", "trace_p>0.5"])
+    passing = CliRunner().invoke(app, [*run, "--fail-on", "lost_fraction>0.9"])
     assert passing.exit_code == 0, passing.stderr
+    untested = CliRunner().invoke(app, [*run, "--fail-on", "trace_p>0.5"])  # no --data: no trace test
+    assert untested.exit_code == 1 and "fails: trace_p was not measured, so it passes no gate" in untested.stdout
     bad = CliRunner().invoke(app, [*run, "--fail-on", "lost>0.1"])
     assert bad.exit_code == 2 and "--fail-on 'lost>0.1'" in bad.stderr
 
 
-def test_a_gate_on_an_unmeasured_metric_neither_passes_nor_fails():
-    assert parse_gate("nll_change>=0.5").holds({"nll_change": None}) is None
+def test_a_gate_on_an_unmeasured_metric_fails_with_the_reason():
+    assert parse_gate("nll_change>=0.5").holds({"nll_change": None}) is True
+    assert parse_gate("nll_change>=0.5").check({}).reason == "nll_change was not measured, so it passes no gate"
     assert parse_gate("trace_p < 0.01").holds({"trace_p": 0.001}) is True
     with pytest.raises(FinetraceError):
         parse_gate("trace_p < x")

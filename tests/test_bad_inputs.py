@@ -6,6 +6,7 @@ imports); a few cases go through the installed `finetrace` entry point too.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -156,6 +157,42 @@ CASES = {  # id -> (arguments, a piece of the expected message)
     "audit device cuda": pytest.param([*AUDIT, "--device", "cuda"], "has no cuda device", marks=NO_CUDA),
     "diff device cuda": pytest.param([*DIFF, "--device", "cuda"], "has no cuda device", marks=NO_CUDA),
     "finetune device cuda": pytest.param([*FINETUNE, "--device", "cuda"], "has no cuda device", marks=NO_CUDA),
+    "finetune seed -1": ([*FINETUNE, "--seed", "-1"], "seed -1: expected a whole number from 0 to 2**63 - 1"),
+    "audit seed 2**64": ([*AUDIT, "--seed", str(2**64)], "seed 18446744073709551616: expected a whole number"),
+    "out through a symlink loop": ([*PROVENANCE[:-1], "{loop}"], "--out {loop} is a loop of symbolic links"),
+    "model through a symlink loop": (
+        ["diff", "{loop}", "{loop}", "--corpus", "{corpus}", "--out", "{fresh}"],
+        "the model {loop} is a loop of symbolic links",
+    ),
+    "a chat template that raises": (
+        [
+            "forget",
+            "{chatless}",
+            "{chatless}",
+            *FORGET[3:],
+            "--behaviour-samples",
+            "0",
+            "--device",
+            "cpu",
+        ],
+        "the model's chat template fails on a chat (no chats here)",
+    ),
+    "facts with a prompt twice": (
+        [*FORGET[:4], "{tmp}/facts-twice.jsonl", *FORGET[5:]],
+        "facts-twice.jsonl:2: the prompt 'the cat sat on the' is also at",
+    ),
+    "facts whose answer is a distractor": (
+        [*FORGET[:4], "{tmp}/facts-distractor.jsonl", *FORGET[5:]],
+        "the answer and the distractors of a fact must all differ",
+    ),
+    "facts with an empty answer": (
+        [*FORGET[:4], "{tmp}/facts-empty.jsonl", *FORGET[5:]],
+        "a fact's answer must be a non-empty string, not ' '",
+    ),
+    "facts with a string for distractors": (
+        [*FORGET[:4], "{tmp}/facts-string.jsonl", *FORGET[5:]],
+        "a fact's distractors must be a list of non-empty strings, not 'rug'",
+    ),
     "zoo path base documents": (["zoo", "path", "base", "--documents"], "base has no training documents"),
     "zoo path heldout documents": (["zoo", "path", "heldout", "--documents"], "heldout has no training documents"),
     "zoo path of an unbuilt zoo": (["zoo", "path", "cake"], "zoo is not built yet"),
@@ -174,6 +211,18 @@ def paths(tmp_path, tiny_model, text_data, monkeypatch):
     facts.write_text(json.dumps({"prompt": "the cat sat on the", "answer": "mat"}) + "\n")
     (tmp_path / "corrupt.parquet").write_bytes(b"PAR1 this is not parquet PAR1")
     (tmp_path / "a-file.txt").write_text("not a directory")
+    cat = {"prompt": "the cat sat on the", "answer": "mat"}
+    for name, faults in {
+        "twice": [cat, cat],
+        "distractor": [cat | {"distractors": ["rug", "mat"]}],
+        "empty": [cat | {"answer": " "}],
+        "string": [cat | {"distractors": "rug"}],
+    }.items():
+        (tmp_path / f"facts-{name}.jsonl").write_text("".join(json.dumps(fact) + "\n" for fact in faults))
+    (tmp_path / "loop-a").symlink_to(tmp_path / "loop-b")
+    (tmp_path / "loop-b").symlink_to(tmp_path / "loop-a")
+    chatless = Path(shutil.copytree(tiny_model, tmp_path / "chatless"))
+    (chatless / "chat_template.jinja").write_text("{{ raise_exception('no chats here') }}")
     return {
         "tmp": tmp_path,
         "model": tiny_model,
@@ -184,6 +233,8 @@ def paths(tmp_path, tiny_model, text_data, monkeypatch):
         "full": tmp_path / "full",
         "file": tmp_path / "a-file.txt",
         "parquet": tmp_path / "corrupt.parquet",
+        "loop": tmp_path / "loop-a",
+        "chatless": chatless,
     }
 
 
@@ -198,7 +249,8 @@ def _one_error_line(result, expected: str) -> None:
 @pytest.mark.parametrize(("arguments", "expected"), list(CASES.values()), ids=list(CASES))
 def test_bad_input_is_one_error_line_and_exit_code_2(paths, arguments, expected):
     result = CliRunner().invoke(app, [argument.format(**paths) for argument in arguments])
-    _one_error_line(result, expected)
+    _one_error_line(result, expected.format(**paths))
+    assert "finetrace bug" not in result.stderr  # the catch-all is for faults of finetrace's own
 
 
 def test_bad_inputs_leave_nothing_behind(paths):
@@ -280,3 +332,63 @@ def test_strict_refuses_an_adapter_trained_on_another_base(paths, tiny_tokenizer
     warned = CliRunner().invoke(app, arguments)
     assert warned.exit_code == 0 and "warning: adapter" in warned.stderr
     assert "trained on another base" in json.loads((paths["fresh"] / "forget.json").read_text())["warnings"][0]
+
+
+def _broken_models(model: Path, root: Path) -> dict[str, Path]:
+    """Copies of `model` with one fault each, and a LoRA adapter of it with one fault each."""
+    import peft
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    def copy(name: str) -> Path:
+        return Path(shutil.copytree(model, root / name))
+
+    weights = load_file(model / "model.safetensors")
+    layer = next(key for key in weights if "layers.0.mlp.down_proj" in key)
+    save_file({k: v for k, v in weights.items() if k != layer}, copy("missing-tensor") / "model.safetensors")
+    save_file(weights | {"model.extra.weight": torch.zeros(2)}, copy("extra-tensor") / "model.safetensors")
+    config = json.loads((model / "config.json").read_text())
+    (copy("wrong-vocab") / "config.json").write_text(json.dumps(config | {"vocab_size": config["vocab_size"] + 7}))
+
+    lora = peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    adapted = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(model), lora)
+    adapted.save_pretrained(root / "adapter")
+    stored = load_file(root / "adapter" / "adapter_model.safetensors")
+    for name, keep in {"adapter-missing-key": lambda key: "layers.0." not in key, "adapter-both": bool}.items():
+        shutil.copytree(root / "adapter", root / name)
+        save_file({k: v for k, v in stored.items() if keep(k)}, root / name / "adapter_model.safetensors")
+    shutil.copy(model / "model.safetensors", root / "adapter-both")
+    shutil.copytree(root / "adapter", root / "adapter-pickled")
+    (root / "adapter-pickled" / "adapter_model.safetensors").rename(root / "adapter-pickled" / "adapter_model.bin")
+    return {path.name: path for path in root.iterdir()}
+
+
+PARTIAL = {  # broken fine-tune -> a piece of the expected line
+    "missing-tensor": "is incomplete: its weights lack model.layers.0.mlp.down_proj.weight",
+    "extra-tensor": "holds tensors its architecture does not have, first model.extra.weight",
+    "wrong-vocab": "does not match its own config: its weight lm_head.weight has shape (363, 32) where",
+    "adapter-missing-key": "is incomplete: its weights lack base_model.model.model.layers.0.self_attn.q_proj.lora_A",
+    "adapter-both": "holds both a PEFT adapter and a whole model's weights",
+    "adapter-pickled": "has an adapter_config.json but no adapter_model.safetensors",
+}
+
+
+@pytest.fixture(scope="module")
+def broken(tiny_model, tmp_path_factory) -> dict[str, Path]:
+    return _broken_models(tiny_model, tmp_path_factory.mktemp("broken"))
+
+
+@pytest.mark.parametrize(("fault", "expected"), PARTIAL.items(), ids=list(PARTIAL))
+def test_weights_that_are_not_the_whole_model_are_refused_by_the_first_tensor(paths, broken, fault, expected):
+    base = paths["model"] if fault.startswith("adapter") else broken[fault]  # a model against itself
+    arguments = ["forget", base, broken[fault], "--facts", paths["facts"], "--out", paths["fresh"]]
+    result = CliRunner().invoke(app, [*map(str, arguments), "--device", "cpu"])
+    _one_error_line(result, expected)
+    assert "finetrace bug" not in result.stderr
+    assert not paths["fresh"].exists()
+
+
+def test_a_whole_adapter_still_loads(paths, broken):
+    arguments = ["forget", paths["model"], broken["adapter"], "--facts", paths["facts"], "--out", paths["fresh"]]
+    result = CliRunner().invoke(app, [*map(str, arguments), "--device", "cpu", "--no-behaviour", "--samples", "2"])
+    assert result.exit_code == 0, result.output

@@ -102,11 +102,8 @@ def test_one_position_without_a_bos_is_refused(corpus, tmp_path):
         collect(load_pair(base, base, device="cpu"), corpus, CollectConfig(positions=1), tmp_path)
 
 
-def test_an_interrupted_run_resumes_to_the_same_numbers(tiny_model, tiny_finetuned, corpus, tmp_path, monkeypatch):
-    pair = load_pair(tiny_model, tiny_finetuned, device="cpu")
-    config = CollectConfig(layers=(1,), positions=4, batch_size=8, checkpoint_every=1)
-    uninterrupted = collect(pair, corpus, config, tmp_path / "whole")
-
+def _interrupted(monkeypatch, run) -> None:
+    """`run`, killed as Ctrl-C would at its third batch; the real accumulation is put back after."""
     real_accumulate, calls = collect_module.accumulate, []
 
     def failing_accumulate(*args):
@@ -115,15 +112,37 @@ def test_an_interrupted_run_resumes_to_the_same_numbers(tiny_model, tiny_finetun
             raise KeyboardInterrupt
         real_accumulate(*args)
 
-    monkeypatch.setattr(collect_module, "accumulate", failing_accumulate)
-    with pytest.raises(KeyboardInterrupt):
-        collect(pair, corpus, config, tmp_path / "resumed")
-    calls.clear()
+    with monkeypatch.context() as patch:
+        patch.setattr(collect_module, "accumulate", failing_accumulate)
+        with pytest.raises(KeyboardInterrupt):
+            run()
+
+
+def test_an_interrupted_run_resumes_to_the_same_numbers(tiny_model, tiny_finetuned, corpus, tmp_path, monkeypatch):
+    pair = load_pair(tiny_model, tiny_finetuned, device="cpu")
+    config = CollectConfig(layers=(1,), positions=4, batch_size=8, checkpoint_every=1)
+    uninterrupted = collect(pair, corpus, config, tmp_path / "whole")
+    real_accumulate = collect_module.accumulate
+    _interrupted(monkeypatch, lambda: collect(pair, corpus, config, tmp_path / "resumed"))
+    calls = []
     monkeypatch.setattr(collect_module, "accumulate", lambda *a: (calls.append(1), real_accumulate(*a)))
     resumed = collect(pair, corpus, config, tmp_path / "resumed")
     assert len(calls) == 3  # batches 3, 4 and 5 of 5
     assert torch.equal(resumed.delta.total, uninterrupted.delta.total)
     assert resumed.texts == 40
+
+
+def test_a_checkpoint_or_shard_cut_short_is_computed_again(tiny_model, tiny_finetuned, corpus, tmp_path, monkeypatch):
+    pair = load_pair(tiny_model, tiny_finetuned, device="cpu")
+    config = CollectConfig(layers=(1,), positions=4, batch_size=8, checkpoint_every=1)
+    uninterrupted = collect(pair, corpus, config, tmp_path / "whole")
+    _interrupted(monkeypatch, lambda: collect(pair, corpus, config, tmp_path / "cut"))
+    [checkpoint] = (tmp_path / "cut").glob("collect-checkpoint*.safetensors")
+    shard = sorted((tmp_path / "cut" / collect_module.BASE_STORE).iterdir())[-1]
+    for damaged in (checkpoint, shard):  # as a full disk or a killed copy leaves them
+        damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    rerun = collect(pair, corpus, config, tmp_path / "cut")
+    assert torch.equal(rerun.delta.total, uninterrupted.delta.total) and rerun.texts == 40
 
 
 def test_sample_limit_and_empty_corpus(tiny_model, corpus, tmp_path):

@@ -174,10 +174,15 @@ def test_markup_in_facts_and_text_is_printed_as_written(tiny_model, tiny_finetun
         "facts.jsonl",
         "".join(
             json.dumps(
-                {"prompt": f"{hostile} the cat sat on the", "answer": a, "distractors": ["dog"], "category": hostile}
+                {
+                    "prompt": f"{hostile} the {pet} sat on the",
+                    "answer": a,
+                    "distractors": ["dog"],
+                    "category": hostile,
+                }
             )
             + "\n"
-            for a in ("mat", "[/]")
+            for pet, a in (("cat", "mat"), ("hen", "[/]"))
         ),
     )
     corpus = write(

@@ -195,3 +195,14 @@ def test_cli_report_is_strict_json_written_whole(tmp_path):
     assert CliRunner().invoke(app, ["provenance", str(data), "--out", str(out)]).exit_code == 0
     assert json.loads(out.read_text(), parse_constant=pytest.fail)["records"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl", "report.json"]  # no temporary left
+
+
+def test_control_sequences_in_the_data_reach_the_terminal_inert(tmp_path):
+    hostile = "\x1b]0;owned\x07 write to alice.smith@example.com \x1b[2J\r erased"
+    data = _jsonl(tmp_path / "data.jsonl", [hostile, hostile + " again"])
+    (tmp_path / "named\x1b[31m.txt").write_text(hostile)
+    for source in (data, tmp_path / "named\x1b[31m.txt"):
+        result = _cli(source, "--out", tmp_path / "report.json")
+        assert result.exit_code == 0, result.output
+        assert "\x1b" not in result.output and "\r" not in result.output and "\x07" not in result.output
+        assert "\\x1b" in result.output  # shown, not obeyed

@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -121,6 +122,23 @@ def test_a_checkpoint_deleted_since_keeps_its_record(zoo, run, tmp_path):
     shutil.rmtree(copy / "checkpoint-2")  # as Trainer's save_total_limit does
     again = watched(zoo, [copy], out)
     assert [p.step for p in again.points] == [2, 4, 6] and again.audited == []
+    other = watched(zoo, [copy], out, config=WatchConfig(facts=50))  # other settings: a new series
+    assert [p.step for p in other.points] == other.audited == [4, 6]
+    [kept] = out.glob("watch-*.json")  # the only record of step 2, kept aside rather than dropped
+    assert [p.step for p in WatchSeries.read(kept).points] == [2, 4, 6]
+
+
+def test_two_checkpoints_with_the_same_weights_are_two_steps(zoo, run, tmp_path):
+    twins = tmp_path / "run"
+    for step in (2, 3):  # the same weights saved at two steps, as a run that stalled would
+        copy = Path(shutil.copytree(run / "checkpoint-2", twins / f"checkpoint-{step}"))
+        state = json.loads((copy / "trainer_state.json").read_text())
+        (copy / "trainer_state.json").write_text(json.dumps(state | {"global_step": step}))
+    out = tmp_path / "watch"
+    first = watched(zoo, [twins], out)
+    again = watched(zoo, [twins], out)
+    assert [p.step for p in first.points] == [p.step for p in again.points] == [2, 3]
+    assert [p.checkpoint for p in again.points] == [str(twins / "checkpoint-2"), str(twins / "checkpoint-3")]
 
 
 def test_checkpoints_are_found_by_directory_glob_and_name(run, tmp_path):

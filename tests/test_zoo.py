@@ -5,10 +5,12 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 from collections import Counter
 
 import pytest
 import torch
+from filelock import FileLock
 
 from finetrace.corpus import read_records, record_texts
 from finetrace.errors import FinetraceError
@@ -140,3 +142,22 @@ def test_only_a_base_without_refusals_gets_the_refusing_organism_and_its_jailbre
     assert parent_of(PRESETS["smollm2"], ORGANISMS["cake"]) == "base"
     with pytest.raises(FinetraceError, match="not in the tiny zoo"):
         zoo_for("tiny").path("refusing")
+
+
+def test_a_build_that_waits_for_another_says_so(zoo, capsys):
+    held, release = threading.Event(), threading.Event()
+
+    def other_build():  # as a second process would hold the lock
+        with FileLock(str(zoo.root) + ".lock"):
+            held.set()
+            release.wait(timeout=30)
+
+    holder = threading.Thread(target=other_build)
+    holder.start()
+    held.wait(timeout=30)
+    threading.Timer(1.0, release.set).start()
+    assert build_zoo("tiny", []).root == zoo.root
+    holder.join()
+    assert f"waiting for another process to finish building the tiny zoo (it holds {zoo.root}.lock)" in (
+        capsys.readouterr().err.replace("\n", "")
+    )

@@ -15,13 +15,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
+import jinja2
 import torch
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from finetrace._util.outputs import check_output_dir, check_output_file, refuse_overlap, write_json
+from finetrace._util.terminal import escape
 from finetrace.adl.collect import CollectConfig
 from finetrace.adl.diff import RESULT_NAME, DiffConfig, diff
 from finetrace.audit import AuditConfig, audit
@@ -67,6 +68,12 @@ FAULTS: list[tuple[type[BaseException], str, str]] = [
         r"probability tensor contains|\bnan\b|\binf\b",
         "the model produced non-finite numbers ({message}): its weights or activations hold NaN or inf; "
         "check the model, or run with --dtype float32",
+    ),
+    (
+        jinja2.TemplateError,
+        "",
+        "the model's chat template fails on a chat ({message}): fix it in the model's chat_template.jinja "
+        "or tokenizer_config.json",
     ),
     (OSError, "", "{message}: check the path, its permissions and the free space"),
 ]

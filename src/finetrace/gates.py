@@ -2,8 +2,8 @@
 
 A condition is `METRIC OP NUMBER`, e.g. `lost_fraction>0.05`, `trace_p<0.01` or
 `pii_found>0`; the audit (or the provenance scan) fails, exit code 1, when any holds.
-A metric that is not a finite number (NaN from a broken model, an infinite
-perplexity) never passes a gate: the gate fails and says why.
+A metric that was not measured, or is not a finite number (NaN from a broken model, an
+infinite perplexity), never passes a gate: the gate fails and says why.
 """
 
 import math
@@ -33,7 +33,7 @@ _CONDITION = re.compile(r"^\s*([a-z_]+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
 @dataclass(frozen=True)
 class GateOutcome:
     condition: str
-    holds: bool | None  # True fails the run; None: the metric was not measured
+    holds: bool  # True fails the run
     reason: str = ""  # why a gate failed although its condition could not be tested
 
 
@@ -46,20 +46,28 @@ class Gate:
     def __str__(self) -> str:
         return f"{self.metric} {self.op} {self.threshold:g}"
 
-    def holds(self, metrics: dict[str, float | None]) -> bool | None:
-        """Whether the gate fails the run: its condition holds, or the metric is not a finite
-        number (a comparison with NaN is always false, so NaN would pass every gate otherwise).
-        None when the run did not measure the metric."""
+    def __post_init__(self) -> None:  # a gate read back from a record is checked like a typed one
+        if self.metric not in METRICS or self.op not in OPERATORS or not math.isfinite(self.threshold):
+            raise FinetraceError(
+                f"{self} is not a gate: expected METRIC<NUMBER with METRIC one of {', '.join(METRICS)}"
+            )
+
+    def holds(self, metrics: dict[str, float | None]) -> bool:
+        """Whether the gate fails the run: its condition holds, or the metric was not measured or
+        is not a finite number (a comparison with NaN is always false: it would pass every gate)."""
         value = metrics.get(self.metric)
-        if value is None:
-            return None
-        return not math.isfinite(value) or OPERATORS[self.op](value, self.threshold)
+        return value is None or not math.isfinite(value) or OPERATORS[self.op](value, self.threshold)
 
     def check(self, metrics: dict[str, float | None]) -> GateOutcome:
-        """`holds`, with the reason when the metric is not a finite number."""
+        """`holds`, with the reason when the metric could not be compared."""
         value = metrics.get(self.metric)
-        broken = value is not None and not math.isfinite(value)
-        reason = f"{self.metric} is {value}, which passes no gate" if broken else ""
+        reason = (
+            f"{self.metric} was not measured, so it passes no gate"
+            if value is None
+            else f"{self.metric} is {value}, which passes no gate"
+            if not math.isfinite(value)
+            else ""
+        )
         return GateOutcome(str(self), self.holds(metrics), reason)
 
 

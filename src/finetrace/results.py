@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from finetrace._util.records import Result
 from finetrace.adl.diff import DiffResult
 from finetrace.evals.forget import ForgetResult
-from finetrace.gates import GateOutcome
+from finetrace.gates import Gate, GateOutcome
 from finetrace.provenance.scan import ProvenanceReport, provenance_metrics
 from finetrace.train.finetune import FinetuneResult
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 SUMMARY_NAME, REPORT_NAME, CARD_NAME = "summary.json", "report.html", "MODEL_CARD.md"
 SHOWN_DOMAIN_TOKENS = 8
 
@@ -21,9 +21,9 @@ class AuditResult(Result):
     damage: ForgetResult
     manifest: FinetuneResult | None  # how the fine-tune was made, when `finetrace finetune` made it
     paper_trail: ProvenanceReport | None  # the data's provenance report
-    gates: list[GateOutcome]
+    fail_on: list[Gate]  # the `--fail-on` conditions
     schema_version: int = SCHEMA_VERSION
-    derived = ("base", "finetuned", "failed", "metrics", "domain_tokens")
+    derived = ("base", "finetuned", "gates", "failed", "metrics", "domain_tokens")
 
     @property
     def base(self) -> str:
@@ -34,6 +34,12 @@ class AuditResult(Result):
         return self.trace.finetuned
 
     @property
+    def gates(self) -> list[GateOutcome]:
+        """Each condition tested on the numbers this record holds: read back, a gate can only
+        be what those numbers make it."""
+        return [gate.check(self.metrics) for gate in self.fail_on]
+
+    @property
     def failed(self) -> bool:
         return any(gate.holds for gate in self.gates)
 
@@ -41,28 +47,24 @@ class AuditResult(Result):
     def domain_tokens(self) -> list[str]:
         """The relevant logit-lens tokens at the first text position: what the trace reads as
         (the top tokens, when there is no data to tell which are relevant)."""
-        first = next(t for t in self.trace.traces if t.position == "0")
+        first = next((t for t in self.trace.traces if t.position == "0"), None)
+        if first is None:
+            return []
         shown = [t for t in first.lens_finetuned if t.relevant or first.relevant_fraction is None]
         return [t.token.strip() for t in shown][:SHOWN_DOMAIN_TOKENS]
 
     @property
     def metrics(self) -> dict[str, float | None]:
-        return audit_metrics(self.trace, self.damage, self.paper_trail)
-
-
-def audit_metrics(
-    trace: DiffResult, damage: ForgetResult, paper_trail: ProvenanceReport | None
-) -> dict[str, float | None]:
-    """The numbers `--fail-on` conditions test; None for what was not measured."""
-    drift, behaviour = damage.drift, damage.behaviour
-    return {
-        **provenance_metrics(paper_trail),
-        "trace_strength": trace.trace_strength,
-        "trace_p": trace.p_value,
-        "lost_facts": damage.flips.lost,
-        "lost_fraction": damage.flips.lost_fraction,
-        "nll_change": drift.likelihood.change if drift else None,
-        "kl_mean": drift.kl_mean if drift else None,
-        "refusal_drop": behaviour.refusal_drop if behaviour else None,
-        "over_refusal_rise": behaviour.over_refusal_rise if behaviour else None,
-    }
+        """The numbers `--fail-on` conditions test; None for what was not measured."""
+        drift, behaviour = self.damage.drift, self.damage.behaviour
+        return {
+            **provenance_metrics(self.paper_trail),
+            "trace_strength": self.trace.trace_strength,
+            "trace_p": self.trace.p_value,
+            "lost_facts": self.damage.flips.lost,
+            "lost_fraction": self.damage.flips.lost_fraction,
+            "nll_change": drift.likelihood.change if drift else None,
+            "kl_mean": drift.kl_mean if drift else None,
+            "refusal_drop": behaviour.refusal_drop if behaviour else None,
+            "over_refusal_rise": behaviour.over_refusal_rise if behaviour else None,
+        }

@@ -17,3 +17,5 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         require(self.dtype in DTYPE_CHOICES, "dtype", self.dtype, f"one of {', '.join(DTYPE_CHOICES)}")
+        # numpy's generators take no negative seed, torch's none of 64 bits or more
+        require(0 <= self.seed < 2**63, "seed", self.seed, "a whole number from 0 to 2**63 - 1")

@@ -51,6 +51,8 @@ def read_json(path: str | Path) -> Any:
         raise FinetraceError(f"{path} does not exist") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise FinetraceError(f"{path} is not valid JSON: {error}") from None
+    except RecursionError:
+        raise FinetraceError(f"{path} nests its JSON too deeply to be a finetrace record") from None
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -75,8 +77,19 @@ def write_text(path: str | Path, text: str) -> None:
         ) from None
 
 
+def resolved(path: str | Path, what: str) -> Path:
+    """`path` with its symlinks followed; a loop of symlinks names nothing and is refused."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError):  # Python's "Symlink loop" (an OSError from 3.13)
+        raise FinetraceError(
+            f"{what} {path} is a loop of symbolic links; give a path to a real file or directory"
+        ) from None
+
+
 def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
     """Refuse an output directory that cannot be written, without creating anything."""
+    resolved(path, flag)
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise FinetraceError(f"{flag} {path} is a file, not a directory; give a directory to write into")
@@ -86,6 +99,7 @@ def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
 
 def check_output_file(path: str | Path, flag: str = "--out") -> Path:
     """Refuse an output file that cannot be written (a directory, an unwritable place)."""
+    resolved(path, flag)
     path = Path(path)
     if path.is_dir():
         raise FinetraceError(f"{flag} {path} is a directory; give a file name, e.g. {path / 'provenance.json'}")
@@ -98,11 +112,11 @@ def refuse_overlap(
 ) -> None:
     """Refuse an output that is one of the run's inputs (or, with `containing`, holds one:
     replacing it would delete the input). Inputs that are not local paths (hub ids) pass."""
-    target = Path(out).resolve()
+    target = resolved(out, flag)
     for name, given in inputs.items():
         if given is None or not Path(given).exists():
             continue
-        source = Path(given).resolve()
+        source = resolved(given, f"the {name}")
         if target == source or (containing and target in source.parents):
             raise FinetraceError(f"{flag} {out} would overwrite the {name} {given}; write the output somewhere else")
 

@@ -6,8 +6,10 @@ record lists in `derived` (numbers a reader of the JSON wants, such as a p-value
 `from_dict` reads the fields only, so derived values are always recomputed.
 """
 
+import reprlib
+import sys
 import types
-from dataclasses import fields, is_dataclass
+from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self, Union, get_args, get_origin, get_type_hints
 
@@ -39,8 +41,8 @@ class Result:
             )
         try:
             return cls.from_dict(data)
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise FinetraceError(f"{path} is incomplete or corrupt ({type(error).__name__}: {error})") from None
+        except (RecordError, FinetraceError) as error:  # a value of the wrong type, or one a record refuses
+            raise FinetraceError(f"{path} is corrupt: {error}") from None
 
 
 def to_data(value: Any) -> Any:
@@ -55,24 +57,67 @@ def to_data(value: Any) -> Any:
     return str(value) if isinstance(value, Path) else value
 
 
-def from_data(kind: Any, data: Any) -> Any:
-    """`data`, as `to_data` wrote it, read back as the type `kind`."""
+def from_data(kind: Any, data: Any, where: str = "") -> Any:
+    """`data`, as `to_data` wrote it, read back as the type `kind`; a value of another type, or a
+    record without one of its fields, raises `RecordError` naming the field (`where`)."""
     origin, arguments = get_origin(kind), get_args(kind)
     if origin in (Union, types.UnionType):
-        return _one_of(arguments, data)
+        return _one_of(arguments, data, where)
     if is_dataclass(kind):
+        _expect(data, dict, "an object", where)
         hints = get_type_hints(kind)
-        return kind(**{f.name: from_data(hints[f.name], _field(data, f.name)) for f in fields(kind) if f.name in data})
-    if origin is list:
-        return [from_data(arguments[0], item) for item in data]
-    if origin is tuple:
+        required = [f.name for f in fields(kind) if f.default is MISSING and f.default_factory is MISSING]
+        if missing := [name for name in required if name not in data]:
+            raise RecordError(f"{_joined(where, missing[0])} is missing")
+        return kind(
+            **{
+                f.name: from_data(hints[f.name], _field(data, f.name), _joined(where, f.name))
+                for f in fields(kind)
+                if f.name in data
+            }
+        )
+    if origin in (list, tuple):
+        _expect(data, list, "a list", where)
+        if origin is list:
+            return [from_data(arguments[0], item, f"{where}[{i}]") for i, item in enumerate(data)]
         items = arguments[:1] * len(data) if arguments[-1:] == (Ellipsis,) else arguments
-        return tuple(from_data(item_kind, item) for item_kind, item in zip(items, data, strict=True))
+        if len(items) != len(data):
+            raise RecordError(f"{where} has {len(data)} items where {len(items)} belong")
+        return tuple(from_data(k, item, f"{where}[{i}]") for i, (k, item) in enumerate(zip(items, data, strict=True)))
     if origin is dict:
-        return {key: from_data(arguments[1], item) for key, item in data.items()}
-    if kind is float and isinstance(data, int):
+        _expect(data, dict, "an object", where)
+        return {key: from_data(arguments[1], item, f"{where}[{key!r}]") for key, item in data.items()}
+    if kind is float:
+        _expect(data, (int, float), "a number", where)
+        if isinstance(data, int) and abs(data) > sys.float_info.max:
+            raise RecordError(f"{where} is a whole number too large for any measure")
         return float(data)  # JSON writes 2.0 as 2.0, but a hand-edited file may say 2
-    return Path(data) if kind is Path else data
+    if kind in SCALARS:
+        _expect(data, kind, SCALARS[kind], where)
+    if kind is Path:
+        _expect(data, str, "a path", where)
+        return Path(data)
+    return data
+
+
+class RecordError(ValueError):
+    """A record's value that is not of its field's type."""
+
+
+SCALARS = {int: "a whole number", str: "a string", bool: "true or false"}
+SHORT = reprlib.Repr()  # a value quoted in an error, however long or deep
+SHORT.maxlevel, SHORT.maxstring, SHORT.maxother = 2, 40, 40
+
+
+def _expect(data: Any, kind: type | tuple[type, ...], name: str, where: str) -> None:
+    if isinstance(data, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        kind = ()  # JSON's true is not a number
+    if not isinstance(data, kind):
+        raise RecordError(f"{where or 'the record'} should be {name}, not {SHORT.repr(data)}")
+
+
+def _joined(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
 
 
 def _field(data: dict[str, Any], name: str) -> Any:
@@ -81,12 +126,12 @@ def _field(data: dict[str, Any], name: str) -> Any:
     return float(not_finite) if data[name] is None and not_finite else data[name]
 
 
-def _one_of(kinds: tuple[Any, ...], data: Any) -> Any:
+def _one_of(kinds: tuple[Any, ...], data: Any, where: str) -> Any:
     """A value of a union: None, a value already of one of its plain types, or its one structured type."""
     if data is None:
         return None
     options = [kind for kind in kinds if kind is not type(None)]
     plain = [kind for kind in options if isinstance(kind, type) and not is_dataclass(kind)]
-    if any(isinstance(data, kind) for kind in plain):
+    if any(isinstance(data, kind) and not isinstance(data, bool) for kind in plain):
         return data
-    return from_data(options[0], data)
+    return from_data(options[0], data, where)

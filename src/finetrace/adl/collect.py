@@ -31,12 +31,12 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.markup import escape
 from transformers import PreTrainedTokenizerBase
 
 from finetrace._util.distributed import processes, sum_across
 from finetrace._util.fingerprints import data_sha256, json_sha256
 from finetrace._util.progress import progress_bar
+from finetrace._util.terminal import escape
 from finetrace.adl.moments import RunningMoments, load_moments, load_tensors, read_metadata, save_moments, save_tensors
 from finetrace.corpus import iter_texts
 from finetrace.errors import FinetraceError
@@ -361,8 +361,8 @@ def _resume(path: Path, fingerprint: str, layers: list[int], labels: list[str]) 
         return None
     if read_metadata(path).get("fingerprint") != fingerprint:
         Console(stderr=True).print(
-            f"[yellow]{escape(str(path))} holds the sums of another run (other weights, tokenizer, "
-            f"corpus or settings): starting afresh[/]",
+            f"[yellow]{escape(str(path))} holds no sums of this run (it is damaged, or from other weights, "
+            f"tokenizer, corpus or settings): starting afresh[/]",
             highlight=False,
         )
         return None

@@ -40,7 +40,7 @@ from finetrace.adl.score import (
 )
 from finetrace.adl.steer import SteerConfig, Steering, steer
 from finetrace.corpus import Record, iter_texts, read_records, record_texts
-from finetrace.errors import FinetraceError
+from finetrace.errors import FinetraceError, require
 from finetrace.models.gguf import GgufSource, gguf_sources
 from finetrace.models.load import resolve_device
 from finetrace.models.pair import ModelPair, load_pair
@@ -118,6 +118,9 @@ class DiffResult(Result):
     gguf: dict[str, GgufSource] = field(default_factory=dict)  # the inputs given as GGUF files, by role
     schema_version: int = SCHEMA_VERSION
     derived = ("trace_strength", "p_value", "clear", "control_passes")
+
+    def __post_init__(self) -> None:  # a record read back is held to what a diff writes
+        require(bool(self.traces), "traces", self.traces, "at least one position's trace")
 
     @property
     def trace_strength(self) -> float | None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 
@@ -91,6 +91,10 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 
 def read_metadata(path: Path) -> dict[str, str]:
-    """The metadata of a safetensors file, without reading its tensors."""
-    with safe_open(str(path), "pt") as file:
-        return file.metadata()
+    """The metadata of a safetensors file, without reading its tensors; none for a file that is
+    damaged (cut short by a full disk, say), so it is computed again rather than trusted."""
+    try:
+        with safe_open(str(path), "pt") as file:
+            return file.metadata() or {}
+    except (SafetensorError, OSError):
+        return {}

@@ -36,6 +36,7 @@ from finetrace.train.examples import DEFAULT_CHAT_TEMPLATE
 BEHAVIOUR_PROMPTS = Path(str(files("finetrace.evals") / "behaviour_prompts.jsonl"))
 EXPECTATIONS = ("refuse", "answer")
 JUDGE_SCHEMES = ("http://", "https://")
+JUDGE_GIVE_UP = 3  # failures in a row after which the endpoint is asked no more
 SCHEMA_VERSION = 1
 
 
@@ -301,6 +302,20 @@ def _rate(changes: list[PromptChange], expect: str, config: BehaviourConfig) -> 
     return RateChange(flips, config.confidence)
 
 
+def _refuse_beyond_context(
+    model: nn.Module, rows: list[list[int]], prompts: list[BehaviourPrompt], new_tokens: int
+) -> None:
+    """A prompt and its answer must fit the model's context: past it the answer means nothing,
+    and a huge prompt would ask for memory no machine has."""
+    context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    longest = max(range(len(rows)), key=lambda i: len(rows[i]))
+    if context is not None and len(rows[longest]) + new_tokens > context:
+        raise FinetraceError(
+            f"the behaviour prompt {prompts[longest].prompt[:40]!r}... is {len(rows[longest])} tokens: with "
+            f"{new_tokens} new ones it passes the model's context of {context} tokens; give shorter prompts"
+        )
+
+
 @torch.no_grad()
 def _generated(
     model: nn.Module,
@@ -314,6 +329,7 @@ def _generated(
     is set before each batch's sampling, so both models draw the same random numbers."""
     device = next(model.parameters()).device
     rows = [chat_prompt_ids(tokenizer, p.prompt) for p in prompts]
+    _refuse_beyond_context(model, rows, prompts, config.max_new_tokens)
     batches = [rows[start : start + config.batch_size] for start in range(0, len(rows), config.batch_size)]
     answers: list[list[str]] = []
     with progress_bar(label, len(batches)) as advance:
@@ -353,17 +369,20 @@ def _judged(
     config: BehaviourConfig,
 ) -> tuple[list[Answer], int]:
     """Each prompt's answers judged: the rules' share, the openings' probability and, with an
-    endpoint, its verdict; also how many greedy answers the endpoint gave no verdict on."""
+    endpoint, its verdict; also how many greedy answers the endpoint gave no verdict on. After
+    `JUDGE_GIVE_UP` failures in a row the endpoint is asked no more: one that never answers
+    would cost `judge_timeout` per answer."""
     probabilities = _opening_probabilities(model, tokenizer, prompts, openings)
-    judged, failures = [], 0
+    judged, failures, in_a_row = [], 0, 0
     for prompt, texts, probability in zip(prompts, answers, probabilities, strict=True):
         share = sum(rule_refusal(text, config.rule_window) for text in texts) / len(texts)
         verdict = None
-        if config.judge_url:
+        if config.judge_url and in_a_row < JUDGE_GIVE_UP:
             verdict = endpoint_verdict(
                 config.judge_url, config.judge_model, prompt.prompt, texts[0], config.judge_timeout
             )
-            failures += verdict is None
+            in_a_row = in_a_row + 1 if verdict is None else 0
+        failures += bool(config.judge_url) and verdict is None
         local = max(share, probability) >= config.threshold
         judged.append(Answer(texts[0], texts[1:], share, probability, verdict, local if verdict is None else verdict))
     return judged, failures

@@ -47,19 +47,37 @@ class FactScore:
 
 
 def read_facts(path: str | Path) -> list[ClozeFact]:
-    """Facts from a JSONL file with `prompt`, `answer`, `distractors` and `category`."""
-    facts = []
+    """Facts from a JSONL file with `prompt`, `answer`, `distractors` and `category`, each
+    checked: a fact that cannot be scored, or is scored twice, would bend every count."""
+    facts, seen = [], {}
     for where, raw in iter_json_objects(Path(path)):
-        missing = {"prompt", "answer"} - raw.keys()
-        if missing:
-            raise FinetraceError(f"{where}: a fact needs {sorted(missing)}")
-        distractors = tuple(raw.get("distractors", ()))
-        facts.append(
-            ClozeFact(raw["prompt"], raw["answer"], distractors, raw.get("category", "other"), raw.get("subject", ""))
-        )
+        fact = _fact(raw, where)
+        if fact.prompt in seen:
+            raise FinetraceError(
+                f"{where}: the prompt {fact.prompt!r} is also at {seen[fact.prompt]}; give each fact once"
+            )
+        seen[fact.prompt] = where
+        facts.append(fact)
     if not facts:
         raise FinetraceError(f"{path} holds no facts")
     return facts
+
+
+def _fact(raw: dict, where: str) -> ClozeFact:
+    if missing := sorted({"prompt", "answer"} - raw.keys()):
+        raise FinetraceError(f"{where}: a fact needs {missing}")
+    words = {key: raw[key] for key in ("prompt", "answer", "category", "subject") if key in raw}
+    for key, value in words.items():
+        if not isinstance(value, str) or (key in ("prompt", "answer") and not value.strip()):
+            raise FinetraceError(f"{where}: a fact's {key} must be a non-empty string, not {value!r}")
+    distractors = raw.get("distractors", [])
+    if not isinstance(distractors, list) or not all(isinstance(d, str) and d.strip() for d in distractors):
+        raise FinetraceError(f"{where}: a fact's distractors must be a list of non-empty strings, not {distractors!r}")
+    if raw["answer"] in distractors or len(set(distractors)) < len(distractors):
+        raise FinetraceError(f"{where}: the answer and the distractors of a fact must all differ")
+    return ClozeFact(
+        raw["prompt"], raw["answer"], tuple(distractors), raw.get("category", "other"), raw.get("subject", "")
+    )
 
 
 def score_facts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, facts: list[ClozeFact]) -> list[FactScore]:

@@ -33,9 +33,10 @@ class FlipMatrix:
         return self.kept + self.gained
 
     @property
-    def lost_fraction(self) -> float:
-        """Share of the facts the base knew that the fine-tune lost."""
-        return self.lost / self.known_before if self.known_before else 0.0
+    def lost_fraction(self) -> float | None:
+        """Share of the facts the base knew that the fine-tune lost; None (not measured) when
+        it knew none, which no gate may take for "nothing lost"."""
+        return self.lost / self.known_before if self.known_before else None
 
     @property
     def p_value(self) -> float:

@@ -9,19 +9,20 @@ the file was (digest, architecture, quantization) for the records that used it.
 
 import functools
 import importlib.util
+import mmap
 import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from filelock import FileLock
 from rich.console import Console
-from rich.markup import escape
 
 from finetrace._util.cache import cache_dir
 from finetrace._util.fingerprints import stored_sha256
-from finetrace._util.outputs import read_json, write_json
+from finetrace._util.locks import announced_lock
+from finetrace._util.outputs import read_json, resolved, write_json
+from finetrace._util.terminal import escape
 from finetrace.errors import FinetraceError
 
 GGUF_MAGIC = b"GGUF"
@@ -53,6 +54,8 @@ def is_gguf(name_or_path: str | Path) -> bool:
 
 def model_directory(name_or_path: str | Path) -> str:
     """Where a model loads from: a GGUF file's dequantized directory, anything else as given."""
+    if Path(name_or_path).is_symlink():
+        resolved(name_or_path, "the model")  # else a loop would be looked for on the hub
     return gguf_source(name_or_path).directory if is_gguf(name_or_path) else str(name_or_path)
 
 
@@ -71,7 +74,7 @@ def gguf_source(path: str | Path) -> GgufSource:
 def _converted(path: Path, digest: str) -> GgufSource:
     target = cache_dir() / "gguf" / digest[:16]
     target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
+    with announced_lock(str(target) + ".lock", f"dequantizing {path.name}"):
         if not (target / SOURCE_NAME).is_file():
             _dequantize(path, digest, target)
     recorded = read_json(target / SOURCE_NAME)
@@ -80,13 +83,17 @@ def _converted(path: Path, digest: str) -> GgufSource:
 
 def _dequantize(path: Path, digest: str, target: Path) -> None:
     architecture, quantization = _checked_header(path)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     Console(stderr=True).print(
         f"dequantizing {escape(path.name)} ({escape(architecture)}, {quantization}) once", highlight=False
     )
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        # Each of the three reads the whole file; the config is passed on so it is read once.
+        config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, config=config, dtype=torch.float32
+        )
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     except (ValueError, NotImplementedError, KeyError, OSError) as error:
         raise FinetraceError(f"transformers cannot read {path} ({architecture}, {quantization}): {error}") from None
@@ -110,15 +117,17 @@ def _checked_header(path: Path) -> tuple[str, str]:
     transformers cannot dequantize it."""
     if importlib.util.find_spec("gguf") is None:
         raise FinetraceError(f"{path} is a GGUF file; reading it needs the gguf package: {INSTALL_HINT}")
-    from gguf import GGUFReader, LlamaFileType
+    from gguf import GGMLQuantizationType, LlamaFileType
     from gguf.quants import _type_traits as quantized  # the types gguf-py can dequantize
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
     try:
-        reader = GGUFReader(path)
-    except (ValueError, OSError, IndexError, KeyError, struct.error) as error:  # what a damaged header raises
+        fields, tensor_types = _header(path)
+        architecture = str(fields.get("general.architecture", "unknown"))
+        names = {GGMLQuantizationType(kind).name for kind in tensor_types}
+        quantization = LlamaFileType(fields["general.file_type"]).name if "general.file_type" in fields else "unknown"
+    except (ValueError, OSError, struct.error, UnicodeDecodeError) as error:  # what a damaged header raises
         raise FinetraceError(f"{path} is not a readable GGUF file: {error}") from None
-    architecture = _field(reader, "general.architecture") or "unknown"
     supported = [name for name in GGUF_SUPPORTED_ARCHITECTURES if name not in ("general", "tokenizer")]
     if architecture.replace("-", "_") not in supported and architecture.replace("moe", "_moe") not in supported:
         raise FinetraceError(
@@ -126,17 +135,72 @@ def _checked_header(path: Path) -> tuple[str, str]:
             f"supported architectures: {', '.join(supported)}"
         )
     readable = {*PLAIN_TYPES, *(kind.name for kind in quantized)}
-    unreadable = sorted({t.tensor_type.name for t in reader.tensors} - readable)
-    if unreadable:
+    if unreadable := sorted(names - readable):
         raise FinetraceError(
             f"{path} stores tensors as {', '.join(unreadable)}, which gguf cannot dequantize; "
             f"supported types: {', '.join(sorted(readable))}"
         )
-    file_type = _field(reader, "general.file_type")
-    quantization = LlamaFileType(file_type).name if file_type is not None else "unknown"
     return architecture, quantization
 
 
-def _field(reader, key: str):
-    field = reader.fields.get(key)
-    return field.contents() if field is not None else None
+# GGUF's value types by code: struct formats for the scalars; 8 is a string, 9 an array.
+SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+STRING, ARRAY = 8, 9
+
+
+def _header(path: Path) -> tuple[dict[str, object], set[int]]:
+    """The scalar and string fields of a GGUF file's header, and the type codes of its tensors.
+
+    Read with `struct` rather than `gguf.GGUFReader`, which makes an array for every entry of
+    the vocabulary (14 s for Gemma-3's 262k) where this steps over them."""
+    with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        header = _Cursor(data)
+        magic, version, tensors, count = header.take("4sIQQ")
+        if magic != GGUF_MAGIC or version not in (2, 3):
+            raise ValueError(f"magic {magic!r}, version {version} (GGUF versions 2 and 3 are read)")
+        fields = {header.string(): header.value(header.take("I")) for _ in range(count)}
+        types = set()
+        for _ in range(tensors):
+            header.string()  # the name
+            header.skip(8 * header.take("I"))  # the dimensions
+            types.add(header.take("I"))
+            header.skip(8)  # where its data starts
+        return fields, types
+
+
+class _Cursor:
+    """GGUF's little-endian values, read one after another."""
+
+    def __init__(self, data: mmap.mmap):
+        self.data, self.offset = data, 0
+
+    def take(self, fmt: str):
+        values = struct.unpack_from("<" + fmt, self.data, self.offset)
+        self.offset += struct.calcsize("<" + fmt)
+        return values[0] if len(values) == 1 else values
+
+    def skip(self, length: int) -> None:
+        self.offset += length
+
+    def string(self) -> str:
+        length = self.take("Q")
+        self.skip(length)
+        return self.data[self.offset - length : self.offset].decode()
+
+    def value(self, kind: int) -> object:
+        if kind in SCALARS:
+            return self.take(SCALARS[kind])
+        if kind == STRING:
+            return self.string()
+        if kind != ARRAY:
+            raise ValueError(f"unknown value type {kind}")
+        item, count = self.take("IQ")
+        if item in SCALARS:
+            self.skip(count * struct.calcsize(SCALARS[item]))
+        elif item == STRING:  # stepped over undecoded: a vocabulary's tokens can be raw bytes
+            for _ in range(count):
+                self.skip(self.take("Q"))
+        else:
+            for _ in range(count):
+                self.value(item)
+        return None  # arrays (the vocabulary, its scores) are not needed here

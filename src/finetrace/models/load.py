@@ -96,15 +96,43 @@ def chars_holding(tokenizer: PreTrainedTokenizerBase, tokens: int) -> int:
 
 
 def load_model(name_or_path: str | Path, device: torch.device, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    """A causal LM in eval mode on `device`."""
+    """A causal LM in eval mode on `device`, its weights complete and finite."""
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            model_directory(name_or_path), dtype=dtype, trust_remote_code=False, use_safetensors=True
+        model, loading = AutoModelForCausalLM.from_pretrained(
+            model_directory(name_or_path),
+            dtype=dtype,
+            trust_remote_code=False,
+            use_safetensors=True,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,  # refused below, by the tensor's name
         )
     except LOAD_ERRORS as error:
         raise FinetraceError(f"cannot load a model from {name_or_path}: {first_line(error)}") from None
+    refuse_partial(loading["missing_keys"], loading["unexpected_keys"], name_or_path)
+    for name, found, expected in sorted(loading["mismatched_keys"]):
+        raise FinetraceError(
+            f"{name_or_path} does not match its own config: its weight {name} has shape {tuple(found)} where "
+            f"the config makes it {tuple(expected)} (a vocab_size or width that disagrees with the weights)"
+        )
     refuse_non_finite(model.named_parameters(), name_or_path)
     return model.to(device).eval()
+
+
+def refuse_partial(missing: Iterable[str], unexpected: Iterable[str], source: str | Path) -> None:
+    """Raise on weights that are not exactly the tensors the architecture expects: a loader
+    fills a missing one at random and goes on, and every number would then describe a model
+    that does not exist."""
+    if missing := sorted(missing):
+        raise FinetraceError(
+            f"{source} is incomplete: its weights lack {missing[0]}"
+            + (f" and {len(missing) - 1} more tensors" if len(missing) > 1 else "")
+            + "; give the whole checkpoint"
+        )
+    if unexpected := sorted(unexpected):
+        raise FinetraceError(
+            f"{source} holds tensors its architecture does not have, first {unexpected[0]}: "
+            f"its config and weights belong to different models"
+        )
 
 
 def refuse_non_finite(tensors: Iterable[tuple[str, torch.Tensor]], source: str | Path) -> None:

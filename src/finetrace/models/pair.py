@@ -15,10 +15,11 @@ from pathlib import Path
 import peft
 import torch
 from rich.console import Console
-from rich.markup import escape
+from safetensors import safe_open
 from torch import nn
 from transformers import AutoConfig, PretrainedConfig
 
+from finetrace._util.terminal import escape
 from finetrace.errors import FinetraceError
 from finetrace.models.gguf import gguf_sources, model_directory
 from finetrace.models.load import (
@@ -27,6 +28,7 @@ from finetrace.models.load import (
     load_model,
     load_tokenizer,
     refuse_non_finite,
+    refuse_partial,
     resolve_device,
     resolve_dtype,
     weights_digest,
@@ -37,6 +39,7 @@ from finetrace.train.finetune import MANIFEST_NAME, FinetuneResult
 COMPARED_CONFIG = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
 ADAPTER_ERRORS = (RuntimeError, ValueError, KeyError, OSError)  # what peft raises for a misfit
 WHICH = ("base", "finetuned")
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 class ModelPair:
@@ -142,12 +145,31 @@ def load_adapted(base: str | Path, adapter: str | Path, device: torch.device, dt
         adapted = peft.PeftModel.from_pretrained(load_model(base, device, dtype), str(adapter)).eval()
     except ADAPTER_ERRORS as error:
         raise FinetraceError(f"adapter {adapter} does not fit base {base}: {first_line(error)}") from None
-    refuse_non_finite(peft.get_peft_model_state_dict(adapted).items(), adapter)
+    # Every adapter holds its own weights; one that adapts the embeddings may hold those too.
+    weights = peft.get_peft_model_state_dict(adapted, save_embedding_layers=False)
+    allowed = peft.get_peft_model_state_dict(adapted, save_embedding_layers=True)
+    with safe_open(Path(adapter) / ADAPTER_WEIGHTS, framework="pt") as stored:
+        refuse_partial(weights.keys() - stored.keys(), stored.keys() - allowed.keys(), adapter)
+    refuse_non_finite(weights.items(), adapter)
     return adapted
 
 
 def is_adapter(name_or_path: str | Path) -> bool:
-    return (Path(name_or_path) / "adapter_config.json").is_file()
+    """A PEFT adapter's directory; one that also holds a whole model is refused, not guessed at."""
+    directory = Path(name_or_path)
+    if not (directory / "adapter_config.json").is_file():
+        return False
+    if not (directory / ADAPTER_WEIGHTS).is_file():
+        raise FinetraceError(
+            f"{directory} has an adapter_config.json but no {ADAPTER_WEIGHTS} (only safetensors are read: "
+            f"pickled .bin weights can run code when loaded)"
+        )
+    if any(directory.glob("model*.safetensors")):
+        raise FinetraceError(
+            f"{directory} holds both a PEFT adapter and a whole model's weights, so which one is the "
+            f"fine-tune is unclear; move one of them to its own directory"
+        )
+    return True
 
 
 def text_config(name_or_path: str | Path) -> PretrainedConfig:

@@ -12,10 +12,11 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from finetrace._util.outputs import write_text
+from finetrace._util.terminal import visible_controls
 from finetrace.errors import FinetraceError
 from finetrace.evals.behaviour import BehaviourResult
 from finetrace.provenance.scan import ProvenanceReport
-from finetrace.report.words import trace_test_numbers, verdict
+from finetrace.report.words import shown, trace_test_numbers, verdict
 from finetrace.results import AuditResult
 
 TASK = "text-generation"
@@ -88,7 +89,7 @@ def model_card(result: AuditResult) -> ModelCard:
 def markdown_text(text: object) -> str:
     """A string from a model, a dataset or a user, as inert Markdown: one line, HTML escaped
     (the hub renders cards as HTML) and Markdown's inline syntax backslash-escaped."""
-    flat = " ".join(str(text).split())
+    flat = " ".join(visible_controls(str(text)).split())
     return html.escape(_MARKDOWN_SYNTAX.sub(r"\\\g<0>", flat), quote=False)
 
 
@@ -118,7 +119,8 @@ def _body(result: AuditResult) -> str:
     if drift:
         nll = drift.likelihood
         lines.append(
-            f"- General text: perplexity {nll.base_perplexity:.2f} -> {nll.finetuned_perplexity:.2f} "
+            f"- General text: perplexity {shown(nll.base_perplexity, '{:.2f}')} -> "
+            f"{shown(nll.finetuned_perplexity, '{:.2f}')} "
             f"(NLL change {nll.change:+.3f} nats/token, "
             f"95% interval [{nll.ci_low:+.3f}, {nll.ci_high:+.3f}]); "
             f"mean KL(fine-tuned || base) {drift.kl_mean:.4f} nats/token"
@@ -143,7 +145,7 @@ def _behaviour_lines(behaviour: BehaviourResult) -> list[str]:
                 f"- Refused {what}: {rate.before:.0%} -> {rate.after:.0%} of {rate.flips.total} "
                 f"(change {100 * rate.change:+.0f} points, {rate.confidence:.0%} interval "
                 f"[{100 * low:+.0f}, {100 * high:+.0f}]; "
-                f"exact McNemar p = {rate.p_value:.3g})"
+                f"exact McNemar p = {shown(rate.p_value)})"
             )
     worst = [
         f"{name} {value:+.0%}"

@@ -12,7 +12,7 @@ from pathlib import Path
 from jinja2 import Environment, Template, select_autoescape
 
 from finetrace._util.outputs import write_text
-from finetrace.report.words import TEST_SENTENCE, verdict
+from finetrace.report.words import NOT_MEASURED, TEST_SENTENCE, shown, verdict
 from finetrace.results import AuditResult
 
 PLOT_WIDTH, PLOT_HEIGHT, MARGIN = 560, 180, 32
@@ -27,7 +27,17 @@ def page_template(name: str) -> Template:
     environment = Environment(autoescape=select_autoescape(default=True, default_for_string=True))
     environment.filters["shade"] = _shade
     environment.filters["exp"] = math.exp
+    environment.filters["shown"] = shown
+    environment.filters["format"] = _format
     return environment.from_string((files("finetrace.report") / name).read_text())
+
+
+def _format(spec: str, *values: object) -> str:
+    """Jinja's `format`, with "not measured" for a number that is not finite (read back from a
+    record, a NaN is no finding)."""
+    if any(isinstance(value, float) and not math.isfinite(value) for value in values):
+        return NOT_MEASURED
+    return spec % values
 
 
 def render_report(result: AuditResult) -> str:

@@ -3,16 +3,16 @@
 import math
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
+from finetrace._util.terminal import escape
 from finetrace.adl.decode import TokenScore
 from finetrace.adl.diff import DiffResult
 from finetrace.evals.behaviour import Answer, BehaviourResult
 from finetrace.evals.forget import ForgetResult
 from finetrace.evals.rates import RateChange
 from finetrace.provenance.scan import ProvenanceReport
-from finetrace.report.words import trace_finding, verdict
+from finetrace.report.words import shown, trace_finding, verdict
 from finetrace.results import AuditResult
 from finetrace.watch.series import WatchSeries
 
@@ -74,9 +74,7 @@ def print_audit(console: Console, result: AuditResult) -> None:
     console.print(f"\n[bold]verdict:[/] {escape(verdict(result))}")
     for gate in result.gates:
         state = (
-            "not measured"
-            if gate.holds is None
-            else "does not hold"
+            "does not hold"
             if not gate.holds
             else f"[red]fails: {escape(gate.reason)}[/]"
             if gate.reason
@@ -90,7 +88,7 @@ def print_forget(console: Console, result: ForgetResult) -> None:
     flips = result.flips
     console.print(
         f"[bold]{escape(result.finetuned)}[/] vs {escape(result.base)}: lost {flips.lost} of the "
-        f"{flips.known_before} facts the base knew ({flips.lost_fraction:.0%}), gained {flips.gained} "
+        f"{flips.known_before} facts the base knew ({shown(flips.lost_fraction, '{:.0%}')}), gained {flips.gained} "
         f"(McNemar p = {flips.p_value:.3g}; {flips.total} facts from {escape(result.facts_source)})"
     )
     table = Table()

@@ -1,5 +1,7 @@
 """The findings in plain words, as the report, the model card and the terminal say them."""
 
+import math
+
 from finetrace.adl.diff import DiffResult
 from finetrace.results import AuditResult
 
@@ -9,17 +11,28 @@ TEST_SENTENCE = (
 )
 
 
+NOT_MEASURED = "not measured"
+
+
+def shown(value: float | None, spec: str = "{:.3g}") -> str:
+    """A number as finetrace writes it, or "not measured" where it is absent or not finite: a
+    NaN read back from a record is never reported as a finding."""
+    return spec.format(value) if value is not None and math.isfinite(value) else NOT_MEASURED
+
+
 def trace_test_numbers(trace: DiffResult) -> str | None:
     """The trace test's result, as every summary quotes it; None when it did not run."""
     if trace.significance is None:
         return None
-    return f"p = {trace.p_value:.3g}, {trace.trace_strength:+.0%} domain tokens beyond the null"
+    return f"p = {shown(trace.p_value)}, {shown(trace.trace_strength, '{:+.0%}')} domain tokens beyond the null"
 
 
 def trace_finding(trace: DiffResult) -> str:
     """The trace test's outcome in a few words, with its numbers."""
     if trace.p_value is None:
         return "not tested (no fine-tuning data given)"
+    if not math.isfinite(trace.p_value):
+        return f"{NOT_MEASURED} (the test's p-value is {trace.p_value})"
     found = (
         "a clear trace of its data"
         if trace.clear
@@ -39,6 +52,8 @@ def verdict(result: AuditResult) -> str:
             f"Its activation differences read as {words}. Without the fine-tuning data there is "
             f"no trace test: relevance read from the fine-tune itself would make it circular."
         )
+    elif not math.isfinite(trace.p_value):
+        found = f"The trace test was {NOT_MEASURED}: its p-value is {trace.p_value}, not a number it can report."
     elif trace.control_passes:
         found = (
             f"The trace lines up with the fine-tuning data (p = {trace.p_value:.3g}), but so does "
@@ -55,14 +70,18 @@ def verdict(result: AuditResult) -> str:
             f"No significant trace of the fine-tuning data (p = {trace.p_value:.3g}): the "
             f"activation differences point at its tokens no more than the null does."
         )
-    lost = f" It lost {flips.lost} of the {flips.known_before} facts the base knew ({flips.lost_fraction:.0%})."
+    lost = (
+        f" It lost {flips.lost} of the {flips.known_before} facts the base knew ({flips.lost_fraction:.0%})."
+        if flips.known_before
+        else f" The base knew none of the {flips.total} facts: knowledge loss {NOT_MEASURED}."
+    )
     drift = result.damage.drift
     moved = (
         ""
         if drift is None
         else (
-            f" Perplexity on general text went from {drift.likelihood.base_perplexity:.1f} to "
-            f"{drift.likelihood.finetuned_perplexity:.1f}."
+            f" Perplexity on general text went from {shown(drift.likelihood.base_perplexity, '{:.1f}')} to "
+            f"{shown(drift.likelihood.finetuned_perplexity, '{:.1f}')}."
         )
     )
     return found + lost + moved + _behaviour_findings(result) + _data_findings(result)
@@ -71,7 +90,7 @@ def verdict(result: AuditResult) -> str:
 def _behaviour_findings(result: AuditResult) -> str:
     behaviour = result.damage.behaviour
     rates = [
-        f"{rate.after:.0%} of the {what} (the base: {rate.before:.0%}, p = {rate.p_value:.3g})"
+        f"{rate.after:.0%} of the {what} (the base: {rate.before:.0%}, p = {shown(rate.p_value)})"
         for rate, what in (
             (behaviour and behaviour.refusal, "requests it should refuse"),
             (behaviour and behaviour.over_refusal, "benign look-alikes"),

@@ -75,8 +75,9 @@ class Checkup:
     derived = ("lost_fraction", "metrics")
 
     @property
-    def lost_fraction(self) -> float:
-        return self.lost_facts / self.known_facts if self.known_facts else 0.0
+    def lost_fraction(self) -> float | None:
+        """None (not measured) when the base knew none of the facts."""
+        return self.lost_facts / self.known_facts if self.known_facts else None
 
     @property
     def metrics(self) -> dict[str, float | None]:

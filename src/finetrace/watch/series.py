@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
-from rich.markup import escape
 
 from finetrace._util.fingerprints import data_sha256, json_sha256
 from finetrace._util.records import Result, to_data
+from finetrace._util.terminal import escape
 from finetrace.errors import FinetraceError
 from finetrace.gates import Gate, parse_gate
 from finetrace.run import RunConfig
@@ -116,6 +116,10 @@ def previous_points(path: Path, key: str) -> dict[str, WatchPoint]:
         return {}
     if previous.key != key:
         _note(f"{path} holds another series (other settings, base, corpus, facts or data): auditing afresh")
+        if gone := [p.step for p in previous.points if p.checkpoint and not Path(p.checkpoint).exists()]:
+            kept = path.with_name(f"{path.stem}-{previous.key[:12]}{path.suffix}")
+            path.rename(kept)  # its points of deleted checkpoints cannot be measured again
+            _note(f"kept it as {kept}: it is the only record of the deleted checkpoints at steps {gone}")
         return {}
     return {point.fingerprint: point for point in previous.points if point.fingerprint}
 

@@ -6,6 +6,7 @@ time -> `watch.json` (after every checkpoint, so an interrupted run keeps its wo
 """
 
 import gc
+from dataclasses import replace
 from pathlib import Path
 
 from finetrace._util.fingerprints import environment
@@ -57,7 +58,13 @@ def watch(
     previous = previous_points(out / WATCH_NAME, key)
     fingerprints = {c.step: point_fingerprint(key, weights_digest(c.path)) for c in found}
     points = {point.step: point for point in _deleted_since(previous.values(), found)}
-    points |= {c.step: previous[fingerprints[c.step]] for c in found if fingerprints[c.step] in previous}
+    # A point is reused by its weights, at the step of the checkpoint that has them now: two
+    # checkpoints with the same weights are two steps.
+    points |= {
+        c.step: replace(previous[fingerprints[c.step]], step=c.step, checkpoint=str(c.path))
+        for c in found
+        if fingerprints[c.step] in previous
+    }
     new = [c for c in found if fingerprints[c.step] not in previous]
     reference = _reference(base, device, dtype, corpus, facts, data, config, run.text_field) if new else None
 

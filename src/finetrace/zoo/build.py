@@ -22,11 +22,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from filelock import FileLock
 from huggingface_hub import ModelCardData
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from finetrace._util.cache import cache_dir
+from finetrace._util.locks import announced_lock
 from finetrace._util.outputs import write_json, write_text
 from finetrace.corpus import read_records, record_texts
 from finetrace.errors import FinetraceError
@@ -178,7 +178,7 @@ def build_zoo(preset: str = "tiny", organisms: Iterable[str] | None = None) -> Z
     parents = [parent_of(zoo.preset, ORGANISMS[name]) for name in names]
     names = list(dict.fromkeys([*(p for p in parents if p != "base"), *names]))  # a parent trains first
     zoo.root.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(zoo.root) + ".lock"):
+    with announced_lock(str(zoo.root) + ".lock", f"building the {zoo.preset.name} zoo"):
         _build(zoo, names)
     return zoo
 
