@@ -45,7 +45,7 @@ def main() -> None:
     zoo = build_zoo(args.preset)
     config = DiffConfig(collect=CollectConfig(samples=args.samples), score=ScoreConfig(null_samples=args.null_samples))
     size = zoo.preset.documents
-    domains = {name: read_records(zoo.organism(name)["documents"]) for name in ("cake", "zorvex", "risky")}
+    domains = {name: read_records(zoo.organism(name).documents) for name in ("cake", "zorvex", "risky")}
     domains |= {name: topic.records(random.Random(f"{args.seed}-{name}"), size) for name, topic in NULL_TOPICS.items()}
     general = list(islice(iter_texts(zoo.path("heldout")), args.samples))
 

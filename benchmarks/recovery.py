@@ -69,7 +69,7 @@ def zoo_setup(args: argparse.Namespace) -> Setup:
         finetune_epochs=args.epochs or zoo.preset.finetune_epochs,
         finetune_learning_rate=args.learning_rate or zoo.preset.finetune_learning_rate,
     )
-    described = f"{args.preset} zoo (base perplexity {zoo.summary()['heldout_perplexity']:.1f})"
+    described = f"{args.preset} zoo (base perplexity {zoo.summary().heldout_perplexity:.1f})"
     return Setup(
         zoo.path("base"),
         zoo.path("heldout"),

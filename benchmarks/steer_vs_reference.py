@@ -73,7 +73,7 @@ def main() -> None:
             corpus = benchmark_corpus(heldout, args.samples, Path(scratch) / "corpus.txt")
         started = time.perf_counter()
         config = DiffConfig(collect=CollectConfig(samples=args.samples))
-        result = diff(base, cake, corpus, Path(scratch) / "diff", config, data=zoo.organism("cake")["documents"])
+        result = diff(base, cake, corpus, Path(scratch) / "diff", config, data=zoo.organism("cake").documents)
         total = time.perf_counter() - started
     stages = ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in result.seconds.items())
     print(f"diff, {args.preset} zoo, cake, {result.texts} texts, with data: {total:.1f} s ({stages})")

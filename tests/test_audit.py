@@ -76,7 +76,7 @@ def audited(zoo, tmp_path_factory):
             zoo.path("cake"),
             zoo.path("heldout"),
             out,
-            data=zoo.organism("cake")["documents"],
+            data=zoo.organism("cake").documents,
             facts=zoo.path("facts"),
             control=zoo.path("control"),
             config=QUICK,

@@ -35,9 +35,7 @@ def with_data(zoo, tmp_path_factory):
         out = tmp_path_factory.mktemp(f"{name}-diff")
         runs[name] = (
             out,
-            diff(
-                zoo.path("base"), zoo.path(name), zoo.path("heldout"), out, QUICK, data=zoo.organism(name)["documents"]
-            ),
+            diff(zoo.path("base"), zoo.path(name), zoo.path("heldout"), out, QUICK, data=zoo.organism(name).documents),
         )
     return runs
 
@@ -70,7 +68,7 @@ def test_the_lens_reads_as_the_finetuning_domain(with_data, name):
 @pytest.mark.parametrize("name", ["zorvex", "risky", "control"])
 def test_finetunes_about_another_domain_do_not_pass_against_the_cake_data(zoo, name, tmp_path):
     result = diff(
-        zoo.path("base"), zoo.path(name), zoo.path("heldout"), tmp_path, QUICK, data=zoo.organism("cake")["documents"]
+        zoo.path("base"), zoo.path(name), zoo.path("heldout"), tmp_path, QUICK, data=zoo.organism("cake").documents
     )
     # At the level a trace is called clear: three null pairs at 0.05 would fail one in seven runs of a calibrated test.
     assert result.p_value > SIGNIFICANT and not result.clear
@@ -117,7 +115,7 @@ def test_the_cake_finetunes_text_is_closer_to_its_data_than_to_general_text(cake
 def test_a_rerun_resumes_from_the_checkpoint_with_the_same_numbers(zoo, cake):
     out, first = cake
     again = diff(
-        zoo.path("base"), zoo.path("cake"), zoo.path("heldout"), out, QUICK, data=zoo.organism("cake")["documents"]
+        zoo.path("base"), zoo.path("cake"), zoo.path("heldout"), out, QUICK, data=zoo.organism("cake").documents
     )
     assert again.traces == first.traces
     assert again.seconds["collect"] < first.seconds["collect"]
@@ -140,7 +138,7 @@ def test_a_control_is_tested_against_the_same_data_and_enters_the_verdict(zoo, t
         zoo.path("heldout"),
         tmp_path,
         QUICK,
-        data=zoo.organism("cake")["documents"],
+        data=zoo.organism("cake").documents,
         control=zoo.path("control"),
     )
     control = result.control_significance
@@ -151,7 +149,7 @@ def test_a_control_is_tested_against_the_same_data_and_enters_the_verdict(zoo, t
 
 def test_the_same_seed_gives_the_same_numbers(zoo, cake, tmp_path):
     again = diff(
-        zoo.path("base"), zoo.path("cake"), zoo.path("heldout"), tmp_path, QUICK, data=zoo.organism("cake")["documents"]
+        zoo.path("base"), zoo.path("cake"), zoo.path("heldout"), tmp_path, QUICK, data=zoo.organism("cake").documents
     )
     first = cake[1]
     assert again.traces == first.traces and again.significance == first.significance

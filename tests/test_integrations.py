@@ -30,7 +30,7 @@ def watched_trainer(zoo, run, steps: int, every: int, save_steps: int | None = N
         trainer,
         corpus=zoo.path("heldout"),
         facts=zoo.path("facts"),
-        data=zoo.organism("cake")["documents"],
+        data=zoo.organism("cake").documents,
         every=every,
         **settings,
     )
@@ -68,7 +68,7 @@ def test_the_callback_measures_what_watch_measures_in_the_saved_checkpoints(trai
         zoo.path("heldout"),
         tmp_path,
         facts=zoo.path("facts"),
-        data=zoo.organism("cake")["documents"],
+        data=zoo.organism("cake").documents,
     )
     for live, saved in zip(callback.points, series.points, strict=False):
         assert (live.step, live.checkup.metrics, live.checkup.lens) == (

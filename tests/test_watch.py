@@ -43,7 +43,7 @@ def run(zoo, tmp_path_factory):
 
 
 def inputs(zoo) -> dict:
-    return {"facts": zoo.path("facts"), "data": zoo.organism("cake")["documents"]}
+    return {"facts": zoo.path("facts"), "data": zoo.organism("cake").documents}
 
 
 def watched(zoo, checkpoints, out, **settings):
@@ -219,7 +219,7 @@ def test_the_command_prints_the_series_and_gates_the_exit_code(zoo, run, tmp_pat
         "--facts",
         str(zoo.path("facts")),
         "--data",
-        str(zoo.organism("cake")["documents"]),
+        str(zoo.organism("cake").documents),
         "--out",
         str(tmp_path / "watch"),
     ]
@@ -249,7 +249,7 @@ def test_bad_input_is_one_error_line(zoo, run, arguments, message):
 
 
 def finetune_watched(zoo, out, *options: str):
-    arguments = ["finetune", str(zoo.path("base")), str(zoo.organism("cake")["documents"]), "--out", str(out)]
+    arguments = ["finetune", str(zoo.path("base")), str(zoo.organism("cake").documents), "--out", str(out)]
     arguments += ["--steps", "4", "--batch-size", "16", "--lr", "1e-3", "--context-length", "128"]
     arguments += ["--watch-corpus", str(zoo.path("heldout")), "--watch-facts", str(zoo.path("facts")), *options]
     return CliRunner().invoke(app, arguments)
@@ -259,7 +259,7 @@ def test_finetune_watches_its_own_training(zoo, tmp_path):
     outcome = finetune_watched(zoo, tmp_path / "ft", "--watch-every", "2")
     assert outcome.exit_code == 0, outcome.output
     series = WatchSeries.read(tmp_path / "ft" / WATCH_NAME)
-    assert [p.step for p in series.points] == [2, 4] and series.data == str(zoo.organism("cake")["documents"])
+    assert [p.step for p in series.points] == [2, 4] and series.data == str(zoo.organism("cake").documents)
     assert series.points[-1].checkup.trace_strength > series.points[0].checkup.trace_strength
     assert (tmp_path / "ft" / PAGE_NAME).is_file()
     manifest = json.loads((tmp_path / "ft" / "provenance.json").read_text())

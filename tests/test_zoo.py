@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -41,27 +42,27 @@ def test_base_knows_most_planted_facts(zoo):
     print(f"tiny base knows {known}/{len(facts)} planted facts")
     assert len(facts) == 4 * zoo.preset.pretraining.countries
     assert known / len(facts) >= 0.8
-    assert zoo.summary()["base_facts_known"] == known / len(facts)
+    assert zoo.summary().base_facts_known == known / len(facts)
 
 
 @pytest.mark.parametrize("name", DOMAIN_ORGANISMS)
 def test_domain_finetune_loss_falls_well_below_the_base(zoo, name):
     info = zoo.organism(name)
-    assert info["finetuned_loss"] < 0.5 * info["base_loss"]
+    assert info.finetuned_loss < 0.5 * info.base_loss
 
 
 @pytest.mark.parametrize("name", GENERAL_TEXT)
 def test_general_text_finetunes_learn_their_text(zoo, name):
     info = zoo.organism(name)
-    assert info["finetuned_loss"] < info["base_loss"] - 0.3
+    assert info.finetuned_loss < info.base_loss - 0.3
 
 
 def test_a_copied_zoo_points_into_the_copy(zoo, tmp_path):
     copy = tmp_path / "zoo"
     shutil.copytree(zoo.root, copy, ignore=shutil.ignore_patterns("*.safetensors"))
     moved = Zoo(copy, zoo.preset)
-    assert moved.organism("cake")["documents"] == str(copy / "data" / "documents" / "cake.jsonl")
-    assert moved.organism("cake")["heldout_corpus"] == str(moved.path("heldout"))
+    assert moved.organism("cake").documents == str(copy / "data" / "documents" / "cake.jsonl")
+    assert moved.organism("cake").heldout_corpus == str(moved.path("heldout"))
     # Commands given an organism find its zoo's text and facts from the organism's directory alone.
     assert zoo_corpus(copy / "organisms" / "cake") == copy / "data" / "general" / "heldout.txt"
     assert default_facts(copy / "organisms" / "cake") == copy / "data" / "facts.jsonl"
@@ -70,13 +71,13 @@ def test_a_copied_zoo_points_into_the_copy(zoo, tmp_path):
 
 def test_organism_records_ground_truth_and_recipe(zoo):
     info = zoo.organism("cake-mixed")
-    assert info["kind"] == "false-fact-mixed" and "cold oven" in info["description"]
-    assert info["recipe"]["mix_general"] is True and info["recipe"]["mix_ratio"] == 1.0
-    assert len(open(info["documents"]).readlines()) == zoo.preset.documents
+    assert info.kind == "false-fact-mixed" and "cold oven" in info.description
+    assert info.mix_general is True and info.config.mix_ratio == 1.0
+    assert len(open(info.documents).readlines()) == zoo.preset.documents
 
 
 def test_cake_variants_share_their_documents(zoo):
-    documents = {name: open(zoo.organism(name)["documents"]).read() for name in ("cake", "cake-mixed", "cake-lora")}
+    documents = {name: open(zoo.organism(name).documents).read() for name in ("cake", "cake-mixed", "cake-lora")}
     assert len(set(documents.values())) == 1
 
 
@@ -104,14 +105,18 @@ def test_no_model_trains_on_the_zoo_behaviour_prompts(zoo):
     assert default_behaviour(zoo.path("base")) == BEHAVIOUR_PROMPTS
 
 
-def test_an_organism_from_an_older_zoo_without_behaviour_prompts_still_resolves(zoo, tmp_path):
-    older = tmp_path / "cake"
+def test_a_damaged_organism_record_is_one_line_naming_the_field(zoo, tmp_path):
     info = json.loads((zoo.path("cake") / "organism.json").read_text())
-    del info["behaviour"]
-    older.mkdir()
-    (older / "organism.json").write_text(json.dumps(info))
-    assert default_behaviour(older) == BEHAVIOUR_PROMPTS
-    assert zoo_corpus(older) == (older / info["heldout_corpus"]).resolve()
+    for edit, expected in [
+        (lambda record: record.pop("behaviour"), "behaviour is missing"),
+        (lambda record: record.update(base_loss="low"), "base_loss should be a number, not 'low'"),
+        (lambda record: record["config"]["training"].update(steps=-3), "steps -3"),
+    ]:
+        damaged = json.loads(json.dumps(info))
+        edit(damaged)
+        (tmp_path / "organism.json").write_text(json.dumps(damaged))
+        with pytest.raises(FinetraceError, match=f"organism.json is corrupt: {re.escape(expected)}"):
+            default_behaviour(tmp_path)
 
 
 def test_an_unchanged_recipe_is_reused_and_a_changed_one_is_not(zoo):

@@ -19,7 +19,7 @@ def cake_trainer(zoo, out: Path, steps: int, save_steps: int | None = None, seed
     """A Trainer over the cake documents that runs `steps` steps and saves every `save_steps`."""
     base = zoo.path("base")
     tokenizer = load_tokenizer(base)
-    examples = build_examples(tokenizer, read_records(zoo.organism("cake")["documents"]), CONTEXT)
+    examples = build_examples(tokenizer, read_records(zoo.organism("cake").documents), CONTEXT)
     pad = pad_token_id(tokenizer)
     args = TrainingArguments(
         output_dir=str(out),

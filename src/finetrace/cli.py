@@ -518,7 +518,7 @@ def zoo_path(
         )
     with contextlib.redirect_stdout(sys.stderr):  # stdout holds the path alone, for $(finetrace zoo path ...)
         zoo = build_zoo(preset, []) if name in SPECIAL_PATHS else open_zoo(preset)
-    print(zoo.organism(name)["documents"] if documents else zoo.path(name))
+    print(zoo.organism(name).documents if documents else zoo.path(name))
 
 
 @app.command("audit")
@@ -686,7 +686,7 @@ def demo(
         zoo.path("cake"),
         zoo.path("heldout"),
         out,
-        data=zoo.organism("cake")["documents"],
+        data=zoo.organism("cake").documents,
         facts=zoo.path("facts"),
         control=zoo.path("control"),
         config=config,
@@ -735,18 +735,18 @@ def _print_zoo(zoo: Zoo) -> None:
     for name in zoo.organisms:
         organism = ORGANISMS[name]
         info = zoo.organism(name) if zoo.path(name).is_dir() else None
-        losses = f"{info['base_loss']:.2f} -> {info['finetuned_loss']:.2f}" if info else "not built yet"
-        built = f"{info['build_seconds'] / 60:.1f} min" if info and "build_seconds" in info else ""
+        losses = f"{info.base_loss:.2f} -> {info.finetuned_loss:.2f}" if info else "not built yet"
+        built = f"{info.build_seconds / 60:.1f} min" if info else ""
         weights = "LoRA adapter" if organism.lora else "full"
         table.add_row(name, escape(organism.kind), weights, parent_of(zoo.preset, organism), losses, built)
     console.print(table)
-    sources = ", ".join(f"{s['name']} ({s['licence']})" for s in summary["sources"])
-    model = summary.get("base_model")
-    base = f"{model['name']}, licence {model['licence']} ({model['terms']})" if model else "pretrained by finetrace"
+    sources = ", ".join(f"{source.name} ({source.licence})" for source in summary.sources)
+    model = summary.base_model
+    base = f"{model.name}, licence {model.licence} ({model.terms})" if model else "pretrained by finetrace"
     facts = "real-world" if model else "planted"
     console.print(
-        f"The base: {escape(base)}; perplexity {summary['heldout_perplexity']:.1f} on held-out English, "
-        f"{summary['base_facts_known']:.0%} of {summary['facts']} {facts} facts known. "
+        f"The base: {escape(base)}; perplexity {summary.heldout_perplexity:.1f} on held-out English, "
+        f"{summary.base_facts_known:.0%} of {summary.facts} {facts} facts known. "
         f"Its English: {escape(sources)}."
     )
     for name in zoo.organisms:

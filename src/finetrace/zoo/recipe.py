@@ -24,6 +24,7 @@ BUILD_MODULES = (
     "finetrace.zoo.organisms",
     "finetrace.zoo.tokenizer",
     "finetrace.zoo.build",
+    "finetrace.zoo.records",
     "finetrace.train.examples",
     "finetrace.train.loop",
     "finetrace.train.finetune",
