@@ -249,3 +249,21 @@ def test_a_run_killed_while_swapping_gets_the_old_output_back(tiny_model, text_d
         finetune(tiny_model, text_data, out, FinetuneConfig(training=FAST))
     assert (out / "keep.txt").read_text() == "precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", text_data.name])
+
+
+def test_the_loss_probe_is_sized_to_the_run(tiny_model, tmp_path):
+    from finetrace import FinetuneConfig, TrainConfig, finetune
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"text": f"the cat sat on mat number {i}"}) + "\n" for i in range(300)))
+    probed = {}
+    for steps, probe in [(2, None), (80, None), (2, 5)]:
+        training = TrainConfig(steps=steps, batch_size=4, context_length=32)
+        config = FinetuneConfig(training=training, loss_probe_examples=probe)
+        result = finetune(tiny_model, data, tmp_path / f"{steps}-{probe}", config)
+        probed[steps, probe] = result.probe_examples
+        assert json.loads((tmp_path / f"{steps}-{probe}" / "provenance.json").read_text())["probe_examples"] == (
+            result.probe_examples
+        )
+    # A short run scores the floor of 16; 320 trained examples, an eighth of them; a number given, that many.
+    assert probed == {(2, None): 16, (80, None): 40, (2, 5): 5}

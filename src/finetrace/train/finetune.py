@@ -80,6 +80,9 @@ class LoraSettings:
         )
 
 
+PROBE_MIN, PROBE_MAX = 16, 256
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
     """Everything that decides a fine-tune besides its data."""
@@ -87,7 +90,8 @@ class FinetuneConfig:
     training: TrainConfig = TrainConfig()
     lora: LoraSettings | None = None  # None: full fine-tuning
     mix_ratio: float = 1.0  # general documents per fine-tuning document, with a general corpus
-    loss_probe_examples: int = 256  # fine-tuning examples scored before and after training
+    # Fine-tuning examples scored before and after training; None: sized to the run (`probe_size`).
+    loss_probe_examples: int | None = None
 
     def __post_init__(self) -> None:
         require(
@@ -96,7 +100,8 @@ class FinetuneConfig:
             self.mix_ratio,
             "a positive number of general documents per fine-tuning document",
         )
-        require(self.loss_probe_examples >= 1, "loss_probe_examples", self.loss_probe_examples, "at least 1")
+        probe = self.loss_probe_examples
+        require(probe is None or probe >= 1, "loss_probe_examples", probe, "at least 1, or None")
         if self.training.learning_rate is None:  # the usual rates: LoRA wants about 10x more
             rate = LORA_LEARNING_RATE if self.lora else FULL_LEARNING_RATE
             object.__setattr__(self, "training", replace(self.training, learning_rate=rate))
@@ -125,7 +130,7 @@ class FinetuneResult(Result):
     config: FinetuneConfig
     run: RunConfig
     examples: int
-    loss_before: float  # on the first `loss_probe_examples` fine-tuning examples
+    loss_before: float  # on the first `probe_examples` fine-tuning examples
     loss_after: float
     training: TrainingRun
     environment: dict[str, str]
@@ -133,6 +138,7 @@ class FinetuneResult(Result):
     # The base's files as `models.weights_digest` hashes them, whatever dtype loads them: an
     # analysis that applies this adapter to another base can tell.
     base_files_sha256: str = ""
+    probe_examples: int = 0  # fine-tuning examples the losses before and after are measured on
     base_gguf: GgufSource | None = None  # the base, when it was given as a GGUF file
     schema_version: int = SCHEMA_VERSION
 
@@ -248,6 +254,7 @@ def finetune(
             examples=len(examples),
             loss_before=loss_before,
             loss_after=loss_after,
+            probe_examples=len(probe),
             training=curve,
             environment=environment(device),
             provenance=paper_trail,
@@ -275,9 +282,16 @@ def _examples(tokenizer, records: list[Record], general: list[Record], config: F
     examples = build_examples(tokenizer, mixed, training.context_length)
     if training.pack:
         examples = pack(examples, training.context_length)
-    return _Examples(
-        examples, build_examples(tokenizer, records[: config.loss_probe_examples], training.context_length)
-    )
+    size = config.loss_probe_examples or probe_size(training.total_steps(len(examples)) * training.batch_size)
+    return _Examples(examples, build_examples(tokenizer, records[:size], training.context_length))
+
+
+def probe_size(trained: int) -> int:
+    """Examples to score before and after a run that trains on `trained` examples: an eighth of
+    them, so the two forward passes cost about a twelfth of training (a forward pass is a third
+    of a training step), and at least 16, whose mean loss is already far steadier than the drop
+    it reports; at most 256."""
+    return min(max(trained // 8, PROBE_MIN), PROBE_MAX)
 
 
 def _check_output(out: Path, overwrite: bool, inputs: dict[str, str | Path | None]) -> None:

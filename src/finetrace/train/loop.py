@@ -131,8 +131,10 @@ def _require_finite(loss: float, step: int, config: TrainConfig) -> None:
 
 @torch.no_grad()
 def mean_loss(model: PreTrainedModel, examples: list[Example], pad_id: int, batch_size: int = 8) -> float:
-    """Token-weighted mean cross-entropy over the labelled tokens of `examples`."""
+    """Token-weighted mean cross-entropy over the labelled tokens of `examples`, batched by
+    length so that little is padded."""
     device = next(model.parameters()).device
+    examples = sorted(examples, key=lambda example: len(example.input_ids))
     total_loss, total_tokens = 0.0, 0
     for start in range(0, len(examples), batch_size):
         batch = collate(examples[start : start + batch_size], pad_id)
