@@ -248,6 +248,20 @@ def test_bad_input_is_one_error_line(zoo, run, arguments, message):
     assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
 
 
+def test_a_damaged_record_is_refused_and_another_version_s_is_replaced(zoo, run, tmp_path):
+    out = tmp_path / "watch"
+    watched(zoo, [run / "checkpoint-2"], out)
+    record = json.loads((out / WATCH_NAME).read_text())
+    record["points"][0]["checkup"]["kl_mean"] = "small"
+    (out / WATCH_NAME).write_text(damaged := json.dumps(record))
+    arguments = ["watch", str(zoo.path("base")), str(run / "checkpoint-2"), "--corpus", str(zoo.path("heldout"))]
+    result = CliRunner().invoke(app, [*arguments, "--out", str(out)])
+    assert result.exit_code == 2 and "points[0].checkup.kl_mean should be a number, not 'small'" in result.stderr
+    assert (out / WATCH_NAME).read_text() == damaged  # kept for its owner to look at
+    (out / WATCH_NAME).write_text(json.dumps(record | {"schema_version": 0}))
+    assert CliRunner().invoke(app, [*arguments, "--out", str(out)]).exit_code == 0
+
+
 def finetune_watched(zoo, out, *options: str):
     arguments = ["finetune", str(zoo.path("base")), str(zoo.organism("cake").documents), "--out", str(out)]
     arguments += ["--steps", "4", "--batch-size", "16", "--lr", "1e-3", "--context-length", "128"]

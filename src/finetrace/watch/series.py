@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from finetrace._util.fingerprints import data_sha256, json_sha256
+from finetrace._util.outputs import read_json
 from finetrace._util.records import Result, to_data
 from finetrace._util.terminal import escape
 from finetrace.errors import FinetraceError
@@ -106,14 +107,18 @@ def point_fingerprint(key: str, checkpoint_weights: str) -> str:
 
 def previous_points(path: Path, key: str) -> dict[str, WatchPoint]:
     """The points of an earlier run of the same series, by fingerprint; none (and a note on the
-    terminal) when `path` holds another series or an unreadable record."""
+    terminal) when `path` holds another series or another version's record. A damaged record is
+    refused rather than overwritten: it may be the only record of deleted checkpoints."""
     if not path.exists():
+        return {}
+    written = read_json(path)
+    if not isinstance(written, dict) or written.get("schema_version") != SCHEMA_VERSION:
+        _note(f"{path} was written by another finetrace version: auditing every checkpoint afresh")
         return {}
     try:
         previous = WatchSeries.read(path)
     except FinetraceError as error:
-        _note(f"{error}; auditing every checkpoint afresh")
-        return {}
+        raise FinetraceError(f"{error}; move it away to watch afresh") from None
     if previous.key != key:
         _note(f"{path} holds another series (other settings, base, corpus, facts or data): auditing afresh")
         if gone := [p.step for p in previous.points if p.checkpoint and not Path(p.checkpoint).exists()]:
