@@ -165,6 +165,8 @@ def test_a_non_finite_metric_never_passes_a_gate(metric, op, value, threshold):
     else:
         assert outcome.holds is True and "passes no gate" in outcome.reason
     assert parse_gate(f"{metric}{op}{threshold!r}").holds({metric: None}) is True
+    assert parse_gate(f"{metric}{op}{threshold!r}").crossed({metric: value}) == outcome.holds  # a series' step
+    assert parse_gate(f"{metric}{op}{threshold!r}").crossed({metric: None}) is False
 
 
 @given(text=TEXT)

@@ -239,6 +239,10 @@ def test_the_command_prints_the_series_and_gates_the_exit_code(zoo, run, tmp_pat
         (["BASE", "RUN"], "Missing option '--corpus'"),
         (["--corpus", "CORPUS", "--fail-on", "pii_found>0", "BASE", "RUN"], "does not measure pii_found"),
         (["--corpus", "CORPUS", "--max-facts", "0", "BASE", "RUN"], "--max-facts 0"),
+        (
+            ["--corpus", "CORPUS", "--fail-on", "trace_p<0.01", "BASE", "RUN"],
+            "--fail-on trace_p < 0.01: the trace is tested against the fine-tuning data; give --data",
+        ),
     ],
 )
 def test_bad_input_is_one_error_line(zoo, run, arguments, message):

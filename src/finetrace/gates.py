@@ -58,6 +58,11 @@ class Gate:
         value = metrics.get(self.metric)
         return value is None or not math.isfinite(value) or OPERATORS[self.op](value, self.threshold)
 
+    def crossed(self, metrics: dict[str, float | None]) -> bool:
+        """Whether the condition holds at one step of a series: as `holds`, but a metric the
+        series does not measure marks no step (a watch refuses such a gate before it starts)."""
+        return metrics.get(self.metric) is not None and self.holds(metrics)
+
     def check(self, metrics: dict[str, float | None]) -> GateOutcome:
         """`holds`, with the reason when the metric could not be compared."""
         value = metrics.get(self.metric)

@@ -12,7 +12,7 @@ and its head. Each checkpoint then costs one forward pass over each budget.
 """
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
@@ -30,6 +30,7 @@ from finetrace.corpus import iter_sourced_texts, iter_texts, read_records
 from finetrace.errors import FinetraceError
 from finetrace.evals.drift import BaseReading, DriftConfig, drift_from, read_base
 from finetrace.evals.facts import ClozeFact, read_facts, score_facts
+from finetrace.gates import Gate
 from finetrace.models.likelihood import padded
 from finetrace.models.load import pad_token_id, prepended_ids
 from finetrace.models.residual import Readout, find_layout, read_residuals
@@ -44,6 +45,14 @@ CHEAP_TRACE = DiffConfig(
 CHEAP_DRIFT = DriftConfig(samples=64, max_tokens=64, bootstrap=200)
 # What a checkpoint is measured on, named as `finetrace audit` names it (see `finetrace.gates`).
 WATCH_METRICS = ("trace_strength", "trace_p", "lost_facts", "lost_fraction", "nll_change", "kl_mean")
+TRACE_METRICS = ("trace_strength", "trace_p")  # tested against the fine-tuning data only
+
+
+def refuse_untestable(fail_on: Iterable[Gate], data: str | Path | None) -> None:
+    """A gate on the trace needs the fine-tuning data: without it, no step could be tested."""
+    for gate in fail_on:
+        if gate.metric in TRACE_METRICS and data is None:
+            raise FinetraceError(f"--fail-on {gate}: the trace is tested against the fine-tuning data; give --data")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from finetrace.evals.facts import COMMON_FACTS
 from finetrace.gates import Gate
 from finetrace.report.watch import write_watch_report
 from finetrace.run import RunConfig
-from finetrace.watch.cheap import BaseReference, Checkup, WatchConfig, cheap_audit, read_reference
+from finetrace.watch.cheap import BaseReference, Checkup, WatchConfig, cheap_audit, read_reference, refuse_untestable
 from finetrace.watch.series import PAGE_NAME, WATCH_NAME, WatchPoint, WatchSeries
 
 # Steps between two audits: one costs about 2.3 of the small zoo's training steps (see the
@@ -46,6 +46,7 @@ class LiveWatch:
         text_field: str = "text",
     ):
         require(every >= 1, "every", every, "at least 1 optimizer step between audits")
+        refuse_untestable(fail_on, data)
         self.corpus, self.facts, self.data, self.every = corpus, facts, data, every
         self.config, self.fail_on, self.text_field = config, fail_on, text_field
         self.reference: BaseReference | None = None
@@ -75,7 +76,7 @@ class LiveWatch:
         first time records the step it stopped training at."""
         checkup = cheap_audit(model, self.reference, self.config, seed)
         self.points.append(WatchPoint(step, checkup))
-        if self.stopped_at is None and any(gate.holds(checkup.metrics) for gate in self.fail_on):
+        if self.stopped_at is None and any(gate.crossed(checkup.metrics) for gate in self.fail_on):
             self.stopped_at = step
         return checkup
 

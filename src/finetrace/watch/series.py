@@ -75,7 +75,7 @@ class WatchSeries(Result):
 
 
 def first_crossing(gate: Gate, points: list[WatchPoint]) -> int | None:
-    return next((point.step for point in points if gate.holds(point.checkup.metrics)), None)
+    return next((point.step for point in points if gate.crossed(point.checkup.metrics)), None)
 
 
 def series_key(

@@ -16,7 +16,7 @@ from finetrace.gates import Gate
 from finetrace.models.load import load_model, load_tokenizer, resolve_device, resolve_dtype, weights_digest
 from finetrace.report.watch import write_watch_report
 from finetrace.run import RunConfig
-from finetrace.watch.cheap import BaseReference, WatchConfig, cheap_audit, read_reference
+from finetrace.watch.cheap import BaseReference, WatchConfig, cheap_audit, read_reference, refuse_untestable
 from finetrace.watch.checkpoints import Checkpoint, find_checkpoints, load_checkpoint
 from finetrace.watch.series import (
     PAGE_NAME,
@@ -51,6 +51,7 @@ def watch(
         fail_on: conditions whose first crossing the series records (see `finetrace.gates`).
     """
     out = check_output_dir(out)
+    refuse_untestable(fail_on, data)
     found = find_checkpoints(checkpoints)
     device = resolve_device(run.device)
     dtype = resolve_dtype(run.dtype, device)
