@@ -105,6 +105,7 @@ class RecordError(ValueError):
 
 
 SCALARS = {int: "a whole number", str: "a string", bool: "true or false"}
+NOT_FINITE = ("nan", "inf", "-inf")  # what `json_safe` writes beside a number JSON cannot hold
 SHORT = reprlib.Repr()  # a value quoted in an error, however long or deep
 SHORT.maxlevel, SHORT.maxstring, SHORT.maxother = 2, 40, 40
 
@@ -123,7 +124,13 @@ def _joined(where: str, name: str) -> str:
 def _field(data: dict[str, Any], name: str) -> Any:
     """A field's value; a number JSON could not hold was written as null with `NAME_not_finite` beside it."""
     not_finite = data.get(f"{name}{NOT_FINITE_SUFFIX}")
-    return float(not_finite) if data[name] is None and not_finite else data[name]
+    if data[name] is None and not_finite is not None:
+        if not_finite not in NOT_FINITE:
+            raise RecordError(
+                f"{name}{NOT_FINITE_SUFFIX} should be one of {', '.join(NOT_FINITE)}, not {SHORT.repr(not_finite)}"
+            )
+        return float(not_finite)
+    return data[name]
 
 
 def _one_of(kinds: tuple[Any, ...], data: Any, where: str) -> Any:
