@@ -26,7 +26,13 @@ DIFF = ["diff", "{model}", "{model}", "--corpus", "{corpus}", "--out", "{fresh}"
 FORGET = ["forget", "{model}", "{model}", "--facts", "{facts}", "--out", "{fresh}"]
 PROVENANCE = ["provenance", "{data}", "--out", "{fresh}.json"]
 AUDIT = ["audit", "{model}", "{model}", "--corpus", "{corpus}", "--out", "{fresh}"]
-MISSING_MODEL = "{tmp}/no-such-model"  # checks that must come before any model loads
+MISSING_MODEL = "{tmp}/no-such-model"
+
+
+def forget_on_facts(name: str) -> list[str]:
+    """`forget` on the facts file `facts-NAME.jsonl` of the test's directory."""
+    return [*FORGET[:4], f"{{tmp}}/facts-{name}.jsonl", *FORGET[5:]]  # checks that must come before any model loads
+
 
 CASES = {  # id -> (arguments, a piece of the expected message)
     "finetune batch size 0": ([*FINETUNE, "--batch-size", "0"], "--batch-size 0: expected a whole number"),
@@ -178,19 +184,19 @@ CASES = {  # id -> (arguments, a piece of the expected message)
         "the model's chat template fails on a chat (no chats here)",
     ),
     "facts with a prompt twice": (
-        [*FORGET[:4], "{tmp}/facts-twice.jsonl", *FORGET[5:]],
+        forget_on_facts("twice"),
         "facts-twice.jsonl:2: the prompt 'the cat sat on the' is also at",
     ),
     "facts whose answer is a distractor": (
-        [*FORGET[:4], "{tmp}/facts-distractor.jsonl", *FORGET[5:]],
+        forget_on_facts("distractor"),
         "the answer and the distractors of a fact must all differ",
     ),
     "facts with an empty answer": (
-        [*FORGET[:4], "{tmp}/facts-empty.jsonl", *FORGET[5:]],
+        forget_on_facts("empty"),
         "a fact's answer must be a non-empty string, not ' '",
     ),
     "facts with a string for distractors": (
-        [*FORGET[:4], "{tmp}/facts-string.jsonl", *FORGET[5:]],
+        forget_on_facts("string"),
         "a fact's distractors must be a list of non-empty strings, not 'rug'",
     ),
     "zoo path base documents": (["zoo", "path", "base", "--documents"], "base has no training documents"),

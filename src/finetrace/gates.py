@@ -30,6 +30,11 @@ METRICS = {
 _CONDITION = re.compile(r"^\s*([a-z_]+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
 
 
+def measured(value: float | None) -> bool:
+    """A number that was measured: present and finite (NaN is no finding, and compares false)."""
+    return value is not None and math.isfinite(value)
+
+
 @dataclass(frozen=True)
 class GateOutcome:
     condition: str
@@ -56,7 +61,7 @@ class Gate:
         """Whether the gate fails the run: its condition holds, or the metric was not measured or
         is not a finite number (a comparison with NaN is always false: it would pass every gate)."""
         value = metrics.get(self.metric)
-        return value is None or not math.isfinite(value) or OPERATORS[self.op](value, self.threshold)
+        return not measured(value) or OPERATORS[self.op](value, self.threshold)
 
     def crossed(self, metrics: dict[str, float | None]) -> bool:
         """Whether the condition holds at one step of a series: as `holds`, but a metric the

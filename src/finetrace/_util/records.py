@@ -35,7 +35,7 @@ class Result:
         expected = next(f.default for f in fields(cls) if f.name == "schema_version")
         found = data.get("schema_version") if isinstance(data, dict) else None
         if found != expected:
-            raise FinetraceError(
+            raise OtherVersion(
                 f"{path} was written by another finetrace version or another tool "
                 f"(schema {found}, expected {expected}): rerun what wrote it"
             )
@@ -98,6 +98,10 @@ def from_data(kind: Any, data: Any, where: str = "") -> Any:
         _expect(data, str, "a path", where)
         return Path(data)
     return data
+
+
+class OtherVersion(FinetraceError):
+    """A record written by another finetrace version (or another tool): not damaged, only not ours."""
 
 
 class RecordError(ValueError):

@@ -109,7 +109,8 @@ def load_model(name_or_path: str | Path, device: torch.device, dtype: torch.dtyp
     except LOAD_ERRORS as error:
         raise FinetraceError(f"cannot load a model from {name_or_path}: {first_line(error)}") from None
     refuse_partial(loading["missing_keys"], loading["unexpected_keys"], name_or_path)
-    for name, found, expected in sorted(loading["mismatched_keys"]):
+    if mismatched := sorted(loading["mismatched_keys"]):
+        name, found, expected = mismatched[0]
         raise FinetraceError(
             f"{name_or_path} does not match its own config: its weight {name} has shape {tuple(found)} where "
             f"the config makes it {tuple(expected)} (a vocab_size or width that disagrees with the weights)"

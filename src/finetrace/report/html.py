@@ -12,6 +12,7 @@ from pathlib import Path
 from jinja2 import Environment, Template, select_autoescape
 
 from finetrace._util.outputs import write_text
+from finetrace.gates import measured
 from finetrace.report.words import NOT_MEASURED, TEST_SENTENCE, shown, verdict
 from finetrace.results import AuditResult
 
@@ -35,7 +36,7 @@ def page_template(name: str) -> Template:
 def _format(spec: str, *values: object) -> str:
     """Jinja's `format`, with "not measured" for a number that is not finite (read back from a
     record, a NaN is no finding)."""
-    if any(isinstance(value, float) and not math.isfinite(value) for value in values):
+    if not all(measured(value) for value in values if isinstance(value, float)):
         return NOT_MEASURED
     return spec % values
 

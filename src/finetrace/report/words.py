@@ -1,8 +1,7 @@
 """The findings in plain words, as the report, the model card and the terminal say them."""
 
-import math
-
 from finetrace.adl.diff import DiffResult
+from finetrace.gates import measured
 from finetrace.results import AuditResult
 
 TEST_SENTENCE = (
@@ -17,7 +16,7 @@ NOT_MEASURED = "not measured"
 def shown(value: float | None, spec: str = "{:.3g}") -> str:
     """A number as finetrace writes it, or "not measured" where it is absent or not finite: a
     NaN read back from a record is never reported as a finding."""
-    return spec.format(value) if value is not None and math.isfinite(value) else NOT_MEASURED
+    return spec.format(value) if measured(value) else NOT_MEASURED
 
 
 def trace_test_numbers(trace: DiffResult) -> str | None:
@@ -31,7 +30,7 @@ def trace_finding(trace: DiffResult) -> str:
     """The trace test's outcome in a few words, with its numbers."""
     if trace.p_value is None:
         return "not tested (no fine-tuning data given)"
-    if not math.isfinite(trace.p_value):
+    if not measured(trace.p_value):
         return f"{NOT_MEASURED} (the test's p-value is {trace.p_value})"
     found = (
         "a clear trace of its data"
@@ -52,7 +51,7 @@ def verdict(result: AuditResult) -> str:
             f"Its activation differences read as {words}. Without the fine-tuning data there is "
             f"no trace test: relevance read from the fine-tune itself would make it circular."
         )
-    elif not math.isfinite(trace.p_value):
+    elif not measured(trace.p_value):
         found = f"The trace test was {NOT_MEASURED}: its p-value is {trace.p_value}, not a number it can report."
     elif trace.control_passes:
         found = (

@@ -12,8 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from finetrace._util.fingerprints import data_sha256, json_sha256
-from finetrace._util.outputs import read_json
-from finetrace._util.records import Result, to_data
+from finetrace._util.records import OtherVersion, Result, to_data
 from finetrace._util.terminal import escape
 from finetrace.errors import FinetraceError
 from finetrace.gates import Gate, parse_gate
@@ -111,12 +110,11 @@ def previous_points(path: Path, key: str) -> dict[str, WatchPoint]:
     refused rather than overwritten: it may be the only record of deleted checkpoints."""
     if not path.exists():
         return {}
-    written = read_json(path)
-    if not isinstance(written, dict) or written.get("schema_version") != SCHEMA_VERSION:
-        _note(f"{path} was written by another finetrace version: auditing every checkpoint afresh")
-        return {}
     try:
         previous = WatchSeries.read(path)
+    except OtherVersion as error:
+        _note(f"{error}; auditing every checkpoint afresh")
+        return {}
     except FinetraceError as error:
         raise FinetraceError(f"{error}; move it away to watch afresh") from None
     if previous.key != key:

@@ -48,6 +48,7 @@ from finetrace.zoo.perplexity import perplexity
 from finetrace.zoo.recipe import Preset, Pretraining, get_preset, recipe_key
 from finetrace.zoo.records import (
     ORGANISM_NAME,
+    ORGANISM_PATHS,
     ZOO_NAME,
     OrganismRecord,
     PackagedBase,
@@ -411,12 +412,14 @@ def _train_organism(zoo: Zoo, organism: Organism, out: Path) -> None:
         source=f"finetrace zoo: generated {organism.kind} documents",
     )
     paths = (documents, *(zoo.path(name) for name in ("heldout", "facts", "behaviour")))
-    relative = [os.path.relpath(path, zoo.path(organism.name)) for path in paths]
+    relative = {
+        key: os.path.relpath(path, zoo.path(organism.name)) for key, path in zip(ORGANISM_PATHS, paths, strict=True)
+    }
     info = OrganismRecord(
         organism.name,
         organism.kind,
         organism.description,
-        *relative,
+        **relative,
         parent=parent,
         licence=ZOO_LICENCE if zoo.preset.pretraining else get_packaged(zoo.preset.base).licence,
         adapter=result.adapter,
