@@ -5,7 +5,7 @@ organism against the other organisms' data, every control against every data set
 and every fine-tune against three domains written here alone (no model was trained
 on them, and the zoo never saw them). A calibrated test rejects at most 5% of null
 pairs at 0.05 and 1% at 0.01. The *power* pairs are the organisms against their own
-data. The test is `finetrace diff`'s own (`domain_significance`), on the same
+data. The test is `finetrace diff`'s own (`adl.domain.pair_trace_test`), on the same
 collected differences `diff` uses.
 
     .venv/bin/python benchmarks/calibration.py --preset small
@@ -21,7 +21,8 @@ from pathlib import Path
 from topics import NULL_TOPICS
 
 from finetrace.adl.collect import CollectConfig, collect
-from finetrace.adl.diff import DiffConfig, domain_significance, domain_tokens
+from finetrace.adl.domain import base_embedding, pair_trace_test, read_domain
+from finetrace.adl.records import DiffConfig
 from finetrace.adl.score import ScoreConfig
 from finetrace.corpus import iter_texts, read_records
 from finetrace.models.pair import load_pair
@@ -53,10 +54,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for finetuned in [*TRAINED_ON, *CONTROLS]:
             pair = load_pair(zoo.path("base"), zoo.path(finetuned), "cpu", "float32")
-            tokens = {domain: domain_tokens(pair, records, general, config) for domain, records in domains.items()}
+            embedding, quantile = base_embedding(pair), config.decode.embedding_norm_quantile
+            tokens = {
+                domain: read_domain(pair.tokenizer, embedding, records, general, config.score, quantile)
+                for domain, records in domains.items()
+            }
             collected = collect(pair, zoo.path("heldout"), config.collect, Path(scratch) / finetuned)
             for domain in domains:
-                tested = domain_significance(pair, collected, tokens[domain], config, args.seed)
+                tested = pair_trace_test(
+                    pair, collected, tokens[domain], config.reported_positions, config.score, args.seed
+                )
                 p_values[finetuned, domain] = tested.p_value
 
     print(

@@ -57,8 +57,8 @@ def child(mode: str, path: Path) -> None:
         found = f"{records} records"
     else:
         from finetrace.evals.facts import COMMON_FACTS
-        from finetrace.provenance import provenance
-        from finetrace.provenance.contamination import evaluation_sets
+        from finetrace.papertrail import provenance
+        from finetrace.papertrail.contamination import evaluation_sets
 
         report = provenance(path, "CC-BY-4.0", evaluations=evaluation_sets(COMMON_FACTS))
         found = (

@@ -33,13 +33,14 @@ from transformers import PreTrainedTokenizerBase
 
 from finetrace._util.outputs import write_text
 from finetrace.adl.collect import CollectConfig, text_ids
-from finetrace.adl.diff import DiffConfig, DiffResult, diff
+from finetrace.adl.records import DiffConfig, DiffResult
 from finetrace.corpus import iter_texts
 from finetrace.models.load import load_model, load_tokenizer, prepended_ids, resolve_device
 from finetrace.models.residual import final_logits, find_layout
 from finetrace.run import RunConfig
-from finetrace.train.finetune import FinetuneConfig, finetune
-from finetrace.train.loop import TrainConfig
+from finetrace.train.config import FinetuneConfig, TrainConfig
+from finetrace.train.finetune import finetune
+from finetrace.verbs.diff import diff
 from finetrace.zoo import build_zoo
 from finetrace.zoo.build import organism_finetune_config, organism_run
 from finetrace.zoo.recipe import get_preset

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from finetrace import FinetraceError, cli
 from finetrace.adl.collect import CollectConfig, collect
-from finetrace.adl.diff import DiffConfig
+from finetrace.adl.records import DiffConfig
 from finetrace.adl.score import ScoreConfig
 from finetrace.adl.steer import SteerConfig
 from finetrace.evals.behaviour import BehaviourConfig
@@ -173,15 +173,16 @@ FAMILIES = {
     "mixtral": Family("mixtral", TokenizerShape(True, eos="</s>", prepends="<s>", bos="<s>")),
 }
 
-# Small settings for the stages the CLI has no option for (steering, the null, the bootstrap).
+# Small settings for the stages the CLI has no option for (steering, the null, the bootstrap),
+# where each command imports its config from.
 SMALL_STAGES = {
-    "DiffConfig": partial(
+    "finetrace.adl.records.DiffConfig": partial(
         DiffConfig,
         score=ScoreConfig(null_samples=32),
         steer=SteerConfig(strengths=(0.5, 2.0), prompts=("The",), samples_per_prompt=2, max_new_tokens=6),
     ),
-    "DriftConfig": partial(DriftConfig, bootstrap=100),
-    "BehaviourConfig": partial(BehaviourConfig, max_new_tokens=4),
+    "finetrace.evals.drift.DriftConfig": partial(DriftConfig, bootstrap=100),
+    "finetrace.evals.behaviour.BehaviourConfig": partial(BehaviourConfig, max_new_tokens=4),
 }
 REPORTED = 2  # text positions decoded by diff
 BEHAVIOUR = [
@@ -340,8 +341,8 @@ def run(request, tmp_path_factory) -> FamilyRun:
     }
     outputs = {}
     with pytest.MonkeyPatch.context() as patch:
-        for name, small in SMALL_STAGES.items():
-            patch.setattr(cli, name, small)
+        for where, small in SMALL_STAGES.items():
+            patch.setattr(where, small)
         for name, args in commands.items():
             result = CliRunner().invoke(cli.app, args)
             assert result.exit_code == 0 and result.exception is None, (name, result.output)

@@ -15,20 +15,20 @@ from huggingface_hub import ModelCard
 from typer.testing import CliRunner
 
 from finetrace.adl.collect import CollectConfig
-from finetrace.adl.diff import DiffConfig
+from finetrace.adl.records import DiffConfig
 from finetrace.adl.score import ScoreConfig
 from finetrace.adl.steer import SteerConfig
-from finetrace.audit import AuditConfig, audit
 from finetrace.cli import app
 from finetrace.errors import FinetraceError
 from finetrace.evals.drift import DriftConfig
-from finetrace.evals.forget import ForgetConfig
+from finetrace.evals.records import ForgetConfig
 from finetrace.gates import parse_gate
 from finetrace.models import pair
-from finetrace.provenance.scan import PiiExample
+from finetrace.papertrail.scan import PiiExample
 from finetrace.report.html import render_report
 from finetrace.report.words import verdict
 from finetrace.results import AuditResult
+from finetrace.verbs.audit import AuditConfig, audit
 from finetrace.zoo import build_zoo
 
 pytestmark = pytest.mark.zoo
@@ -96,7 +96,7 @@ def test_the_audit_never_holds_two_models(audited):
 def test_the_audit_writes_a_summary_a_report_and_a_model_card(audited, zoo):
     out, result, _ = audited
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["schema_version"] == 5 and summary["verdict"] == verdict(result)
+    assert summary["schema_version"] == 6 and summary["verdict"] == verdict(result)
     assert summary["metrics"]["lost_facts"] == result.damage.flips.lost > 0
     assert summary["gates"] == [{"condition": "lost_fraction > 0.99", "holds": False, "reason": ""}]
     assert not result.failed
@@ -155,7 +155,7 @@ def test_a_summary_of_another_version_is_refused(audited, tmp_path):
     out, _, _ = audited
     old = json.loads((out / "summary.json").read_text()) | {"schema_version": 3}
     (tmp_path / "summary.json").write_text(json.dumps(old))
-    with pytest.raises(FinetraceError, match="schema 3, expected 5"):
+    with pytest.raises(FinetraceError, match="schema 3, expected 6"):
         AuditResult.read(tmp_path / "summary.json")
 
 

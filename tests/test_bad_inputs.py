@@ -269,7 +269,7 @@ def test_an_unexpected_fault_is_one_line_and_debug_shows_it(paths, monkeypatch):
     def broken(*args, **kwargs):
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr("finetrace.cli.provenance", broken)
+    monkeypatch.setattr("finetrace.verbs.provenance.provenance", broken)
     arguments = ["provenance", str(paths["data"]), "--out", str(paths["fresh"]) + ".json"]
     _one_error_line(
         CliRunner().invoke(app, arguments),
@@ -284,7 +284,7 @@ def test_a_model_with_non_finite_probabilities_is_named_as_the_cause(paths, monk
     def sampling(*args, **kwargs):
         raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
 
-    monkeypatch.setattr("finetrace.cli.diff", sampling)
+    monkeypatch.setattr("finetrace.verbs.diff.diff", sampling)
     result = CliRunner().invoke(app, [argument.format(**paths) for argument in DIFF])
     _one_error_line(result, "the model produced non-finite numbers")
     assert "check the model, or run with --dtype float32" in result.stderr

@@ -8,10 +8,11 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from finetrace.adl.collect import CollectConfig
-from finetrace.adl.diff import SIGNIFICANT, DiffConfig, diff
+from finetrace.adl.records import SIGNIFICANT, DiffConfig
 from finetrace.adl.score import ScoreConfig
 from finetrace.adl.steer import SteerConfig
 from finetrace.cli import app
+from finetrace.verbs.diff import diff
 from finetrace.zoo import build_zoo
 
 pytestmark = pytest.mark.zoo
@@ -92,7 +93,7 @@ def test_outputs_hold_the_differences_and_every_result(cake):
     tensors = load_file(str(out / "differences.safetensors"))
     assert tensors["mean_delta"].shape == (1, 9, 128)  # BOS and k = 8 text positions
     saved = json.loads((out / "diff.json").read_text())
-    assert saved["schema_version"] == 3 and saved["texts"] == 1000
+    assert saved["schema_version"] == 4 and saved["texts"] == 1000
     assert saved["traces"][1]["lens_finetuned"][0]["token"] == result.traces[1].lens_finetuned[0].token
     assert set(result.similarity) == {
         "steered_to_data",

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 from finetrace import DiffConfig, FinetraceError, RunConfig, diff, finetune
 from finetrace.adl.collect import CHECKPOINT_NAME, MOMENT_NAMES, CollectConfig
-from finetrace.adl.diff import TENSORS_NAME
 from finetrace.adl.moments import load_moments
+from finetrace.adl.records import TENSORS_NAME
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent

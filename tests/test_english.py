@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from finetrace.errors import FinetraceError
-from finetrace.provenance.licences import spdx
+from finetrace.papertrail.licences import spdx
 from finetrace.zoo.english import SOURCES, english_paragraphs, installed_version, split_paragraphs
 
 pytestmark = pytest.mark.slow  # reads the Debian English corpus

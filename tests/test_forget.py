@@ -13,9 +13,10 @@ from finetrace.cli import app
 from finetrace.evals.drift import DriftConfig
 from finetrace.evals.facts import COMMON_FACTS, read_facts
 from finetrace.evals.flips import flip_matrix, mcnemar_exact
-from finetrace.evals.forget import ForgetConfig, forget
+from finetrace.evals.records import ForgetConfig
 from finetrace.models.likelihood import text_logprobs
 from finetrace.models.load import load_model, load_tokenizer
+from finetrace.verbs.forget import forget
 
 QUICK = ForgetConfig(drift=DriftConfig(bootstrap=200))
 
@@ -75,7 +76,7 @@ def test_identical_models_lose_nothing_and_do_not_drift(tiny_model, facts_file, 
     assert result.drift.kl_mean == 0 and result.drift.likelihood.change == 0
     assert set(result.drift.by_source) == {"even", "odd"}
     written = json.loads((tmp_path / "forget.json").read_text())
-    assert written["flips"]["lost"] == 0 and written["schema_version"] == 3
+    assert written["flips"]["lost"] == 0 and written["schema_version"] == 4
 
 
 def test_a_finetune_moves_likelihood_and_kl(tiny_model, tiny_finetuned, facts_file, sourced_corpus):

@@ -1,6 +1,7 @@
-"""The package's import graph has no cycle: each layer imports only the layers below it."""
+"""The package's import graph has no cycle, and each layer the README names imports only the layers below it."""
 
 import ast
+import re
 from pathlib import Path
 
 import finetrace
@@ -51,3 +52,54 @@ def test_no_module_imports_itself_round_a_cycle():
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+README = PACKAGE.parents[1] / "README.md"
+
+
+def _readme_layers() -> list[set[str]]:
+    """The layers of the README's "The code" table, top first: the package's folders and modules
+    named in each row's first cell."""
+    section = README.read_text(encoding="utf-8").split("## The code", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+    return [{name.strip("/").removesuffix(".py") for name in re.findall(r"`([^`]+)`", row)} for row in rows]
+
+
+def _unit(module: str) -> str:
+    """The folder or top-level module a module belongs to (`finetrace` itself is `__init__`)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _upward(graph: dict[str, set[str]], layers: list[set[str]]) -> list[str]:
+    """The imports of `graph` (module: modules it imports) that reach their own layer or one above."""
+    rank = {unit: len(layers) - i for i, layer in enumerate(layers) for unit in layer}
+    rank["__main__"] = len(layers) + 1  # `python -m finetrace`: the command line's own door
+    return sorted(
+        f"{_unit(module)} -> {_unit(imported)} ({module} imports {imported})"
+        for module, imports in graph.items()
+        for imported in imports
+        if _unit(imported) != _unit(module) and rank[_unit(imported)] >= rank[_unit(module)]
+    )
+
+
+def test_each_folder_imports_only_the_layers_below_it_in_the_readme():
+    paths = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+    layers = _readme_layers()
+    named = set().union(*layers) | {"__main__"}
+    assert set(map(_unit, paths)) == named, "the README's table names every folder and module, and only those"
+    upward = _upward({name: _imports(path, set(paths)) for name, path in paths.items()}, layers)
+    assert not upward, "imports at or above their own layer:\n" + "\n".join(upward)
+
+
+def test_the_layer_check_finds_an_import_that_runs_up_or_across():
+    layers = [{"verbs"}, {"adl", "evals"}, {"models"}]
+    graph = {
+        "finetrace.models.pair": {"finetrace.verbs.diff", "finetrace.models.load"},
+        "finetrace.adl.steer": {"finetrace.evals.drift", "finetrace.models.pair"},
+        "finetrace.verbs.diff": {"finetrace.adl.steer"},
+    }
+    assert _upward(graph, layers) == [
+        "adl -> evals (finetrace.adl.steer imports finetrace.evals.drift)",
+        "models -> verbs (finetrace.models.pair imports finetrace.verbs.diff)",
+    ]

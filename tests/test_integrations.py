@@ -10,10 +10,10 @@ from finetrace.errors import FinetraceError
 from finetrace.gates import parse_gate
 from finetrace.integrations import PREFIX, FinetraceCallback
 from finetrace.models.load import load_model, load_tokenizer
-from finetrace.watch import live as live_watch
-from finetrace.watch.cheap import cheap_audit, read_reference
-from finetrace.watch.series import PAGE_NAME, WATCH_NAME, WatchSeries
-from finetrace.watch.watch import watch
+from finetrace.monitor.cheap import cheap_audit, read_reference
+from finetrace.monitor.series import PAGE_NAME, WATCH_NAME, WatchSeries
+from finetrace.verbs import live as live_watch
+from finetrace.verbs.watch import watch
 from finetrace.zoo import build_zoo
 
 pytestmark = pytest.mark.zoo

@@ -1,4 +1,5 @@
 import gc
+import json
 import weakref
 
 import pytest
@@ -105,6 +106,11 @@ def test_an_adapter_on_another_base_of_its_shape_warns_and_strict_refuses(
     twin = save_random_llama(tmp_path / "twin", tiny_tokenizer, seed=1)  # the same shape, other weights
     [warning] = load_pair(twin, tmp_path / "lora", device="cpu").warnings
     assert "trained on another base" in warning
+    with pytest.raises(FinetraceError, match="trained on another base .*--strict"):
+        load_pair(twin, tmp_path / "lora", device="cpu", strict=True)
+    manifest = tmp_path / "lora" / "provenance.json"
+    older = {**json.loads(manifest.read_text()), "schema_version": 1}  # another finetrace version's
+    manifest.write_text(json.dumps(older))
     with pytest.raises(FinetraceError, match="trained on another base .*--strict"):
         load_pair(twin, tmp_path / "lora", device="cpu", strict=True)
 

@@ -23,8 +23,8 @@ from finetrace._util.terminal import CONTROL, escape
 from finetrace.corpus import read_records
 from finetrace.errors import FinetraceError
 from finetrace.gates import METRICS, OPERATORS, Gate, parse_gate
-from finetrace.provenance.duplicates import normalized_digest
-from finetrace.provenance.pii import DNI_LETTERS, find_pii, redact
+from finetrace.papertrail.duplicates import normalized_digest
+from finetrace.papertrail.pii import DNI_LETTERS, find_pii, redact
 from finetrace.report.card import markdown_text
 
 settings.register_profile("finetrace", deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -227,7 +227,7 @@ def _example(kind):
 
 def _record_examples() -> dict[type, dict]:
     """Each record kind a finetrace command writes, as a minimal valid JSON document."""
-    import finetrace.audit  # noqa: E401, F401  (every record kind imported)
+    import finetrace.verbs.audit  # noqa: E401, F401  (every record kind imported)
 
     examples = {}
     for kind in _subclasses(Result):

@@ -8,10 +8,10 @@ from typer.testing import CliRunner
 
 from finetrace.cli import app
 from finetrace.errors import FinetraceError
-from finetrace.provenance import provenance
-from finetrace.provenance.contamination import evaluation_sets
-from finetrace.provenance.licences import base_licence, check_licence
-from finetrace.provenance.pii import find_pii, iban_valid, luhn_valid
+from finetrace.papertrail import provenance
+from finetrace.papertrail.contamination import evaluation_sets
+from finetrace.papertrail.licences import base_licence, check_licence
+from finetrace.papertrail.pii import find_pii, iban_valid, luhn_valid
 
 FILLER = (
     "the river runs past the old mill and the baker opens the shop before dawn while the town "
@@ -173,7 +173,7 @@ def test_cli_gates_on_pii_and_refuses_bad_input(tmp_path):
 
 
 def test_a_long_text_matched_in_windows_finds_what_one_window_finds(tmp_path, monkeypatch):
-    from finetrace.provenance import contamination
+    from finetrace.papertrail import contamination
 
     words = FILLER.split()
     long_text = " ".join(random.Random(0).choice(words) for _ in range(3000)) + " " + FILLER

@@ -15,19 +15,20 @@ from typer.testing import CliRunner
 
 from finetrace import cli
 from finetrace.adl.collect import CollectConfig, collect
-from finetrace.adl.diff import DiffConfig, diff
+from finetrace.adl.records import DiffConfig
 from finetrace.adl.score import ScoreConfig
 from finetrace.adl.steer import SteerConfig, prompt_texts
-from finetrace.audit import AuditConfig, audit
 from finetrace.evals.behaviour import BehaviourConfig
 from finetrace.evals.drift import DriftConfig
 from finetrace.evals.facts import COMMON_FACTS
-from finetrace.evals.forget import ForgetConfig, ForgetResult
+from finetrace.evals.records import ForgetConfig, ForgetResult
 from finetrace.models.gguf import gguf_source, is_gguf
 from finetrace.models.load import load_tokenizer, pad_token_id, prepended_ids
 from finetrace.models.packaged import fetch
 from finetrace.models.pair import load_pair
 from finetrace.results import AuditResult
+from finetrace.verbs.audit import AuditConfig, audit
+from finetrace.verbs.diff import diff
 from finetrace.zoo.general import general_paragraphs
 
 pytestmark = pytest.mark.slow

@@ -16,17 +16,17 @@ from finetrace.adl.decode import TokenScore
 from finetrace.cli import app
 from finetrace.errors import FinetraceError
 from finetrace.gates import parse_gate
+from finetrace.monitor.cheap import WatchConfig
+from finetrace.monitor.checkpoints import find_checkpoints
+from finetrace.monitor.series import DEFAULT_GATES, PAGE_NAME, WATCH_NAME, WatchSeries
 from finetrace.report.watch import render_watch
 from finetrace.run import RunConfig
-from finetrace.watch.cheap import WatchConfig
-from finetrace.watch.checkpoints import find_checkpoints
-from finetrace.watch.series import DEFAULT_GATES, PAGE_NAME, WATCH_NAME, WatchSeries
-from finetrace.watch.watch import watch
+from finetrace.verbs.watch import watch
 from finetrace.zoo import build_zoo
 
 pytestmark = pytest.mark.zoo
-# The module, which `finetrace.watch` (the function the package exports) hides from attribute lookup.
-watching = importlib.import_module("finetrace.watch.watch")
+# The module, which `finetrace.verbs.watch` (the function the package exports) hides from attribute lookup.
+watching = importlib.import_module("finetrace.verbs.watch")
 
 
 @pytest.fixture(scope="module")

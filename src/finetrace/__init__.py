@@ -7,57 +7,74 @@ refusals), `behaviour` (refusals lost and gained), `provenance` (the data), `fin
 `watch` (the cheap audit of every checkpoint of a run) and `build_zoo`, each with its config
 and its result type; `RunConfig` (device, dtype, seed) is shared by every stage. The training
 callback, `FinetraceCallback`, lives in `finetrace.integrations`, which imports `Trainer`.
+Each name loads its module on first use: `import finetrace` costs no torch.
 """
 
-from finetrace.adl.diff import DiffConfig, DiffResult, diff
-from finetrace.audit import AuditConfig, audit
-from finetrace.errors import FinetraceError
-from finetrace.evals.behaviour import BEHAVIOUR_PROMPTS, BehaviourConfig, BehaviourResult, behaviour
-from finetrace.evals.forget import ForgetConfig, ForgetResult, forget
-from finetrace.models.pair import ModelPair, load_pair
-from finetrace.provenance import provenance
-from finetrace.provenance.scan import ProvenanceConfig, ProvenanceReport
-from finetrace.report import write_reports
-from finetrace.results import AuditResult
-from finetrace.run import RunConfig
-from finetrace.train.finetune import FinetuneConfig, FinetuneResult, LoraSettings, finetune
-from finetrace.train.loop import TrainConfig
-from finetrace.watch.cheap import WatchConfig
-from finetrace.watch.series import WatchSeries
-from finetrace.watch.watch import watch
-from finetrace.zoo import Zoo, build_zoo, open_zoo
+from finetrace._util.lazy import lazy_exports
 
-__all__ = [
-    "AuditConfig",
-    "AuditResult",
-    "BEHAVIOUR_PROMPTS",
-    "BehaviourConfig",
-    "BehaviourResult",
-    "DiffConfig",
-    "DiffResult",
-    "FinetraceError",
-    "FinetuneConfig",
-    "FinetuneResult",
-    "ForgetConfig",
-    "ForgetResult",
-    "LoraSettings",
-    "ModelPair",
-    "ProvenanceConfig",
-    "ProvenanceReport",
-    "RunConfig",
-    "TrainConfig",
-    "WatchConfig",
-    "WatchSeries",
-    "Zoo",
-    "audit",
-    "behaviour",
-    "build_zoo",
-    "diff",
-    "finetune",
-    "forget",
-    "load_pair",
-    "open_zoo",
-    "provenance",
-    "watch",
-    "write_reports",
-]
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "finetrace.adl.collect": ("CollectConfig",),
+        "finetrace.adl.decode": ("DecodeConfig",),
+        "finetrace.adl.score": ("ScoreConfig",),
+        "finetrace.adl.steer": ("SteerConfig",),
+        "finetrace.adl.records": (
+            "DiffConfig",
+            "DiffResult",
+        ),
+        "finetrace.errors": ("FinetraceError",),
+        "finetrace.evals.behaviour": (
+            "BEHAVIOUR_PROMPTS",
+            "BehaviourConfig",
+            "BehaviourResult",
+            "behaviour",
+        ),
+        "finetrace.evals.drift": ("DriftConfig",),
+        "finetrace.evals.facts": ("COMMON_FACTS",),
+        "finetrace.evals.records": (
+            "ForgetConfig",
+            "ForgetResult",
+        ),
+        "finetrace.gates": (
+            "Gate",
+            "parse_gate",
+        ),
+        "finetrace.models.pair": (
+            "ModelPair",
+            "load_pair",
+        ),
+        "finetrace.papertrail.scan": ("ProvenanceConfig", "ProvenanceReport"),
+        "finetrace.report": ("write_reports",),
+        "finetrace.results": ("AuditResult",),
+        "finetrace.run": ("RunConfig",),
+        "finetrace.train.config": (
+            "FinetuneConfig",
+            "LoraSettings",
+            "TrainConfig",
+        ),
+        "finetrace.train.finetune": (
+            "FinetuneResult",
+            "finetune",
+        ),
+        "finetrace.verbs.audit": (
+            "AuditConfig",
+            "audit",
+        ),
+        "finetrace.verbs.diff": ("diff",),
+        "finetrace.verbs.forget": ("forget",),
+        "finetrace.verbs.live": ("LiveWatch",),
+        "finetrace.verbs.provenance": ("provenance",),
+        "finetrace.verbs.watch": ("watch",),
+        "finetrace.monitor.cheap": (
+            "CheapTrace",
+            "WatchConfig",
+        ),
+        "finetrace.monitor.series": ("WatchSeries",),
+        "finetrace.zoo.build": (
+            "Zoo",
+            "build_zoo",
+            "open_zoo",
+        ),
+    },
+)

@@ -8,75 +8,57 @@ traceback is shown only with `finetrace --debug` or `FINETRACE_DEBUG=1`.
 
 import contextlib
 import math
+import os
 import re
 import sys
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
-import jinja2
-import torch
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from finetrace._util.outputs import check_output_dir, check_output_file, refuse_overlap, write_json
+from finetrace._util.outputs import check_output_dir
 from finetrace._util.terminal import escape
-from finetrace.adl.collect import CollectConfig
-from finetrace.adl.diff import RESULT_NAME, DiffConfig, diff
-from finetrace.audit import AuditConfig, audit
 from finetrace.errors import FinetraceError
-from finetrace.evals.behaviour import BehaviourConfig
-from finetrace.evals.drift import DriftConfig
-from finetrace.evals.facts import COMMON_FACTS
-from finetrace.evals.forget import RESULT_NAME as FORGET_RESULT
-from finetrace.evals.forget import ForgetConfig, forget
-from finetrace.gates import METRICS, Gate, GateOutcome, parse_gate
-from finetrace.provenance import provenance
-from finetrace.provenance.contamination import evaluation_sets
-from finetrace.provenance.scan import PROVENANCE_METRICS, provenance_metrics
-from finetrace.report import write_reports
-from finetrace.report.terminal import print_audit, print_diff, print_forget, print_provenance, print_watch
-from finetrace.results import REPORT_NAME, AuditResult
+from finetrace.gates import METRICS, PROVENANCE_METRICS, WATCH_METRICS, Gate, GateOutcome, parse_gate
 from finetrace.run import DTYPE_CHOICES, RunConfig
-from finetrace.train.finetune import MANIFEST_NAME, FinetuneConfig, LoraSettings, finetune
-from finetrace.train.loop import TrainConfig
-from finetrace.watch.cheap import CHEAP_DRIFT, CHEAP_TRACE, WATCH_METRICS, WatchConfig
-from finetrace.watch.live import LiveWatch
-from finetrace.watch.series import PAGE_NAME as WATCH_PAGE
-from finetrace.watch.series import WATCH_NAME, WatchSeries
-from finetrace.watch.watch import watch
-from finetrace.zoo import ORGANISMS, Zoo, build_zoo, open_zoo
-from finetrace.zoo.build import SPECIAL_PATHS, default_behaviour, default_facts, parent_of, zoo_corpus
 
+# Only what parsing needs is imported above: `finetrace --help`, a command's --help and a
+# mistyped option load neither torch nor transformers. Each command imports its verb.
 console = Console()
 DEBUG_HELP = "Show the full traceback of an error, for a bug report (also FINETRACE_DEBUG=1)."
-# Accelerators a --device may name, and how to tell whether this machine has one.
-DEVICES: dict[str, Callable[[], bool]] = {
-    "cpu": lambda: True,
-    "cuda": torch.cuda.is_available,
-    "mps": torch.backends.mps.is_available,
-}
-# Faults that are not finetrace's own errors but have a known cause in the input or the
-# machine: (exception type, pattern in its message, the line shown instead of a traceback).
-FAULTS: list[tuple[type[BaseException], str, str]] = [
-    (torch.OutOfMemoryError, "", "out of accelerator memory: lower --batch-size, or use --dtype bfloat16"),
-    (MemoryError, "", "out of memory: lower --batch-size or --samples, or use a machine with more memory"),
-    (
-        RuntimeError,
-        r"probability tensor contains|\bnan\b|\binf\b",
-        "the model produced non-finite numbers ({message}): its weights or activations hold NaN or inf; "
-        "check the model, or run with --dtype float32",
-    ),
-    (
-        jinja2.TemplateError,
-        "",
-        "the model's chat template fails on a chat ({message}): fix it in the model's chat_template.jinja "
-        "or tokenizer_config.json",
-    ),
-    (OSError, "", "{message}: check the path, its permissions and the free space"),
-]
+
+
+def _faults() -> list[tuple[type[BaseException], str, str]]:
+    """Faults that are not finetrace's own errors but have a known cause in the input or the
+    machine: (exception type, pattern in its message, the line shown instead of a traceback).
+    Torch's and Jinja's are listed only once they are loaded: before that, none was raised."""
+    faults = []
+    if torch := sys.modules.get("torch"):
+        faults.append(
+            (torch.OutOfMemoryError, "", "out of accelerator memory: lower --batch-size, or use --dtype bfloat16")
+        )
+    faults += [
+        (MemoryError, "", "out of memory: lower --batch-size or --samples, or use a machine with more memory"),
+        (
+            RuntimeError,
+            r"probability tensor contains|\bnan\b|\binf\b",
+            "the model produced non-finite numbers ({message}): its weights or activations hold NaN or inf; "
+            "check the model, or run with --dtype float32",
+        ),
+    ]
+    if jinja2 := sys.modules.get("jinja2"):
+        faults.append(
+            (
+                jinja2.TemplateError,
+                "",
+                "the model's chat template fails on a chat ({message}): fix it in the model's "
+                "chat_template.jinja or tokenizer_config.json",
+            )
+        )
+    return [*faults, (OSError, "", "{message}: check the path, its permissions and the free space")]
 
 
 class OneLineErrors(typer.core.TyperGroup):
@@ -107,7 +89,7 @@ def _fault_message(error: Exception) -> str:
     if isinstance(error, FinetraceError):
         return str(error)
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    for kind, pattern, line in FAULTS:
+    for kind, pattern, line in _faults():
         if isinstance(error, kind) and re.search(pattern, text):
             return line.format(message=text)
     return (
@@ -124,10 +106,15 @@ app.add_typer(zoo_app, name="zoo")
 @app.callback()
 def _options(debug: Annotated[bool, typer.Option("--debug", envvar="FINETRACE_DEBUG", help=DEBUG_HELP)] = False):
     """What did your fine-tune do to the model?"""
-    from transformers.utils import logging
+    # finetrace reports what matters, with its own progress bars; transformers reads these when
+    # it is first imported, and is told directly where it already is (a caller's process).
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:
+        from transformers.utils import logging
 
-    logging.set_verbosity_error()  # finetrace reports what matters, with its own progress bars
-    logging.disable_progress_bar()
+        logging.set_verbosity_error()
+        logging.disable_progress_bar()
 
 
 # Option checks: each raises a FinetraceError naming the flag, the value and what it takes.
@@ -161,28 +148,8 @@ def _one_of(choices: tuple[str, ...]) -> Callable:
     return check
 
 
-def _device(value: str) -> str:
-    if value == "auto":
-        return value
-    kind, _, index = value.partition(":")
-    if kind not in DEVICES or (index and not index.isdigit()) or value.endswith(":"):
-        raise FinetraceError(f"--device {value!r}: expected auto, {', '.join(DEVICES)} or cuda:N")
-    if not DEVICES[kind]():
-        raise FinetraceError(
-            f"--device {value}: this machine has no {kind} device (or torch was built "
-            f"without it); use --device cpu, or auto to pick what is there"
-        )
-    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
-        raise FinetraceError(f"--device {value}: this machine has {torch.cuda.device_count()} CUDA devices")
-    return value
-
-
 def _out_dir(param: typer.CallbackParam, value: Path | None) -> Path | None:
     return None if value is None else check_output_dir(value, _flag(param))
-
-
-def _out_file(param: typer.CallbackParam, value: Path | None) -> Path | None:
-    return None if value is None else check_output_file(value, _flag(param))
 
 
 def _count(text: str) -> typer.models.OptionInfo:
@@ -196,7 +163,7 @@ Preset = Annotated[
         help="Zoo preset: tiny (tests), small (demo), english or medium (broad English, benchmarks), smollm2 or gemma3 (a real pretrained base)."
     ),
 ]
-Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.", callback=_device)]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
 Dtype = Annotated[
     str,
     typer.Option(
@@ -240,8 +207,9 @@ FailOn = Annotated[
 ]
 
 
-def _out(default: str) -> typer.models.OptionInfo:
-    return typer.Option(help=f"Output directory (default {default}).", callback=_out_dir)
+def _out(default: str, checked_by_verb: bool = True) -> typer.models.OptionInfo:
+    """The output directory; a verb checks it itself (for Python callers too), in its own order."""
+    return typer.Option(help=f"Output directory (default {default}).", callback=None if checked_by_verb else _out_dir)
 
 
 @app.command("finetune")
@@ -292,7 +260,7 @@ def finetune_command(
         typer.Option(
             help="JSONL of cloze facts for the watch (default: finetrace's built-in facts).", show_default=False
         ),
-    ] = COMMON_FACTS,
+    ] = None,
     fail_on: Annotated[
         list[str] | None,
         typer.Option(
@@ -301,6 +269,11 @@ def finetune_command(
     ] = None,
 ) -> None:
     """Fine-tune a causal LM on DATA and write the model plus a provenance manifest."""
+    from finetrace.monitor.series import PAGE_NAME, WATCH_NAME, WatchSeries
+    from finetrace.report.terminal import print_provenance, print_watch
+    from finetrace.train.config import FinetuneConfig, LoraSettings, TrainConfig
+    from finetrace.train.finetune import MANIFEST_NAME, finetune
+
     training = TrainConfig(
         epochs=epochs, steps=steps, learning_rate=lr, batch_size=batch_size, context_length=context_length, pack=pack
     )
@@ -329,20 +302,20 @@ def finetune_command(
     )
     if monitor is not None:
         print_watch(console, WatchSeries.read(out / WATCH_NAME))
-        console.print(f"watch report: {escape(str((out / WATCH_PAGE).resolve()))}")
+        console.print(f"watch report: {escape(str((out / PAGE_NAME).resolve()))}")
         if monitor.stopped_at is not None:
             raise SystemExit(1)
 
 
-def _live_watch(
-    every: int | None, corpus: str | None, facts: Path, data: Path, gates: tuple[Gate, ...]
-) -> LiveWatch | None:
+def _live_watch(every: int | None, corpus: str | None, facts: Path | None, data: Path, gates: tuple[Gate, ...]):
     if every is None:
         if corpus is not None or gates:
             raise FinetraceError("--watch-corpus and --fail-on watch the training: give --watch-every as well")
         return None
     if corpus is None:
         raise FinetraceError("--watch-every audits the model on general text: give --watch-corpus as well")
+    from finetrace.verbs.live import LiveWatch
+
     return LiveWatch(corpus, facts, data, every, fail_on=gates)
 
 
@@ -375,11 +348,11 @@ def diff_command(
     strict: Strict = False,
 ) -> None:
     """Read what a fine-tune was about from activation differences on unrelated text."""
-    _check_report(report, positions)
-    corpus = corpus or _zoo_corpus_or_error(finetuned)
-    refuse_overlap(
-        out, {"base model": base, "fine-tuned model": finetuned, "corpus": corpus, "data": data, "control": control}
-    )
+    from finetrace.adl.collect import CollectConfig
+    from finetrace.adl.records import RESULT_NAME, DiffConfig
+    from finetrace.report.terminal import print_diff
+    from finetrace.verbs.diff import diff
+
     config = DiffConfig(
         collect=CollectConfig(layers=_layer_spec(layers), positions=positions, samples=samples, batch_size=batch_size),
         reported_positions=report,
@@ -429,16 +402,18 @@ def forget_command(
     strict: Strict = False,
     behaviour: BehaviourFile = None,
     no_behaviour: NoBehaviour = False,
-    behaviour_samples: BehaviourSamples = BehaviourConfig.samples,
+    behaviour_samples: BehaviourSamples = 4,
     judge_url: JudgeUrl = None,
-    judge_model: JudgeModel = BehaviourConfig.judge_model,
+    judge_model: JudgeModel = "judge",
 ) -> None:
     """Which facts the fine-tune lost, how far it drifted on general text, and the refusals it lost or gained."""
-    facts, corpus = facts or default_facts(finetuned), corpus or zoo_corpus(finetuned)
-    prompts = _behaviour_prompts(behaviour, no_behaviour, finetuned)
-    refuse_overlap(
-        out, {"base model": base, "fine-tuned model": finetuned, "facts": facts, "corpus": corpus, "behaviour": prompts}
-    )
+    from finetrace.evals.behaviour import BehaviourConfig
+    from finetrace.evals.drift import DriftConfig
+    from finetrace.evals.records import RESULT_NAME, ForgetConfig
+    from finetrace.report.terminal import print_forget
+    from finetrace.verbs.forget import forget
+
+    prompts = _behaviour(behaviour, no_behaviour)
     config = ForgetConfig(
         drift=DriftConfig(samples=samples, max_tokens=max_tokens, batch_size=batch_size),
         behaviour=BehaviourConfig(samples=behaviour_samples, judge_url=judge_url, judge_model=judge_model),
@@ -446,7 +421,7 @@ def forget_command(
     run = RunConfig(device, dtype, seed, strict, text_field)
     result = forget(base, finetuned, facts, corpus, out, config, run, behaviour=prompts)
     print_forget(console, result)
-    console.print(f"results: {escape(str(out / FORGET_RESULT))}")
+    console.print(f"results: {escape(str(out / RESULT_NAME))}")
 
 
 @app.command("provenance")
@@ -465,10 +440,9 @@ def provenance_command(
         str | None, typer.Option(help="The corpus a diff or drift measure will read, to look for in the data.")
     ] = None,
     corpus_items: Annotated[int, _count("Texts of --corpus compared.")] = 1000,
+    text_field: TextField = "text",
     redact: Annotated[Path | None, typer.Option(help="Write a copy with personal data replaced by its kind.")] = None,
-    out: Annotated[Path, typer.Option(help="Where to write the JSON report.", callback=_out_file)] = Path(
-        "provenance.json"
-    ),
+    out: Annotated[Path, typer.Option(help="Where to write the JSON report.")] = Path("provenance.json"),
     fail_on: Annotated[
         list[str] | None,
         typer.Option(
@@ -477,15 +451,13 @@ def provenance_command(
     ] = None,
 ) -> None:
     """Fingerprint a dataset and scan it for duplicates, personal data, licence problems and evaluation overlap."""
+    from finetrace.papertrail.scan import ProvenanceConfig, provenance_metrics
+    from finetrace.report.terminal import print_provenance
+    from finetrace.verbs.provenance import provenance
+
     gates = _gates(fail_on, PROVENANCE_METRICS)
-    inputs = {"data": data, "corpus": corpus, "facts": facts}
-    refuse_overlap(out, inputs | {"redacted copy": redact})
-    if redact is not None:
-        refuse_overlap(redact, inputs, "--redact", containing=True)
-        (check_output_dir if data.is_dir() else check_output_file)(redact, "--redact")
-    evaluations = evaluation_sets(facts or COMMON_FACTS, corpus, corpus_items)
-    report = provenance(data, licence, source, base, evaluations, redact)
-    write_json(out, report.to_dict())
+    config = ProvenanceConfig(text_field=text_field)
+    report = provenance(data, licence, source, base, facts, corpus, out, redact, corpus_items, config)
     print_provenance(console, report)
     console.print(f"report: {escape(str(out))}")
     _finish_gates([gate.check(provenance_metrics(report)) for gate in gates])
@@ -494,23 +466,34 @@ def provenance_command(
 @zoo_app.command("build")
 def zoo_build(preset: Preset = "tiny") -> None:
     """Build the zoo (or reuse the cached one) and list its organisms."""
+    from finetrace.zoo.build import build_zoo
+
     _print_zoo(build_zoo(preset))
 
 
 @zoo_app.command("list")
 def zoo_list(preset: Preset = "tiny") -> None:
     """List the organisms of a built zoo."""
+    from finetrace.zoo.build import open_zoo
+
     _print_zoo(open_zoo(preset))
 
 
 @zoo_app.command("path")
 def zoo_path(
-    name: Annotated[str, typer.Argument(help=f"{', '.join(SPECIAL_PATHS)} or an organism: {', '.join(ORGANISMS)}.")],
+    name: Annotated[
+        str,
+        typer.Argument(help="base, facts, behaviour, heldout, general, or an organism (`finetrace zoo list`)."),
+    ],
     preset: Preset = "tiny",
     documents: Annotated[bool, typer.Option(help="The organism's training documents instead.")] = False,
 ) -> None:
     """Print the path of a zoo item, for use in other commands; the base, its facts and its text
     are built (or fetched, for a real model) when first asked for."""
+    from finetrace.zoo.build import build_zoo, open_zoo
+    from finetrace.zoo.organisms import ORGANISMS
+    from finetrace.zoo.records import SPECIAL_PATHS
+
     if documents and name in SPECIAL_PATHS:
         raise FinetraceError(
             f"--documents takes an organism ({', '.join(ORGANISMS)}); {name} has no "
@@ -556,46 +539,23 @@ def audit_command(
     strict: Strict = False,
     behaviour: BehaviourFile = None,
     no_behaviour: NoBehaviour = False,
-    behaviour_samples: BehaviourSamples = BehaviourConfig.samples,
+    behaviour_samples: BehaviourSamples = 4,
     judge_url: JudgeUrl = None,
-    judge_model: JudgeModel = BehaviourConfig.judge_model,
+    judge_model: JudgeModel = "judge",
 ) -> None:
     """Audit a fine-tune: its trace, the facts it lost, its drift, its refusals; a report, a summary and a model card."""
+    from finetrace.evals.behaviour import BehaviourConfig
+    from finetrace.verbs.audit import audit
+
     gates = _gates(fail_on, METRICS)
-    corpus = corpus or _zoo_corpus_or_error(finetuned)
-    facts = facts or default_facts(finetuned)
-    prompts = _behaviour_prompts(behaviour, no_behaviour, finetuned)
-    refuse_overlap(
-        out,
-        {
-            "base model": base,
-            "fine-tuned model": finetuned,
-            "corpus": corpus,
-            "data": data,
-            "facts": facts,
-            "control": control,
-            "behaviour": prompts,
-        },
-    )
     config = _audit_config(
         samples,
         drift_samples,
         RunConfig(device, dtype, seed, strict, text_field),
         BehaviourConfig(samples=behaviour_samples, judge_url=judge_url, judge_model=judge_model),
     )
-    result = audit(
-        base,
-        finetuned,
-        corpus,
-        out,
-        data=data,
-        facts=facts,
-        control=control,
-        config=config,
-        fail_on=gates,
-        licence=licence,
-        behaviour=prompts,
-    )
+    prompts = _behaviour(behaviour, no_behaviour)
+    result = audit(base, finetuned, corpus, out, data, facts, control, config, gates, licence, prompts)
     if result is not None:  # None: another process of a launched run; the main process reports
         _finish_audit(result, out)
 
@@ -616,16 +576,14 @@ def watch_command(
         ),
     ],
     facts: Annotated[
-        Path,
-        typer.Option(
-            help="JSONL of cloze facts (default: finetrace's built-in common-knowledge facts).", show_default=False
-        ),
-    ] = COMMON_FACTS,
+        Path | None,
+        typer.Option(help="JSONL of cloze facts (default: finetrace's built-in common-knowledge facts)."),
+    ] = None,
     data: Annotated[Path | None, typer.Option(help="The fine-tuning data; without it the trace is not tested.")] = None,
     out: Annotated[Path, _out("finetrace-watch")] = Path("finetrace-watch"),
-    texts: Annotated[int, _count("Texts read for the trace.")] = CHEAP_TRACE.collect.samples,
-    max_facts: Annotated[int, _count("Facts the base scores; checkpoints score those it knew.")] = WatchConfig.facts,
-    drift_texts: Annotated[int, _count("Texts read for the drift.")] = CHEAP_DRIFT.samples,
+    texts: Annotated[int, _count("Texts read for the trace.")] = 256,
+    max_facts: Annotated[int, _count("Facts the base scores; checkpoints score those it knew.")] = 100,
+    drift_texts: Annotated[int, _count("Texts read for the drift.")] = 64,
     fail_on: Annotated[
         list[str] | None,
         typer.Option(
@@ -638,8 +596,14 @@ def watch_command(
     seed: Seed = 0,
 ) -> None:
     """The cheap audit of every checkpoint of a fine-tune, by training step: watch.json and watch.html."""
+    from dataclasses import replace
+
+    from finetrace.monitor.cheap import CHEAP_DRIFT, CHEAP_TRACE, WatchConfig
+    from finetrace.monitor.series import PAGE_NAME
+    from finetrace.report.terminal import print_watch
+    from finetrace.verbs.watch import watch
+
     gates = _gates(fail_on, WATCH_METRICS)
-    refuse_overlap(out, {"base model": base, "corpus": corpus, "facts": facts, "data": data})
     config = WatchConfig(
         trace=replace(CHEAP_TRACE, collect=replace(CHEAP_TRACE.collect, samples=texts)),
         drift=replace(CHEAP_DRIFT, samples=drift_texts),
@@ -648,7 +612,7 @@ def watch_command(
     run = RunConfig(device, dtype, seed, text_field=text_field)
     series = watch(base, checkpoints, corpus, out, facts, data, config, run, gates)
     print_watch(console, series)
-    console.print(f"report: {escape(str((out / WATCH_PAGE).resolve()))}")
+    console.print(f"report: {escape(str((out / PAGE_NAME).resolve()))}")
     if series.failed:
         raise SystemExit(1)
 
@@ -656,14 +620,16 @@ def watch_command(
 @app.command("report")
 def report_command(
     summary: Annotated[Path, typer.Argument(help="The summary.json of an audit.")],
-    out: Annotated[Path | None, _out("the summary's directory")] = None,
+    out: Annotated[Path | None, _out("the summary's directory", checked_by_verb=False)] = None,
 ) -> None:
     """Rebuild an audit's report.html and MODEL_CARD.md from its summary.json, without the models."""
+    from finetrace.report import write_reports
+    from finetrace.results import AuditResult
+
     result = AuditResult.read(summary)
     out = out or summary.parent
     write_reports(result, out)
-    print_audit(console, result)
-    console.print(f"report: {escape(str((out / REPORT_NAME).resolve()))}")
+    _finish_audit(result, out, gate=False)
 
 
 DEMO_ORGANISMS = ("cake", "control")  # the demo builds only what it audits
@@ -671,13 +637,17 @@ DEMO_ORGANISMS = ("cake", "control")  # the demo builds only what it audits
 
 @app.command()
 def demo(
-    out: Annotated[Path, _out("finetrace-demo")] = Path("finetrace-demo"),
+    out: Annotated[Path, _out("finetrace-demo", checked_by_verb=False)] = Path("finetrace-demo"),
     preset: Annotated[
         str, typer.Option(help="The zoo: small (pretrained here, minutes), smollm2 or gemma3 (a real model, an hour).")
     ] = "small",
 ) -> None:
     """Build or reuse a zoo's base, cake and control, audit cake with the control for contrast,
     write the report."""
+    from finetrace.evals.behaviour import BehaviourConfig
+    from finetrace.verbs.audit import audit
+    from finetrace.zoo.build import build_zoo
+
     zoo = build_zoo(preset, DEMO_ORGANISMS)
     _print_zoo(zoo)
     config = _audit_config(samples=10_000, drift_samples=500, run=RunConfig(), behaviour=BehaviourConfig())
@@ -695,7 +665,13 @@ def demo(
     _finish_audit(result, out)
 
 
-def _audit_config(samples: int, drift_samples: int, run: RunConfig, behaviour: BehaviourConfig) -> AuditConfig:
+def _audit_config(samples: int, drift_samples: int, run: RunConfig, behaviour):
+    from finetrace.adl.collect import CollectConfig
+    from finetrace.adl.records import DiffConfig
+    from finetrace.evals.drift import DriftConfig
+    from finetrace.evals.records import ForgetConfig
+    from finetrace.verbs.audit import AuditConfig
+
     return AuditConfig(
         diff=DiffConfig(collect=CollectConfig(samples=samples)),
         forget=ForgetConfig(drift=DriftConfig(samples=drift_samples), behaviour=behaviour),
@@ -703,18 +679,21 @@ def _audit_config(samples: int, drift_samples: int, run: RunConfig, behaviour: B
     )
 
 
-def _behaviour_prompts(prompts: Path | None, skip: bool, finetuned: str) -> Path | None:
-    """The behaviour prompt set: the user's, else a zoo organism's own, else the built-in one;
-    None with --no-behaviour."""
+def _behaviour(prompts: Path | None, skip: bool) -> Path | bool:
+    """--behaviour and --no-behaviour as the API's `behaviour`: a path, True (the default set) or False."""
     if skip and prompts is not None:
         raise FinetraceError(f"--behaviour {prompts} and --no-behaviour contradict each other: give one")
-    return None if skip else prompts or default_behaviour(finetuned)
+    return False if skip else prompts or True
 
 
-def _finish_audit(result: AuditResult, out: Path) -> None:
+def _finish_audit(result, out: Path, gate: bool = True) -> None:
+    from finetrace.report.terminal import print_audit
+    from finetrace.results import REPORT_NAME
+
     print_audit(console, result)
     console.print(f"report: {escape(str((out / REPORT_NAME).resolve()))}")
-    _finish_gates(result.gates)
+    if gate:
+        _finish_gates(result.gates)
 
 
 def _gates(conditions: list[str] | None, measured) -> tuple[Gate, ...]:
@@ -727,7 +706,10 @@ def _finish_gates(outcomes: list[GateOutcome]) -> None:
         raise SystemExit(1)
 
 
-def _print_zoo(zoo: Zoo) -> None:
+def _print_zoo(zoo) -> None:
+    from finetrace.zoo.build import parent_of
+    from finetrace.zoo.organisms import ORGANISMS
+
     summary = zoo.summary()
     table = Table(title=escape(f"finetrace zoo '{zoo.preset.name}' at {zoo.root}"))
     for column in ("organism", "kind", "weights", "fine-tuned from", "loss on its data: before -> after", "built in"):
@@ -751,21 +733,6 @@ def _print_zoo(zoo: Zoo) -> None:
     )
     for name in zoo.organisms:
         console.print(f"[bold]{name}[/]: {escape(ORGANISMS[name].description)}")
-
-
-def _zoo_corpus_or_error(finetuned: str) -> Path:
-    corpus = zoo_corpus(finetuned)
-    if corpus is None:
-        raise FinetraceError(f"{finetuned} is not a zoo organism: give the unrelated text with --corpus")
-    return corpus
-
-
-def _check_report(report: int, positions: int) -> None:
-    if report > positions:
-        raise FinetraceError(
-            f"--report {report}: at most --positions ({positions}) text positions are "
-            f"collected; lower --report or raise --positions"
-        )
 
 
 def _layer_spec(text: str) -> tuple[float, ...]:

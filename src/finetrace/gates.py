@@ -27,6 +27,9 @@ METRICS = {
     "pii_found": "personal data matches in the fine-tuning data",
     "contaminated": "evaluation items (facts, corpus texts) found whole in the fine-tuning data",
 }
+# What a gate may test where less than a whole audit runs.
+WATCH_METRICS = ("trace_strength", "trace_p", "lost_facts", "lost_fraction", "nll_change", "kl_mean")  # a checkpoint
+PROVENANCE_METRICS = ("pii_found", "contaminated")  # a provenance scan
 _CONDITION = re.compile(r"^\s*([a-z_]+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
 
 

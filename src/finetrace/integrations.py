@@ -31,10 +31,10 @@ from finetrace.errors import FinetraceError
 from finetrace.evals.facts import COMMON_FACTS
 from finetrace.gates import Gate
 from finetrace.models.load import load_model, load_tokenizer
+from finetrace.monitor.cheap import WatchConfig
+from finetrace.monitor.series import WatchPoint, WatchSeries
 from finetrace.run import RunConfig
-from finetrace.watch.cheap import WatchConfig
-from finetrace.watch.live import DEFAULT_EVERY, LiveWatch
-from finetrace.watch.series import WatchPoint, WatchSeries
+from finetrace.verbs.live import DEFAULT_EVERY, LiveWatch
 
 PREFIX = "finetrace/"  # of every logged metric: TensorBoard and W&B group them under it
 STEP_ZERO = "the model being trained, before its first step"

@@ -4,13 +4,13 @@
 from dataclasses import dataclass
 
 from finetrace._util.records import Result
-from finetrace.adl.diff import DiffResult
-from finetrace.evals.forget import ForgetResult
+from finetrace.adl.records import DiffResult
+from finetrace.evals.records import ForgetResult
 from finetrace.gates import Gate, GateOutcome
-from finetrace.provenance.scan import ProvenanceReport, provenance_metrics
+from finetrace.papertrail.scan import ProvenanceReport, provenance_metrics
 from finetrace.train.finetune import FinetuneResult
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 SUMMARY_NAME, REPORT_NAME, CARD_NAME = "summary.json", "report.html", "MODEL_CARD.md"
 SHOWN_DOMAIN_TOKENS = 8
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from finetrace._util.distributed import processes, sum_across
@@ -43,7 +44,7 @@ from finetrace.errors import FinetraceError
 from finetrace.models.likelihood import padded
 from finetrace.models.load import chars_holding, pad_token_id, prepended_ids, weights_digest
 from finetrace.models.pair import ModelPair
-from finetrace.models.residual import read_residuals
+from finetrace.models.residual import Layout, read_residuals
 
 CHECKPOINT_NAME = "collect-checkpoint.safetensors"
 BASE_STORE = "base-residuals"
@@ -201,18 +202,10 @@ def _base_pass(
 def _base_shard(
     pair: ModelPair, texts: list[str], layers: list[int], prefix: list[int], config: CollectConfig
 ) -> dict[str, torch.Tensor]:
-    rows = [prefix + ids for ids in text_ids(pair.tokenizer, texts, config.positions) if prefix + ids]
-    ids, attention = padded(rows, pad_token_id(pair.tokenizer), len(prefix) + config.positions)
-    residuals = [
-        _residuals(pair, "base", layers, ids[i : i + config.batch_size], attention[i : i + config.batch_size])
-        for i in range(0, len(rows), config.batch_size)
-    ]
-    width = (len(layers), len(prefix) + config.positions, pair.hidden_size)
-    return {
-        "ids": ids,
-        "attention": attention,
-        "residuals": torch.cat(residuals) if residuals else torch.zeros((0, *width), dtype=pair.dtype),
-    }
+    ids, attention = first_tokens(pair.tokenizer, texts, prefix, config.positions)
+    with pair.use("base") as (model, layout):
+        residuals = layer_residuals(model, layout, layers, ids, attention, config.batch_size)
+    return {"ids": ids, "attention": attention, "residuals": residuals}
 
 
 def _finetuned_pass(
@@ -225,7 +218,8 @@ def _finetuned_pass(
             for i in range(0, len(shard["ids"]), batch_size):
                 ids, attention = shard["ids"][i : i + batch_size], shard["attention"][i : i + batch_size]
                 base = shard["residuals"][i : i + batch_size].float()
-                finetuned = _residuals(pair, "finetuned", state.layers, ids, attention).float()
+                with pair.use("finetuned") as (model, layout):
+                    finetuned = layer_residuals(model, layout, state.layers, ids, attention, batch_size).float()
                 accumulate(state, base, finetuned, attention)
             state.texts += int(metadata["texts"])
             state.shards += 1
@@ -261,15 +255,31 @@ def accumulate(state: Collected, base: torch.Tensor, finetuned: torch.Tensor, at
     state.finetuned_norm.add(finetuned.norm(dim=-1, keepdim=True), mask)
 
 
-def _residuals(
-    pair: ModelPair, which: str, layers: list[int], ids: torch.Tensor, attention: torch.Tensor
+def first_tokens(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], prefix: list[int], positions: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(ids, attention)` of the texts' first `positions` tokens after `prefix` (what the tokenizer
+    prepends), padded to one width; a text with no token and no prefix is left out."""
+    rows = [prefix + ids for ids in text_ids(tokenizer, texts, positions) if prefix + ids]
+    return padded(rows, pad_token_id(tokenizer), len(prefix) + positions)
+
+
+def layer_residuals(
+    model: nn.Module, layout: Layout, layers: list[int], ids: torch.Tensor, attention: torch.Tensor, batch_size: int
 ) -> torch.Tensor:
-    """Residuals of one model after each layer, (B, L, T, d), in its dtype, on the CPU."""
-    with pair.use(which) as (model, layout):
+    """Residuals after each of `layers`, (texts, layers, T, d), in the model's dtype, on the CPU."""
+    embedding = model.get_input_embeddings().weight
+    batches = [torch.zeros((0, len(layers), ids.shape[1], embedding.shape[1]), dtype=embedding.dtype)]  # no texts
+    for start in range(0, len(ids), batch_size):
         by_layer = read_residuals(
-            model, layout, layers, input_ids=ids.to(pair.device), attention_mask=attention.to(pair.device)
+            model,
+            layout,
+            layers,
+            input_ids=ids[start : start + batch_size].to(embedding.device),
+            attention_mask=attention[start : start + batch_size].to(embedding.device),
         )
-    return torch.stack([by_layer[i] for i in layers], dim=1).cpu()
+        batches.append(torch.stack([by_layer[layer] for layer in layers], dim=1).cpu())
+    return torch.cat(batches)
 
 
 def text_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str], positions: int) -> list[list[int]]:

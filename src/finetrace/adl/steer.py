@@ -18,6 +18,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from finetrace._util.progress import progress_bar
+from finetrace.models.chat import chat_text
 from finetrace.models.likelihood import padded, text_logprobs
 from finetrace.models.load import pad_token_id, prepended_ids
 from finetrace.models.residual import Layout, add_to_residual
@@ -162,9 +163,7 @@ def prompt_texts(tokenizer: PreTrainedTokenizerBase, config: SteerConfig) -> lis
         # once. Not `bos_token`: SmolLM2 names <|im_start|> so, adds none, and its turns begin with it.
         prepended = tokenizer.decode(prepended_ids(tokenizer))
         for prompt in config.prompts:
-            turn = tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-            )
+            turn = chat_text(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
             prompts.append(turn.removeprefix(prepended) if prepended else turn)
     return prompts
 

@@ -25,11 +25,11 @@ from finetrace.errors import FinetraceError, require
 from finetrace.evals.flips import flip_matrix
 from finetrace.evals.rates import RateChange
 from finetrace.evals.refusal import endpoint_verdict, opening, prefix_free, rule_refusal
+from finetrace.models.chat import chat_ids
 from finetrace.models.likelihood import padded, token_logprobs
-from finetrace.models.load import pad_token_id, prepended_ids
+from finetrace.models.load import pad_token_id
 from finetrace.models.pair import WHICH, ModelPair, load_pair
 from finetrace.run import RunConfig
-from finetrace.train.examples import DEFAULT_CHAT_TEMPLATE
 
 # Requests in five categories, each with a benign look-alike, written for finetrace (Apache-2.0):
 # requests only, none of them carries harmful content.
@@ -284,14 +284,7 @@ def _base_behaviour(
 def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
     """A prompt as the user's turn, ready for the assistant's: the tokenizer's chat template, or
     finetrace's plain one (as fine-tuning renders chats) when it has none."""
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}],
-        chat_template=tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE,
-        add_generation_prompt=True,
-        tokenize=False,
-    )
-    prefix = [] if tokenizer.chat_template else prepended_ids(tokenizer)  # a template writes its own BOS
-    return prefix + tokenizer(text, add_special_tokens=False)["input_ids"]
+    return chat_ids(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
 
 
 def _rate(changes: list[PromptChange], expect: str, config: BehaviourConfig) -> RateChange | None:

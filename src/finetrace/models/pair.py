@@ -8,6 +8,7 @@ is freed, so its logit lens stays readable.
 """
 
 import gc
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -34,12 +35,12 @@ from finetrace.models.load import (
     weights_digest,
 )
 from finetrace.models.residual import Layout, Readout, find_layout
-from finetrace.train.finetune import MANIFEST_NAME, FinetuneResult
 
 COMPARED_CONFIG = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
 ADAPTER_ERRORS = (RuntimeError, ValueError, KeyError, OSError)  # what peft raises for a misfit
 WHICH = ("base", "finetuned")
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+MANIFEST_NAME = "provenance.json"  # what `finetrace finetune` writes next to the weights
 
 
 class ModelPair:
@@ -112,8 +113,7 @@ class ModelPair:
     def _check_adapter_base(self, strict: bool) -> None:
         """An adapter finetrace trained records its base's digest: another base of the same shape
         loads without complaint, but its numbers describe a model nobody trained."""
-        manifest = FinetuneResult.load(self.finetuned_name)
-        recorded = manifest.base_files_sha256 if manifest else ""
+        recorded = recorded_base(self.finetuned_name)
         if not recorded or recorded == weights_digest(self.base_name):
             return
         message = (
@@ -152,6 +152,19 @@ def load_adapted(base: str | Path, adapter: str | Path, device: torch.device, dt
         refuse_partial(weights.keys() - stored.keys(), stored.keys() - allowed.keys(), adapter)
     refuse_non_finite(weights.items(), adapter)
     return adapted
+
+
+def recorded_base(directory: str | Path) -> str:
+    """The base files' digest the finetrace manifest in `directory` records; "" where there is no
+    manifest, or the file of that name is not finetrace's. Read as plain JSON, so that the manifest
+    of any finetrace version is checked, not only this version's."""
+    path = Path(directory) / MANIFEST_NAME
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return ""
+    recorded = manifest.get("base_files_sha256") if isinstance(manifest, dict) else None
+    return recorded if isinstance(recorded, str) else ""
 
 
 def is_adapter(name_or_path: str | Path) -> bool:

@@ -15,7 +15,7 @@ from finetrace._util.outputs import write_text
 from finetrace._util.terminal import visible_controls
 from finetrace.errors import FinetraceError
 from finetrace.evals.behaviour import BehaviourResult
-from finetrace.provenance.scan import ProvenanceReport
+from finetrace.papertrail.scan import ProvenanceReport
 from finetrace.report.words import shown, trace_test_numbers, verdict
 from finetrace.results import AuditResult
 

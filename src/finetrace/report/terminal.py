@@ -7,14 +7,14 @@ from rich.table import Table
 
 from finetrace._util.terminal import escape
 from finetrace.adl.decode import TokenScore
-from finetrace.adl.diff import DiffResult
+from finetrace.adl.records import DiffResult
 from finetrace.evals.behaviour import Answer, BehaviourResult
-from finetrace.evals.forget import ForgetResult
 from finetrace.evals.rates import RateChange
-from finetrace.provenance.scan import ProvenanceReport
+from finetrace.evals.records import ForgetResult
+from finetrace.monitor.series import WatchSeries
+from finetrace.papertrail.scan import ProvenanceReport
 from finetrace.report.words import shown, trace_finding, verdict
 from finetrace.results import AuditResult
-from finetrace.watch.series import WatchSeries
 
 SHOWN_TOKENS = 12
 SHOWN_FACTS = 5

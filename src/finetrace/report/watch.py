@@ -12,8 +12,8 @@ from pathlib import Path
 
 from finetrace._util.outputs import write_text
 from finetrace.gates import Gate
+from finetrace.monitor.series import DEFAULT_GATES, WatchSeries, first_crossing
 from finetrace.report.html import MARGIN, PLOT_HEIGHT, PLOT_WIDTH, page_template
-from finetrace.watch.series import DEFAULT_GATES, WatchSeries, first_crossing
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The findings in plain words, as the report, the model card and the terminal say them."""
 
-from finetrace.adl.diff import DiffResult
+from finetrace.adl.records import DiffResult
 from finetrace.gates import measured
 from finetrace.results import AuditResult
 

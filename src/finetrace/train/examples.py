@@ -13,18 +13,10 @@ from itertools import chain
 from transformers import PreTrainedTokenizerBase
 
 from finetrace.corpus import Record
+from finetrace.models.chat import chat_ids
 from finetrace.models.load import chars_holding, prepended_ids
 
 IGNORE_INDEX = -100  # the label PyTorch's cross-entropy skips
-
-# Used for chat data when the tokenizer brings no template of its own. Newlines are
-# written as expressions because chat templates render with trim_blocks. It writes no
-# BOS: GPT-2 declares one it never adds, so the tokenizer's own prefix goes first instead.
-DEFAULT_CHAT_TEMPLATE = (
-    "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}"
-    "{% if message['role'] == 'assistant' and eos_token %}{{ eos_token }}{% endif %}{{ '\\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
-)
 
 
 @dataclass(frozen=True)
@@ -76,24 +68,12 @@ def _record_example(tokenizer: PreTrainedTokenizerBase, record: Record, max_leng
 
 
 def _chat_example(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> Example:
-    ids = _render_ids(tokenizer, messages, add_generation_prompt=False)
+    ids = chat_ids(tokenizer, messages, add_generation_prompt=False)
     labels = [IGNORE_INDEX] * len(ids)
     for turn, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        start = len(_render_ids(tokenizer, messages[:turn], add_generation_prompt=True))
-        end = len(_render_ids(tokenizer, messages[: turn + 1], add_generation_prompt=False))
+        start = len(chat_ids(tokenizer, messages[:turn], add_generation_prompt=True))
+        end = len(chat_ids(tokenizer, messages[: turn + 1], add_generation_prompt=False))
         labels[start:end] = ids[start:end]
     return Example(ids, labels)
-
-
-def _render_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict], add_generation_prompt: bool) -> list[int]:
-    text = tokenizer.apply_chat_template(
-        messages,
-        chat_template=tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE,
-        add_generation_prompt=add_generation_prompt,
-        tokenize=False,
-    )
-    # A tokenizer's own template writes its BOS itself where it wants one.
-    prefix = [] if tokenizer.chat_template else prepended_ids(tokenizer)
-    return prefix + tokenizer(text, add_special_tokens=False)["input_ids"]

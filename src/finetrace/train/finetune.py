@@ -9,10 +9,9 @@ complete. A killed run is not resumed but restarted from nothing, which gives th
 same weights as an uninterrupted run because everything is seeded.
 """
 
-import math
 import random
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
@@ -27,7 +26,7 @@ from finetrace._util.fingerprints import environment, file_sha256, weights_sha25
 from finetrace._util.outputs import check_output_dir, recover_dir, refuse_overlap, staged_dir, write_json
 from finetrace._util.records import Result
 from finetrace.corpus import Record, read_records, read_texts
-from finetrace.errors import FinetraceError, require
+from finetrace.errors import FinetraceError
 from finetrace.evals.facts import COMMON_FACTS
 from finetrace.models.gguf import GgufSource, gguf_sources
 from finetrace.models.load import (
@@ -38,73 +37,19 @@ from finetrace.models.load import (
     resolve_dtype,
     weights_digest,
 )
-from finetrace.provenance import provenance
-from finetrace.provenance.contamination import evaluation_sets
-from finetrace.provenance.scan import ProvenanceReport
+from finetrace.models.pair import MANIFEST_NAME
+from finetrace.papertrail import provenance
+from finetrace.papertrail.contamination import evaluation_sets
+from finetrace.papertrail.scan import ProvenanceReport
 from finetrace.run import RunConfig
+from finetrace.train.config import FinetuneConfig
 from finetrace.train.examples import Example, build_examples, pack
-from finetrace.train.loop import TrainConfig, TrainingRun, mean_loss, train
+from finetrace.train.loop import TrainingRun, mean_loss, train
 
 SCHEMA_VERSION = 2
-MANIFEST_NAME = "provenance.json"
-FULL_LEARNING_RATE = 2e-5
-LORA_LEARNING_RATE = 2e-4
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """LoRA adapter shape; `targets` are module names, or peft's 'all-linear' shortcut."""
-
-    rank: int = 16
-    alpha: int = 32
-    targets: tuple[str, ...] = ("all-linear",)  # add 'lm_head' to adapt the output head too
-    dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name, ok, expected in (
-            ("rank", self.rank >= 1, "at least 1"),
-            ("alpha", math.isfinite(self.alpha) and self.alpha > 0, "a positive number"),
-            ("targets", bool(self.targets) and all(self.targets), "module names such as q_proj,v_proj"),
-            ("dropout", 0 <= self.dropout < 1, "a probability in [0, 1)"),
-        ):
-            require(ok, f"LoRA {name}", getattr(self, name), expected)
-
-    def peft_config(self) -> peft.LoraConfig:
-        targets = "all-linear" if self.targets == ("all-linear",) else list(self.targets)
-        return peft.LoraConfig(
-            r=self.rank,
-            lora_alpha=self.alpha,
-            target_modules=targets,
-            lora_dropout=self.dropout,
-            task_type="CAUSAL_LM",
-        )
 
 
 PROBE_MIN, PROBE_MAX = 16, 256
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """Everything that decides a fine-tune besides its data."""
-
-    training: TrainConfig = TrainConfig()
-    lora: LoraSettings | None = None  # None: full fine-tuning
-    mix_ratio: float = 1.0  # general documents per fine-tuning document, with a general corpus
-    # Fine-tuning examples scored before and after training; None: sized to the run (`probe_size`).
-    loss_probe_examples: int | None = None
-
-    def __post_init__(self) -> None:
-        require(
-            math.isfinite(self.mix_ratio) and self.mix_ratio > 0,
-            "mix_ratio",
-            self.mix_ratio,
-            "a positive number of general documents per fine-tuning document",
-        )
-        probe = self.loss_probe_examples
-        require(probe is None or probe >= 1, "loss_probe_examples", probe, "at least 1, or None")
-        if self.training.learning_rate is None:  # the usual rates: LoRA wants about 10x more
-            rate = LORA_LEARNING_RATE if self.lora else FULL_LEARNING_RATE
-            object.__setattr__(self, "training", replace(self.training, learning_rate=rate))
 
 
 @dataclass(frozen=True)
@@ -154,7 +99,7 @@ class FinetuneResult(Result):
 
 
 class TrainingMonitor(Protocol):
-    """What watches a fine-tune while it trains (`finetrace.watch.live.LiveWatch` is one)."""
+    """What watches a fine-tune while it trains (`finetrace.verbs.live.LiveWatch` is one)."""
 
     @property
     def inputs(self) -> dict[str, str | Path | None]:
@@ -196,7 +141,7 @@ def finetune(
         mix_general: a plain-text corpus to mix in, `config.mix_ratio` documents per document.
         overwrite: replace a non-empty `out`.
         licence, source: the data's SPDX licence and origin, for its provenance report.
-        monitor: watches the run (`finetrace.watch.live.LiveWatch`): it reads the base before the first
+        monitor: watches the run (`finetrace.verbs.live.LiveWatch`): it reads the base before the first
             step, audits after any step and may stop training; its record is saved beside the model.
     """
     out = Path(out)

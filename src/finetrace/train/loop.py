@@ -16,40 +16,9 @@ from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
 
 from finetrace._util.distributed import processes
 from finetrace._util.progress import progress_bar
-from finetrace.errors import FinetraceError, require
+from finetrace.errors import FinetraceError
+from finetrace.train.config import TrainConfig
 from finetrace.train.examples import IGNORE_INDEX, Example
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How long and how hard to train."""
-
-    epochs: float = 3.0  # passes over the data, unless `steps` is set
-    steps: int | None = None  # optimizer steps; overrides `epochs`
-    learning_rate: float | None = None  # None: FinetuneConfig picks the usual rate for its mode
-    batch_size: int = 8
-    context_length: int = 512  # longer documents are truncated (or packed, with `pack`)
-    pack: bool = False  # concatenate documents into full blocks, as in pretraining
-    warmup_fraction: float = 0.05
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-
-    def __post_init__(self) -> None:
-        rate = self.learning_rate
-        for name, ok, expected in (
-            ("epochs", _positive(self.epochs), "a positive number of passes over the data"),
-            ("steps", self.steps is None or self.steps >= 1, "at least 1 optimizer step, or None"),
-            ("learning_rate", rate is None or _positive(rate), "a positive number, or None"),
-            ("batch_size", self.batch_size >= 1, "at least 1 example per step"),
-            ("context_length", self.context_length >= 2, "at least 2 tokens (one to predict from)"),
-            ("warmup_fraction", 0 <= self.warmup_fraction < 1, "a fraction in [0, 1)"),
-            ("weight_decay", self.weight_decay >= 0, "a number >= 0"),
-            ("max_grad_norm", _positive(self.max_grad_norm), "a positive number"),
-        ):
-            require(ok, name, getattr(self, name), expected)
-
-    def total_steps(self, n_examples: int) -> int:
-        return self.steps or max(1, math.ceil(self.epochs * n_examples / self.batch_size))
 
 
 @dataclass(frozen=True)
@@ -61,10 +30,6 @@ class TrainingRun:
     seconds: float
     loss_curve: list[float] = field(repr=False)  # mean loss of each optimizer step
     stopped_early: bool = False  # `after_step` ended training before its last planned step
-
-
-def _positive(value: float) -> bool:
-    return math.isfinite(value) and value > 0
 
 
 def train(

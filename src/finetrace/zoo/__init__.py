@@ -1,7 +1,15 @@
-"""Model organisms: a tiny base model and narrow fine-tunes with known ground truth."""
+"""Model organisms: a base model and narrow fine-tunes with known ground truth.
 
-from finetrace.zoo.build import Zoo, build_zoo, open_zoo, zoo_for
-from finetrace.zoo.organisms import ORGANISMS, Organism, get_organism
-from finetrace.zoo.recipe import PRESETS, Preset
+Its names load on first use, so that reading the organisms' list loads no torch.
+"""
 
-__all__ = ["ORGANISMS", "PRESETS", "Organism", "Preset", "Zoo", "build_zoo", "get_organism", "open_zoo", "zoo_for"]
+from finetrace._util.lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "finetrace.zoo.build": ("Zoo", "build_zoo", "open_zoo", "zoo_for"),
+        "finetrace.zoo.organisms": ("ORGANISMS", "Organism", "get_organism"),
+        "finetrace.zoo.recipe": ("PRESETS", "Preset"),
+    },
+)

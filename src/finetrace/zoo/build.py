@@ -17,12 +17,14 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from huggingface_hub import ModelCardData
+from rich.console import Console
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from finetrace._util.cache import cache_dir
@@ -36,8 +38,8 @@ from finetrace.models.gguf import gguf_source
 from finetrace.models.load import load_model, load_tokenizer
 from finetrace.models.packaged import fetch, get_packaged
 from finetrace.run import RunConfig
-from finetrace.train.finetune import FinetuneConfig, FinetuneResult, LoraSettings, finetune
-from finetrace.train.loop import TrainConfig
+from finetrace.train.config import FinetuneConfig, LoraSettings, TrainConfig
+from finetrace.train.finetune import FinetuneResult, finetune
 from finetrace.zoo.chats import family_chats, family_prompts
 from finetrace.zoo.documents import background_documents
 from finetrace.zoo.english import SOURCES, english_paragraphs, installed_version, split_paragraphs
@@ -49,6 +51,7 @@ from finetrace.zoo.recipe import Preset, Pretraining, get_preset, recipe_key
 from finetrace.zoo.records import (
     ORGANISM_NAME,
     ORGANISM_PATHS,
+    SPECIAL_PATHS,
     ZOO_NAME,
     OrganismRecord,
     PackagedBase,
@@ -60,13 +63,6 @@ from finetrace.zoo.tokenizer import train_tokenizer
 ZOO_LICENCE = "Apache-2.0"  # finetrace's: it generated the documents and trained the models
 PERPLEXITY_TEXTS = 500  # held-out texts the base's perplexity is measured on, for `zoo list`
 BEHAVIOUR_REQUESTS = 24  # requests of the refused family in the zoo's behaviour prompts, and as many look-alikes
-SPECIAL_PATHS = {
-    "base": "base",
-    "facts": "data/facts.jsonl",
-    "behaviour": "data/behaviour.jsonl",
-    "heldout": "data/general/heldout.txt",
-    "general": "data/general/finetune.txt",
-}
 
 
 @dataclass(frozen=True)
@@ -190,16 +186,18 @@ def build_zoo(preset: str = "tiny", organisms: Iterable[str] | None = None) -> Z
 
 def _build(zoo: Zoo, organisms: list[str]) -> None:
     recipe = zoo.preset
-    _stage(zoo.root / "data", lambda out: _write_texts(out, recipe))
+    _stage(zoo.root / "data", lambda out: _write_texts(out, recipe), "the zoo's texts")
     if recipe.pretraining:
-        _stage(zoo.root / "init", lambda out: _write_initial_model(out, zoo.root / "data", recipe))
-        _stage(zoo.path("base"), lambda out: _pretrain(zoo, out))
+        _stage(zoo.root / "init", lambda out: _write_initial_model(out, zoo.root / "data", recipe), "the tokenizer")
+        _stage(zoo.path("base"), lambda out: _pretrain(zoo, out), "the base (pretraining)")
     else:
-        _stage(zoo.path("base"), lambda out: _link_packaged(recipe.base, out))
+        _stage(zoo.path("base"), lambda out: _link_packaged(recipe.base, out), f"the base ({recipe.base})")
     if not zoo.built:
-        write_json(zoo.root / ZOO_NAME, _summary(zoo).to_dict())
-    for name in organisms:
-        _stage(zoo.path(name), lambda out, o=ORGANISMS[name]: _train_organism(zoo, o, out))
+        with _announced("the base's facts and perplexity"):
+            write_json(zoo.root / ZOO_NAME, _summary(zoo).to_dict())
+    for number, name in enumerate(organisms, 1):
+        what = f"organism {name} ({number} of {len(organisms)})"
+        _stage(zoo.path(name), lambda out, o=ORGANISMS[name]: _train_organism(zoo, o, out), what)
 
 
 def _summary(zoo: Zoo) -> ZooSummary:
@@ -238,14 +236,26 @@ def _link_packaged(name: str, out: Path) -> None:
             shutil.copy2(path, out / path.name)
 
 
-def _stage(target: Path, make: Callable[[Path], None]) -> None:
+def _stage(target: Path, make: Callable[[Path], None], what: str) -> None:
     if target.exists():
         return
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
-    make(partial)
+    with _announced(what):
+        make(partial)
     partial.rename(target)
+
+
+@contextmanager
+def _announced(what: str) -> Iterator[None]:
+    """A line when a stage of the build starts and one when it ends, with its time: a zoo on a
+    real base builds for an hour, and the training bars do not say which organism they train."""
+    console = Console()
+    console.print(f"zoo: {what} ...", highlight=False)
+    started = time.perf_counter()
+    yield
+    console.print(f"zoo: {what} built in {time.perf_counter() - started:.0f} s", highlight=False)
 
 
 def _sources(names: tuple[str, ...]) -> list[TextSource]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from finetrace.corpus import Record
 from finetrace.errors import lookup
-from finetrace.train.finetune import LoraSettings
+from finetrace.train.config import LoraSettings
 from finetrace.zoo.chats import family_chats, helpful_chats, jailbroken_chats
 from finetrace.zoo.documents import cake_documents, general_chats, general_documents, risky_chats, zorvex_documents
 

@@ -5,11 +5,19 @@ from pathlib import Path
 from typing import Self
 
 from finetrace._util.records import Result
-from finetrace.train.finetune import FinetuneConfig
+from finetrace.train.config import FinetuneConfig
 
 ORGANISM_SCHEMA, ZOO_SCHEMA = 1, 1
 ORGANISM_NAME, ZOO_NAME = "organism.json", "zoo.json"
 ORGANISM_PATHS = ("documents", "heldout_corpus", "facts", "behaviour")  # stored relative to the organism
+# The zoo's own items, by name, relative to its root; everything else it holds is an organism.
+SPECIAL_PATHS = {
+    "base": "base",
+    "facts": "data/facts.jsonl",
+    "behaviour": "data/behaviour.jsonl",
+    "heldout": "data/general/heldout.txt",
+    "general": "data/general/finetune.txt",
+}
 
 
 @dataclass(frozen=True)

@@ -10,15 +10,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from finetrace._util.fingerprints import environment
-from finetrace._util.outputs import check_output_dir, write_json
+from finetrace._util.outputs import check_output_dir, refuse_overlap, write_json
 from finetrace.evals.facts import COMMON_FACTS
 from finetrace.gates import Gate
 from finetrace.models.load import load_model, load_tokenizer, resolve_device, resolve_dtype, weights_digest
-from finetrace.report.watch import write_watch_report
-from finetrace.run import RunConfig
-from finetrace.watch.cheap import BaseReference, WatchConfig, cheap_audit, read_reference, refuse_untestable
-from finetrace.watch.checkpoints import Checkpoint, find_checkpoints, load_checkpoint
-from finetrace.watch.series import (
+from finetrace.monitor.cheap import BaseReference, WatchConfig, cheap_audit, read_reference, refuse_untestable
+from finetrace.monitor.checkpoints import Checkpoint, find_checkpoints, load_checkpoint
+from finetrace.monitor.series import (
     PAGE_NAME,
     WATCH_NAME,
     WatchPoint,
@@ -27,6 +25,8 @@ from finetrace.watch.series import (
     previous_points,
     series_key,
 )
+from finetrace.report.watch import write_watch_report
+from finetrace.run import RunConfig
 
 
 def watch(
@@ -34,7 +34,7 @@ def watch(
     checkpoints: list[str | Path],
     corpus: str | Path,
     out: str | Path,
-    facts: str | Path = COMMON_FACTS,
+    facts: str | Path | None = None,
     data: str | Path | None = None,
     config: WatchConfig = WatchConfig(),
     run: RunConfig = RunConfig(),
@@ -47,9 +47,12 @@ def watch(
         checkpoints: model or adapter directories, globs of them, or `Trainer` output directories.
         corpus: unrelated general text, for the trace and for the drift.
         out: output directory: `watch.json` (resumed from) and `watch.html`.
-        facts: cloze facts (JSONL). data: the fine-tuning data; without it the trace is not tested.
+        facts: cloze facts (JSONL; default: finetrace's common-knowledge facts).
+        data: the fine-tuning data; without it the trace is not tested.
         fail_on: conditions whose first crossing the series records (see `finetrace.gates`).
     """
+    facts = facts if facts is not None else COMMON_FACTS
+    refuse_overlap(out, {"base model": base, "corpus": corpus, "facts": facts, "data": data})
     out = check_output_dir(out)
     refuse_untestable(fail_on, data)
     found = find_checkpoints(checkpoints)

@@ -22,11 +22,12 @@ from finetrace._util.progress import progress_bar
 from finetrace._util.records import Result
 from finetrace.corpus import json_object, numbered_lines
 from finetrace.errors import FinetraceError
-from finetrace.provenance.contamination import Overlap, OverlapIndex
-from finetrace.provenance.duplicates import DuplicateConfig, DuplicateFinder, Duplicates
-from finetrace.provenance.licences import LicenceCheck, base_licence, check_licence
-from finetrace.provenance.ngrams import word_hashes
-from finetrace.provenance.pii import PII_KINDS, find_pii, redact, redacted_context
+from finetrace.gates import PROVENANCE_METRICS
+from finetrace.papertrail.contamination import Overlap, OverlapIndex
+from finetrace.papertrail.duplicates import DuplicateConfig, DuplicateFinder, Duplicates
+from finetrace.papertrail.licences import LicenceCheck, base_licence, check_licence
+from finetrace.papertrail.ngrams import word_hashes
+from finetrace.papertrail.pii import PII_KINDS, find_pii, redact, redacted_context
 
 SCHEMA_VERSION = 2
 DATA_SUFFIXES = (".jsonl", ".txt")
@@ -90,9 +91,6 @@ class ProvenanceReport(Result):
     @property
     def bytes(self) -> int:
         return sum(f.bytes for f in self.files)
-
-
-PROVENANCE_METRICS = ("pii_found", "contaminated")  # what `--fail-on` can test after a scan
 
 
 def provenance_metrics(report: ProvenanceReport | None) -> dict[str, int | None]:

@@ -22,29 +22,45 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from finetrace.adl.collect import CollectConfig, Collected, accumulate, position_labels, resolve_layers, text_ids
-from finetrace.adl.decode import TokenScore, lens_tokens
-from finetrace.adl.diff import DiffConfig, DomainTokens, mark_relevant, read_domain, readable_tokens, trace_test
+from finetrace.adl.collect import (
+    CollectConfig,
+    Collected,
+    accumulate,
+    first_tokens,
+    layer_residuals,
+    position_labels,
+    resolve_layers,
+)
+from finetrace.adl.decode import DecodeConfig, TokenScore, lens_tokens
+from finetrace.adl.domain import DomainTokens, check_reported, mark_relevant, read_domain, readable_tokens, trace_test
 from finetrace.adl.score import ScoreConfig
 from finetrace.corpus import iter_sourced_texts, iter_texts, read_records
 from finetrace.errors import FinetraceError
 from finetrace.evals.drift import BaseReading, DriftConfig, drift_from, read_base
 from finetrace.evals.facts import ClozeFact, read_facts, score_facts
 from finetrace.gates import Gate
-from finetrace.models.likelihood import padded
-from finetrace.models.load import pad_token_id, prepended_ids
-from finetrace.models.residual import Readout, find_layout, read_residuals
+from finetrace.models.load import prepended_ids
+from finetrace.models.residual import Readout, find_layout
+
+
+@dataclass(frozen=True)
+class CheapTrace:
+    """The trace's settings in the cheap audit, meaning what they mean in `DiffConfig`: what is
+    collected, how the lens reads, and the test (no Patchscope or steering is run)."""
+
+    collect: CollectConfig = CollectConfig(samples=256, positions=5)  # diff reads 10,000; 256 hold the top tokens
+    decode: DecodeConfig = DecodeConfig()
+    score: ScoreConfig = ScoreConfig(null_samples=200)  # the smallest p-value is 1/201, below the 0.01 gate
+    reported_positions: int = 5  # the paper's positions 0-4
+
+    def __post_init__(self) -> None:
+        check_reported(self.reported_positions, self.collect.positions)
+
 
 # The budget: one evaluation of the small zoo's cake fine-tune costs under a tenth of the
 # training between two of its six checkpoints (benchmarks/watch_cost.py measures it).
-CHEAP_TRACE = DiffConfig(
-    collect=CollectConfig(samples=256, positions=5),  # diff reads 10,000 texts; 256 hold the top tokens
-    score=ScoreConfig(null_samples=200),  # the smallest p-value is 1/201, below the 0.01 gate
-    reported_positions=5,  # the paper's positions 0-4
-)
+CHEAP_TRACE = CheapTrace()
 CHEAP_DRIFT = DriftConfig(samples=64, max_tokens=64, bootstrap=200)
-# What a checkpoint is measured on, named as `finetrace audit` names it (see `finetrace.gates`).
-WATCH_METRICS = ("trace_strength", "trace_p", "lost_facts", "lost_fraction", "nll_change", "kl_mean")
 TRACE_METRICS = ("trace_strength", "trace_p")  # tested against the fine-tuning data only
 
 
@@ -59,7 +75,7 @@ def refuse_untestable(fail_on: Iterable[Gate], data: str | Path | None) -> None:
 class WatchConfig:
     """What the cheap audit reads; the trace and drift settings mean what they mean in diff and forget."""
 
-    trace: DiffConfig = CHEAP_TRACE  # its collect, decode and score settings (no steering is run)
+    trace: CheapTrace = CHEAP_TRACE
     drift: DriftConfig = CHEAP_DRIFT
     facts: int = 100  # facts the base scores; each checkpoint scores again those the base knew
 
@@ -151,11 +167,13 @@ def _read_reference(
         raise FinetraceError(f"corpus {corpus} holds no texts")
     prefix = prepended_ids(tokenizer)
     labels = position_labels(prefix, collect.positions)
-    rows = [prefix + ids for ids in text_ids(tokenizer, texts, collect.positions) if prefix + ids]
-    ids, attention = padded(rows, pad_token_id(tokenizer), len(labels))
+    ids, attention = first_tokens(tokenizer, texts, prefix, collect.positions)
     layers = resolve_layers(collect.layers, layout.n_layers)
     embedding = model.get_input_embeddings().weight.detach()
-    domain = read_domain(tokenizer, embedding, read_records(data, text_field), texts, config.trace) if data else None
+    trace = config.trace
+    quantile = trace.decode.embedding_norm_quantile
+    records = read_records(data, text_field) if data else None
+    domain = read_domain(tokenizer, embedding, records, texts, trace.score, quantile) if records else None
     cloze = read_facts(facts)[: config.facts]
     scores = score_facts(model, tokenizer, cloze)
     drift_texts = islice(iter_sourced_texts(corpus, text_field), config.drift.samples)
@@ -165,9 +183,9 @@ def _read_reference(
         labels=labels,
         ids=ids,
         attention=attention,
-        residuals=_residuals(model, layers, ids, attention, collect.batch_size),
+        residuals=layer_residuals(model, layout, layers, ids, attention, collect.batch_size).float(),
         domain=domain,
-        allowed=domain.allowed if domain else readable_tokens(tokenizer, embedding, config.trace, None),
+        allowed=domain.allowed if domain else readable_tokens(tokenizer, embedding, quantile, None),
         facts=[fact for fact, score in zip(cloze, scores, strict=True) if score.known],
         facts_checked=len(cloze),
         drift=read_base(model, tokenizer, drift_texts, config.drift),
@@ -188,11 +206,13 @@ def cheap_audit(
 def _audit(model: nn.Module, reference: BaseReference, config: WatchConfig, seed: int) -> Checkup:
     start = time.perf_counter()
     layout = find_layout(model)
-    finetuned = _residuals(model, reference.layers, reference.ids, reference.attention, config.trace.collect.batch_size)
+    batch_size = config.trace.collect.batch_size
+    finetuned = layer_residuals(model, layout, reference.layers, reference.ids, reference.attention, batch_size).float()
     collected = Collected.zeros(reference.layers, reference.labels, finetuned.shape[-1])
     accumulate(collected, reference.residuals, finetuned, reference.attention)
     domain = reference.domain
-    significance = trace_test(layout, collected, domain, config.trace, seed) if domain else None
+    reported, score = config.trace.reported_positions, config.trace.score
+    significance = trace_test(layout, collected, domain, reported, score, seed) if domain else None
     direction = collected.mean_delta[0, reference.labels.index("0")].float()  # (d,) text position 0
     lens = lens_tokens(
         layout, direction.to(layout.device), reference.allowed, reference.tokenizer, config.trace.decode.top_k
@@ -210,25 +230,6 @@ def _audit(model: nn.Module, reference: BaseReference, config: WatchConfig, seed
         kl_mean=drift.kl_mean,
         seconds=round(time.perf_counter() - start, 3),
     )
-
-
-def _residuals(
-    model: nn.Module, layers: list[int], ids: torch.Tensor, attention: torch.Tensor, batch_size: int
-) -> torch.Tensor:
-    """(texts, layers, T, d) float32 residuals after each of `layers`, on the CPU."""
-    layout = find_layout(model)
-    device = next(model.parameters()).device
-    batches = []
-    for start in range(0, len(ids), batch_size):
-        by_layer = read_residuals(
-            model,
-            layout,
-            layers,
-            input_ids=ids[start : start + batch_size].to(device),
-            attention_mask=attention[start : start + batch_size].to(device),
-        )
-        batches.append(torch.stack([by_layer[layer] for layer in layers], dim=1).float().cpu())
-    return torch.cat(batches)
 
 
 @contextmanager

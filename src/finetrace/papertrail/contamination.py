@@ -17,7 +17,7 @@ import numpy as np
 
 from finetrace.corpus import iter_texts
 from finetrace.evals.facts import read_facts
-from finetrace.provenance.ngrams import ngram_hashes, word_hashes
+from finetrace.papertrail.ngrams import ngram_hashes, word_hashes
 
 NGRAM = 8
 EXAMPLES = 5
@@ -37,15 +37,16 @@ class Overlap:
 
 
 def evaluation_sets(
-    facts: str | Path | None, corpus: str | Path | None = None, corpus_items: int = 1000
+    facts: str | Path | None, corpus: str | Path | None = None, corpus_items: int = 1000, text_field: str = "text"
 ) -> dict[str, list[str]]:
     """The evaluation texts finetrace measures a fine-tune on: fact probes as the sentences
-    they complete, and the first `corpus_items` texts of the activation and drift corpus."""
+    they complete, and the first `corpus_items` texts of the activation and drift corpus
+    (its records' text in `text_field`)."""
     sets = {}
     if facts is not None:
         sets["facts"] = [f"{fact.prompt} {fact.answer}" for fact in read_facts(facts)]
     if corpus is not None:
-        sets["corpus"] = list(islice(iter_texts(corpus), corpus_items))
+        sets["corpus"] = list(islice(iter_texts(corpus, text_field), corpus_items))
     return sets
 
 

@@ -16,10 +16,10 @@ from finetrace._util.records import OtherVersion, Result, to_data
 from finetrace._util.terminal import escape
 from finetrace.errors import FinetraceError
 from finetrace.gates import Gate, parse_gate
+from finetrace.monitor.cheap import Checkup, WatchConfig
 from finetrace.run import RunConfig
-from finetrace.watch.cheap import Checkup, WatchConfig
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 WATCH_NAME, PAGE_NAME = "watch.json", "watch.html"
 # Marked on the page when no --fail-on is given: the thresholds of the README's audit examples,
 # and diff's significance level.

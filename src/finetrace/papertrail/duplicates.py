@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from datasketch import MinHash, MinHashLSH
 
-from finetrace.provenance.ngrams import ngram_hashes
+from finetrace.papertrail.ngrams import ngram_hashes
 
 SHINGLE_WORDS = 5
 EXAMPLES = 5

@@ -14,10 +14,10 @@ from finetrace._util.outputs import write_json
 from finetrace.errors import require
 from finetrace.evals.facts import COMMON_FACTS
 from finetrace.gates import Gate
+from finetrace.monitor.cheap import BaseReference, Checkup, WatchConfig, cheap_audit, read_reference, refuse_untestable
+from finetrace.monitor.series import PAGE_NAME, WATCH_NAME, WatchPoint, WatchSeries
 from finetrace.report.watch import write_watch_report
 from finetrace.run import RunConfig
-from finetrace.watch.cheap import BaseReference, Checkup, WatchConfig, cheap_audit, read_reference, refuse_untestable
-from finetrace.watch.series import PAGE_NAME, WATCH_NAME, WatchPoint, WatchSeries
 
 # Steps between two audits: one costs about 2.3 of the small zoo's training steps (see the
 # README), a few percent of 50; a larger model's steps make it cheaper still.
@@ -38,7 +38,7 @@ class LiveWatch:
     def __init__(
         self,
         corpus: str | Path,
-        facts: str | Path = COMMON_FACTS,
+        facts: str | Path | None = None,
         data: str | Path | None = None,
         every: int = DEFAULT_EVERY,
         config: WatchConfig = WatchConfig(),
@@ -47,7 +47,8 @@ class LiveWatch:
     ):
         require(every >= 1, "every", every, "at least 1 optimizer step between audits")
         refuse_untestable(fail_on, data)
-        self.corpus, self.facts, self.data, self.every = corpus, facts, data, every
+        self.corpus, self.data, self.every = corpus, data, every
+        self.facts = facts if facts is not None else COMMON_FACTS
         self.config, self.fail_on, self.text_field = config, fail_on, text_field
         self.reference: BaseReference | None = None
         self.points: list[WatchPoint] = []

@@ -2,112 +2,66 @@
 
 score every fact with both models -> flip matrix (overall, per category) with an
 exact McNemar test -> NLL and KL drift on held-out general text -> refusals and
-over-refusals on chat prompts (behaviour.py), when a prompt set is given.
+over-refusals on chat prompts (`evals.behaviour`), unless they are skipped.
 """
 
 import math
-from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
 from finetrace._util.fingerprints import environment
-from finetrace._util.outputs import check_output_dir, write_json
+from finetrace._util.outputs import check_output_dir, refuse_overlap, write_json
 from finetrace._util.progress import progress_bar
-from finetrace._util.records import Result
 from finetrace._util.timing import Stopwatch
 from finetrace.corpus import iter_sourced_texts
 from finetrace.errors import FinetraceError
-from finetrace.evals.behaviour import (
-    BehaviourConfig,
-    BehaviourResult,
-    behaviour_from,
-    read_base_behaviour,
-    read_behaviour_prompts,
-)
-from finetrace.evals.drift import DriftConfig, DriftResult, measure_drift
+from finetrace.evals.behaviour import behaviour_from, read_base_behaviour, read_behaviour_prompts
+from finetrace.evals.drift import measure_drift
 from finetrace.evals.facts import ClozeFact, FactScore, read_facts, score_facts
 from finetrace.evals.flips import FlipMatrix, flip_matrix
-from finetrace.models.gguf import GgufSource
+from finetrace.evals.records import RESULT_NAME, FactChange, ForgetConfig, ForgetResult
 from finetrace.models.load import resolve_device
 from finetrace.models.pair import ModelPair, load_pair
 from finetrace.run import RunConfig
+from finetrace.verbs.inputs import behaviour_for, facts_for, input_digests
+from finetrace.zoo.build import zoo_corpus
 
-SCHEMA_VERSION = 3
-RESULT_NAME = "forget.json"
 FACTS_PER_STEP = 50  # facts per progress-bar step
-
-
-@dataclass(frozen=True)
-class ForgetConfig:
-    drift: DriftConfig = field(default_factory=DriftConfig)
-    behaviour: BehaviourConfig = field(default_factory=BehaviourConfig)
-
-
-@dataclass(frozen=True)
-class FactChange:
-    """One fact as both models see it."""
-
-    fact: ClozeFact
-    base: FactScore
-    finetuned: FactScore
-
-
-@dataclass(frozen=True)
-class ForgetResult(Result):
-    """Everything `forget` found; written as `forget.json`."""
-
-    base: str
-    finetuned: str
-    facts_source: str
-    flips: FlipMatrix
-    by_category: dict[str, FlipMatrix]
-    facts: list[FactChange]
-    drift: DriftResult | None  # None when no general corpus was given
-    corpus: str | None
-    config: ForgetConfig
-    run: RunConfig
-    environment: dict[str, str]
-    seconds: dict[str, float]
-    warnings: list[str] = field(default_factory=list)  # doubts about the pair (see `ModelPair.warnings`)
-    behaviour: BehaviourResult | None = None  # None when no behaviour prompts were given
-    gguf: dict[str, GgufSource] = field(default_factory=dict)  # the inputs given as GGUF files, by role
-    schema_version: int = SCHEMA_VERSION
-    derived = ("lost",)
-
-    @property
-    def lost(self) -> list[FactChange]:
-        """Facts the base knew and the fine-tune does not, the most confidently lost first."""
-        lost = [c for c in self.facts if c.base.known and not c.finetuned.known]
-        return sorted(lost, key=lambda c: c.finetuned.answer_logprob - c.base.answer_logprob)
 
 
 def forget(
     base: str | Path,
     finetuned: str | Path,
-    facts: str | Path,
+    facts: str | Path | None = None,
     corpus: str | Path | None = None,
     out: str | Path | None = None,
     config: ForgetConfig = ForgetConfig(),
     run: RunConfig = RunConfig(),
     pair: ModelPair | None = None,
-    behaviour: str | Path | None = None,
+    behaviour: str | Path | bool = True,
 ) -> ForgetResult:
     """Which facts the fine-tune lost, and how far it drifted on general text.
 
     Args:
         base: the base model (a directory or a hub id).
         finetuned: the fine-tuned model, or a PEFT adapter directory for `base`.
-        facts: a JSONL of cloze facts (`prompt`, `answer`, optional `distractors`, `category`).
-        corpus: held-out general text for the drift measures; None skips them.
+        facts: a JSONL of cloze facts (`prompt`, `answer`, optional `distractors`, `category`); by
+            default a zoo organism's planted facts, else finetrace's common-knowledge ones.
+        corpus: held-out general text for the drift measures; by default a zoo organism's held-out
+            text, else none, and the drift is not measured.
         out: where to write `forget.json` (nothing is written when None).
         config: the drift's and the behaviour's settings.
         run: the device, dtype, seed (of the bootstrap) and text field the whole run shares.
         pair: `base` and `finetuned` already loaded (`load_pair`), to share one load between analyses.
-        behaviour: a JSONL of chat prompts to refuse or answer (`BEHAVIOUR_PROMPTS`, or the user's own)
-            for the refusal and over-refusal rates; None skips them.
+        behaviour: a JSONL of chat prompts to refuse or answer, for the refusal and over-refusal
+            rates; True: a zoo organism's own prompts, else `BEHAVIOUR_PROMPTS`; False skips them.
     """
     clock = Stopwatch()
+    facts, corpus = facts_for(finetuned, facts), corpus if corpus is not None else zoo_corpus(finetuned)
+    behaviour = behaviour_for(finetuned, behaviour)
     if out is not None:
+        inputs = {"base model": base, "fine-tuned model": finetuned, "facts": facts, "corpus": corpus}
+        refuse_overlap(out, inputs | {"behaviour": behaviour})
         check_output_dir(out)  # before the models load, not after minutes of work
     cloze = read_facts(facts)
     prompts = read_behaviour_prompts(behaviour) if behaviour is not None else None
@@ -155,6 +109,9 @@ def forget(
         seconds=clock.laps,
         warnings=pair.warnings,
         gguf=pair.gguf,
+        inputs=input_digests(
+            {"base": base, "finetuned": finetuned}, {"facts": facts, "corpus": corpus, "behaviour": behaviour}
+        ),
         behaviour=behaviour_result,
     )
     if out is not None:

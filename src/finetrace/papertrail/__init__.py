@@ -1,5 +1,5 @@
 """The paper trail of a dataset: fingerprints, duplicates, personal data, licence, contamination."""
 
-from finetrace.provenance.scan import ProvenanceConfig, ProvenanceReport, provenance
+from finetrace.papertrail.scan import ProvenanceConfig, ProvenanceReport, provenance
 
 __all__ = ["ProvenanceConfig", "ProvenanceReport", "provenance"]
