@@ -167,6 +167,10 @@ SUMMARY_FAULTS = {  # a summary.json edited by hand or by a bug -> the field the
         "trace.significance.p_value should be a number, not '0.01'",
     ),
     "a list for a record": (lambda s: s.update(damage=[]), "damage should be an object"),
+    "a nested record of another version": (
+        lambda s: s["trace"].update(schema_version=2),
+        "trace.schema_version is 2 where this version writes 4",
+    ),
     "true for a count": (lambda s: s["damage"]["flips"].update(lost=True), "damage.flips.lost should be a whole"),
     "an unknown gate": (
         lambda s: s["fail_on"].append({"metric": "bogus", "op": ">", "threshold": 1}),

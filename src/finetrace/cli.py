@@ -639,7 +639,10 @@ DEMO_ORGANISMS = ("cake", "control")  # the demo builds only what it audits
 def demo(
     out: Annotated[Path, _out("finetrace-demo", checked_by_verb=False)] = Path("finetrace-demo"),
     preset: Annotated[
-        str, typer.Option(help="The zoo: small (pretrained here, minutes), smollm2 or gemma3 (a real model, an hour).")
+        str,
+        typer.Option(
+            help="The zoo: small (pretrained here, minutes), smollm2 or gemma3 (a real model: about 30 min on 2 cores)."
+        ),
     ] = "small",
 ) -> None:
     """Build or reuse a zoo's base, cake and control, audit cake with the control for contrast,

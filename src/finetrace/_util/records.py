@@ -69,6 +69,7 @@ def from_data(kind: Any, data: Any, where: str = "") -> Any:
         required = [f.name for f in fields(kind) if f.default is MISSING and f.default_factory is MISSING]
         if missing := [name for name in required if name not in data]:
             raise RecordError(f"{_joined(where, missing[0])} is missing")
+        _same_version(kind, data, where)
         return kind(
             **{
                 f.name: from_data(hints[f.name], _field(data, f.name), _joined(where, f.name))
@@ -98,6 +99,15 @@ def from_data(kind: Any, data: Any, where: str = "") -> Any:
         _expect(data, str, "a path", where)
         return Path(data)
     return data
+
+
+def _same_version(kind: type, data: dict, where: str) -> None:
+    """A record inside another is of the version its container's version implies: a mismatch is
+    a spliced or edited file (the outermost record's version is `Result.read`'s to check)."""
+    expected = next((f.default for f in fields(kind) if f.name == "schema_version"), None)
+    found = data.get("schema_version", expected)
+    if where and expected is not None and found != expected:
+        raise RecordError(f"{_joined(where, 'schema_version')} is {found!r} where this version writes {expected}")
 
 
 class OtherVersion(FinetraceError):
