@@ -14,6 +14,7 @@ import torch
 from finetrace._util.distributed import is_main
 from finetrace._util.fingerprints import environment
 from finetrace._util.outputs import check_output_dir, refuse_overlap, write_json
+from finetrace._util.progress import progress_bar
 from finetrace._util.timing import Stopwatch
 from finetrace.adl.collect import BASE_STORE, Collected, collect
 from finetrace.adl.decode import lens_tokens, patchscope
@@ -156,7 +157,8 @@ def _decode_and_score(
         for pi in decoded
     }
     traces, totals = [], []
-    with pair.use("finetuned") as (model, layout):
+    cells = len(collected.layers) * len(decoded)
+    with pair.use("finetuned") as (model, layout), progress_bar("decoding (positions)", cells) as advance:
         for li, layer in enumerate(collected.layers):
             typical = collected.typical_norm(li)
             tested = layer_significance(layout, collected, li, text, domain, config.score, seed) if domain else None
@@ -184,6 +186,7 @@ def _decode_and_score(
                         relevant_fraction=sum(t.relevant for t in lens) / max(len(lens), 1) if domain else None,
                     )
                 )
+                advance()
     return traces, totals[0] if totals else None
 
 
