@@ -25,7 +25,7 @@ def file_sha256(path: str | Path) -> str:
 
 
 def stored_sha256(path: str | Path) -> str:
-    """`file_sha256` of a file a run reads several times (weights, a GGUF model), read once per
+    """`file_sha256` of a file a run reads several times (weights, a GGUF model, a corpus), read once per
     process; a file rewritten in place (another size or mtime) is read again."""
     path = Path(path).resolve()
     stat = path.stat()
@@ -38,13 +38,16 @@ def _stored_sha256(path: Path, size: int, mtime_ns: int) -> str:
 
 
 def data_sha256(path: str | Path) -> str:
-    """sha256 of a data file, or of a directory's files and their names; a hub dataset id as given."""
+    """sha256 of a data file, or of a directory's files and their names; a hub dataset id as given.
+    Read once per process: a run's stages and its record all name the same corpus."""
     path = Path(path)
     if path.is_file():
-        return file_sha256(path)
+        return stored_sha256(path)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file())
-        return hashlib.sha256("".join(f"{p.relative_to(path)}:{file_sha256(p)}\n" for p in files).encode()).hexdigest()
+        return hashlib.sha256(
+            "".join(f"{p.relative_to(path)}:{stored_sha256(p)}\n" for p in files).encode()
+        ).hexdigest()
     return str(path)
 
 

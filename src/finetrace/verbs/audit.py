@@ -13,8 +13,7 @@ from finetrace.adl.records import DiffConfig
 from finetrace.evals.records import ForgetConfig
 from finetrace.gates import Gate
 from finetrace.models.pair import load_pair
-from finetrace.papertrail.contamination import evaluation_sets
-from finetrace.papertrail.scan import ProvenanceConfig, ProvenanceReport, provenance
+from finetrace.papertrail.scan import ProvenanceConfig, ProvenanceReport
 from finetrace.report import write_reports
 from finetrace.report.words import verdict
 from finetrace.results import SUMMARY_NAME, AuditResult
@@ -23,6 +22,7 @@ from finetrace.train.finetune import FinetuneResult
 from finetrace.verbs.diff import diff
 from finetrace.verbs.forget import forget
 from finetrace.verbs.inputs import behaviour_for, corpus_for, facts_for
+from finetrace.verbs.provenance import provenance
 
 CONTAMINATION_CORPUS_ITEMS = 1000  # corpus texts looked for in the fine-tuning data
 
@@ -93,5 +93,7 @@ def _paper_trail(
         return recorded
     licence = licence or (recorded.licence.data if recorded else None)
     source = recorded.source if recorded else None
-    evaluations = evaluation_sets(facts, corpus, CONTAMINATION_CORPUS_ITEMS, text_field)
-    return provenance(data, licence, source, base, evaluations, config=ProvenanceConfig(text_field=text_field))
+    config = ProvenanceConfig(text_field=text_field)
+    return provenance(
+        data, licence, source, base, facts, corpus, corpus_items=CONTAMINATION_CORPUS_ITEMS, config=config
+    )
