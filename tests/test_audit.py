@@ -96,7 +96,7 @@ def test_the_audit_never_holds_two_models(audited):
 def test_the_audit_writes_a_summary_a_report_and_a_model_card(audited, zoo):
     out, result, _ = audited
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["schema_version"] == 6 and summary["verdict"] == verdict(result)
+    assert summary["schema_version"] == 7 and summary["verdict"] == verdict(result)
     assert summary["metrics"]["lost_facts"] == result.damage.flips.lost > 0
     assert summary["gates"] == [{"condition": "lost_fraction > 0.99", "holds": False, "reason": ""}]
     assert not result.failed
@@ -155,7 +155,7 @@ def test_a_summary_of_another_version_is_refused(audited, tmp_path):
     out, _, _ = audited
     old = json.loads((out / "summary.json").read_text()) | {"schema_version": 3}
     (tmp_path / "summary.json").write_text(json.dumps(old))
-    with pytest.raises(FinetraceError, match="schema 3, expected 6"):
+    with pytest.raises(FinetraceError, match="schema 3, expected 7"):
         AuditResult.read(tmp_path / "summary.json")
 
 
@@ -169,7 +169,7 @@ SUMMARY_FAULTS = {  # a summary.json edited by hand or by a bug -> the field the
     "a list for a record": (lambda s: s.update(damage=[]), "damage should be an object"),
     "a nested record of another version": (
         lambda s: s["trace"].update(schema_version=2),
-        "trace.schema_version is 2 where this version writes 4",
+        "trace.schema_version is 2 where this version writes 5",
     ),
     "true for a count": (lambda s: s["damage"]["flips"].update(lost=True), "damage.flips.lost should be a whole"),
     "an unknown gate": (

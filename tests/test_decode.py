@@ -2,15 +2,17 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from finetrace.adl.decode import (
+    IDENTITY_PROMPTS,
     DecodeConfig,
     lens_tokens,
+    patched_next_token,
     patchscope,
     top_tokens,
     undertrained_tokens,
     unreadable_tokens,
 )
 from finetrace.models.load import load_tokenizer
-from finetrace.models.residual import find_layout, logit_lens
+from finetrace.models.residual import final_logits, find_layout, logit_lens, set_residual
 
 TYPICAL_NORM = 0.12  # the tiny random model's residual norm
 
@@ -87,3 +89,16 @@ def test_patchscope_after_the_last_layer_is_the_lens_at_every_scale_and_takes_th
     lens = logit_lens(layout, row).topk(10).indices.tolist()
     assert all([t.token_id for t in s.stable] == lens for s in result.scales)
     assert result.chosen_scale == 1.0 and result.tokens[0].token_id == cake
+
+
+def test_a_patched_last_token_read_over_the_shared_prompt_equals_the_whole_prompt_patched(tiny_model):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    tokenizer, layout = load_tokenizer(tiny_model), find_layout(model)
+    ids = tokenizer(IDENTITY_PROMPTS[0])["input_ids"]
+    patches = torch.randn(3, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    shared = patched_next_token(model, layout, ids, 0, patches)
+    for patch, logits in zip(patches, shared, strict=True):
+        with set_residual(layout, 0, len(ids) - 1, patch):
+            whole = final_logits(model, layout, input_ids=torch.tensor([ids]))[0, -1]
+        torch.testing.assert_close(logits, whole, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(shared[0], shared[1])  # each row read its own patch

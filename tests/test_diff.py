@@ -93,7 +93,7 @@ def test_outputs_hold_the_differences_and_every_result(cake):
     tensors = load_file(str(out / "differences.safetensors"))
     assert tensors["mean_delta"].shape == (1, 9, 128)  # BOS and k = 8 text positions
     saved = json.loads((out / "diff.json").read_text())
-    assert saved["schema_version"] == 4 and saved["texts"] == 1000
+    assert saved["schema_version"] == 5 and saved["texts"] == 1000
     assert saved["traces"][1]["lens_finetuned"][0]["token"] == result.traces[1].lens_finetuned[0].token
     assert set(result.similarity) == {
         "steered_to_data",

@@ -124,6 +124,19 @@ def test_a_fact_without_distractors_is_known_by_greedy_decoding(tiny_model):
     assert scores.greedy.tolist() == [True, False]
 
 
+def test_continuations_are_scored_by_the_models_own_log_softmax_over_their_tokens_only(tiny_model):
+    model, tokenizer = load_model(tiny_model, "cpu"), load_tokenizer(tiny_model)
+    rows = [("the cat sat on the", " mat and slept"), ("a", " cold wind blew over the hill"), ("one two", " three")]
+    scores = text_logprobs(model, tokenizer, rows)
+    for i, (prompt, continuation) in enumerate(rows):
+        ids = tokenizer(prompt + continuation, return_tensors="pt")["input_ids"]
+        start = len(tokenizer(prompt)["input_ids"])
+        logprobs = F.log_softmax(model(ids).logits[0, :-1].double(), -1)
+        expected = logprobs[start - 1 :].gather(-1, ids[0, start:, None]).sum()
+        assert scores.logprob[i].item() == pytest.approx(expected.item(), abs=1e-4)
+        assert scores.tokens[i] == ids.shape[1] - start
+
+
 def test_no_corpus_skips_drift(tiny_model, facts_file):
     assert forget(tiny_model, tiny_model, facts_file, config=QUICK).drift is None
 

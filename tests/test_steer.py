@@ -41,14 +41,20 @@ def test_steering_into_a_loop_is_incoherent_and_a_tiny_strength_is_chosen_over_i
     model, layout = _confident_model(tiny_model)
     tokenizer = load_tokenizer(tiny_model)
     [the] = tokenizer(" the", add_special_tokens=False)["input_ids"]
-    config = replace(CONFIG, strengths=(0.0, 0.001, 100.0))
+    config = replace(CONFIG, strengths=(0.001, 0.002, 100.0), search_tokens=4)
     # Pushed hard along its own output row, the model says " the" over and over.
     result = steer(model, layout, tokenizer, 1, layout.unembed.weight[the].detach(), 1.0, config)
-    zero, tiny, huge = result.trials
-    assert all(g.text == " the" * 8 for g in huge.generations)
-    assert [t.coherent for t in result.trials] == [True, True, False]
-    assert zero.generations == result.unsteered.generations and zero.nll == result.unsteered.nll
-    assert result.chosen_strength == 0.001 and result.any_coherent and result.steered == tiny.generations
+    # Bisection: the middle strength first, then the larger half's middle, which loops.
+    assert [t.strength for t in result.search] == [0.002, 100.0]
+    assert [t.coherent for t in result.search] == [True, False]
+    assert all(g.text == " the" * 4 for g in result.search[1].generations)
+    assert result.chosen_strength == 0.002 and result.any_coherent
+    # Only the unsteered text and the chosen strength's are sampled at full length.
+    full = generate(model, layout, tokenizer, 1, None, config)
+    assert result.unsteered.generations == full and result.steered == result.chosen.generations
+    # The same draws at the same strength: the search's short samples begin the chosen ones.
+    for searched, chosen in zip(result.search[0].generations, result.steered, strict=True):
+        assert chosen.text.startswith(searched.text) and len(chosen.text) > len(searched.text)
 
 
 def test_steering_into_text_the_model_finds_unlikely_is_incoherent_even_without_loops(tiny_model):
@@ -57,7 +63,8 @@ def test_steering_into_text_the_model_finds_unlikely_is_incoherent_even_without_
     config = replace(CONFIG, strengths=(100.0, 200.0))
     direction = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))
     result = steer(model, layout, tokenizer, 0, direction, 1.0, config)
-    for trial in result.trials:
+    assert [t.strength for t in result.search] == [100.0]  # the smaller half needs no trial once it fails
+    for trial in [*result.search, result.chosen]:
         # No loop of words, but many nats per token less likely than unsteered text.
         assert trial.distinct_bigrams == 1.0 and trial.nll > result.unsteered.nll + 5
         assert not trial.coherent

@@ -10,7 +10,7 @@ from finetrace.gates import Gate, GateOutcome
 from finetrace.papertrail.scan import ProvenanceReport, provenance_metrics
 from finetrace.train.finetune import FinetuneResult
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 SUMMARY_NAME, REPORT_NAME, CARD_NAME = "summary.json", "report.html", "MODEL_CARD.md"
 SHOWN_DOMAIN_TOKENS = 8
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from finetrace.models.residual import Layout, Readout, final_logits, logit_lens, set_residual
+from finetrace.models.residual import Layout, Readout, final_logits, logit_lens, set_residual, shared_prefix
 
 IDENTITY_PROMPTS = (
     "man -> man\n1135 -> 1135\nhello -> hello\n?",
@@ -96,18 +96,32 @@ def patchscope(
 ) -> Patchscope:
     """Patchscope of a direction at `layer` over every scale in the config."""
     unit = direction / direction.norm().clamp(min=1e-12)
-    device = next(model.parameters()).device
-    results = []
-    for scale in config.patchscope_scales:
-        probabilities = []
-        for prompt in config.identity_prompts:
-            ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(device)
-            with set_residual(layout, layer, ids.shape[1] - 1, unit * scale * typical_norm):
-                logits = final_logits(model, layout, input_ids=ids)[0, -1].cpu()  # float32
-            probabilities.append(logits.softmax(-1))
-        results.append(PatchscopeScale(scale, _stable(probabilities, allowed, tokenizer, config.top_k)))
+    patches = torch.stack([unit * scale * typical_norm for scale in config.patchscope_scales])
+    probabilities = [
+        patched_next_token(model, layout, tokenizer(prompt)["input_ids"], layer, patches).softmax(-1)
+        for prompt in config.identity_prompts
+    ]  # each (scales, vocab)
+    results = [
+        PatchscopeScale(scale, _stable([p[i] for p in probabilities], allowed, tokenizer, config.top_k))
+        for i, scale in enumerate(config.patchscope_scales)
+    ]
     best = max(results, key=lambda r: (len(r.stable), -r.scale))
     return Patchscope(results, best.scale)
+
+
+@torch.no_grad()
+def patched_next_token(
+    model: nn.Module, layout: Layout, ids: list[int], layer: int, patches: torch.Tensor
+) -> torch.Tensor:
+    """Float32 next-token logits (patches, vocab) after `ids`, the residual after `layer` at its last
+    token overwritten by each of `patches` (patches, d). The tokens before the last are read once
+    and their keys and values shared: a patch costs one token's pass, not the prompt's."""
+    device = next(model.parameters()).device
+    ids_tensor = torch.tensor([ids], device=device)
+    past = shared_prefix(model, ids_tensor[:, :-1], len(patches))
+    last = ids_tensor[:, -1:].expand(len(patches), 1)
+    with set_residual(layout, layer, -1, patches):
+        return final_logits(model, layout, input_ids=last, **past)[:, -1].cpu()
 
 
 def _stable(

@@ -12,7 +12,7 @@ from finetrace.errors import FinetraceError, require
 from finetrace.models.gguf import GgufSource
 from finetrace.run import RunConfig
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 SIGNIFICANT = 0.01  # the level at which a trace is called clear
 RESULT_NAME = "diff.json"
 TENSORS_NAME = "differences.safetensors"

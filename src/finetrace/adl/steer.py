@@ -7,10 +7,14 @@ log-likelihood of the steered text may rise by at most `max_nll_increase`
 nats over that of unsteered text, and at least `min_distinct_bigrams` of its
 word bigrams must be distinct (no loops). Unsteered text is steering with no
 vector.
+
+Text grows less coherent as the strength grows, so the strengths are searched
+by bisection (three trials for six strengths, not six) on short samples; only
+the unsteered text and the chosen strength's are sampled at full length.
 """
 
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 
 import torch
@@ -39,7 +43,8 @@ class SteerConfig:
     prompts: tuple[str, ...] = NEUTRAL_PROMPTS
     chat_prompts: bool = True  # also ask each prompt as a user turn when there is a chat template
     samples_per_prompt: int = 2
-    max_new_tokens: int = 32
+    max_new_tokens: int = 32  # of the unsteered text and the chosen strength's
+    search_tokens: int = 16  # of each sample while the strength is searched
     temperature: float = 0.8
     max_nll_increase: float = 1.5  # nats per token over unsteered text
     min_distinct_bigrams: float = 0.5
@@ -62,14 +67,19 @@ class StrengthTrial:
 
 @dataclass(frozen=True)
 class Steering:
-    unsteered: StrengthTrial
-    trials: list[StrengthTrial]
-    chosen_strength: float  # the largest coherent strength (the smallest tried when none is)
+    unsteered: StrengthTrial  # at full length
+    search: list[StrengthTrial]  # the strengths the bisection tried, on short samples, in order
+    chosen: StrengthTrial  # the chosen strength, at full length
     any_coherent: bool
 
     @property
+    def chosen_strength(self) -> float:
+        """The largest coherent strength (the smallest tried when none is)."""
+        return self.chosen.strength
+
+    @property
     def steered(self) -> list[Generation]:
-        return next(t.generations for t in self.trials if t.strength == self.chosen_strength)
+        return self.chosen.generations
 
 
 def steer(
@@ -82,33 +92,40 @@ def steer(
     config: SteerConfig,
     seed: int = 0,
 ) -> Steering:
-    """Generate unsteered and at every strength; choose the largest coherent strength."""
+    """Generate unsteered, find the largest coherent strength, and generate at it."""
     unit = direction / direction.norm().clamp(min=1e-12)
-    with progress_bar("steering", len(config.strengths) + 1) as advance:
-        unsteered = _trial(model, layout, tokenizer, layer, None, 0.0, config, None, seed)
+    short = min(config.search_tokens, config.max_new_tokens)
+
+    def trial(strength: float, tokens: int, baseline: float | None) -> StrengthTrial:
+        vector = unit * strength * typical_norm if strength else None
+        generations = generate(model, layout, tokenizer, layer, vector, replace(config, max_new_tokens=tokens), seed)
+        return _judged(model, tokenizer, strength, generations, config, baseline)
+
+    # At most: the unsteered text, its short baseline, log2(strengths + 1) searched, the chosen.
+    with progress_bar("steering", 3 + len(config.strengths).bit_length()) as advance:
+        unsteered = trial(0.0, config.max_new_tokens, None)
         advance()
-        trials = []
-        for strength in config.strengths:
-            vector = unit * strength * typical_norm
-            trials.append(_trial(model, layout, tokenizer, layer, vector, strength, config, unsteered.nll, seed))
+        baseline = trial(0.0, short, None).nll if short < config.max_new_tokens else unsteered.nll
+        advance()
+        coherent, incoherent, search = -1, len(config.strengths), []  # indices into the sorted strengths
+        strengths = sorted(config.strengths)
+        while incoherent - coherent > 1:
+            middle = (coherent + incoherent) // 2
+            search.append(trial(strengths[middle], short, baseline))
+            coherent, incoherent = (middle, incoherent) if search[-1].coherent else (coherent, middle)
             advance()
-    coherent = [t.strength for t in trials if t.coherent]
-    chosen = max(coherent) if coherent else min(config.strengths)
-    return Steering(unsteered, trials, chosen, bool(coherent))
+        chosen = trial(strengths[max(coherent, 0)], config.max_new_tokens, unsteered.nll)
+    return Steering(unsteered, search, chosen, coherent >= 0)
 
 
-def _trial(
+def _judged(
     model: nn.Module,
-    layout: Layout,
     tokenizer: PreTrainedTokenizerBase,
-    layer: int,
-    vector: torch.Tensor | None,
     strength: float,
+    generations: list[Generation],
     config: SteerConfig,
     baseline: float | None,
-    seed: int,
 ) -> StrengthTrial:
-    generations = generate(model, layout, tokenizer, layer, vector, config, seed)
     scored = [nll for nll in continuation_nlls(model, tokenizer, generations) if nll is not None]
     nll = sum(scored) / len(scored) if scored else float("inf")  # nothing generated: not coherent
     distinct = sum(distinct_bigrams(g.text) for g in generations) / len(generations)

@@ -7,7 +7,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from finetrace.models.load import pad_token_id
-from finetrace.models.residual import final_logits, find_layout
+from finetrace.models.residual import find_layout, head_inputs, head_logits
 
 
 @dataclass(frozen=True)
@@ -17,7 +17,7 @@ class ContinuationScores:
     greedy: torch.Tensor  # (n,) bool: greedy decoding from the prompt would produce it
 
 
-# Float32 logits one forward pass may hold (rows x tokens x vocab): 64 rows of 16 tokens over a
+# Float32 logits one pass may hold (rows x tokens x vocab, at most): 64 rows of 16 tokens over a
 # 32k vocabulary; fewer rows over a larger one, so memory stays bounded whatever the model.
 LOGIT_ELEMENTS = 64 * 16 * 32_768
 
@@ -53,19 +53,23 @@ def token_logprobs(model: nn.Module, rows: list[list[int]], starts: list[int], p
 def _scored(model: nn.Module, layout, rows: list[list[int]], starts: list[int], pad_id: int) -> ContinuationScores:
     device = next(model.parameters()).device
     ids, mask = padded(rows, pad_id)
-    logits = final_logits(model, layout, input_ids=ids.to(device), attention_mask=mask.to(device))[:, :-1]
-    targets = ids[:, 1:].to(device)  # position t predicts token t + 1
-    # The log-softmax read at the targets only: a second (n, width, vocab) tensor would double the memory.
-    token_logprob = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)  # (n, width - 1)
-    scored = torch.zeros_like(token_logprob, dtype=torch.bool)
+    hidden = head_inputs(model, layout, input_ids=ids.to(device), attention_mask=mask.to(device))[:, :-1]
+    scored = torch.zeros(hidden.shape[:2], dtype=torch.bool, device=device)  # position t predicts token t + 1
     for i, (row, start) in enumerate(zip(rows, starts, strict=True)):
         scored[i, start - 1 : len(row) - 1] = True
+    # The head runs at the scored positions only: a prompt's logits over the vocabulary cost as
+    # much as its continuation's and are never read.
+    logits = head_logits(layout, hidden[scored])  # (scored tokens, vocab)
+    targets = ids[:, 1:].to(device)[scored]
+    token_logprob = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
     # Greedy decoding yields the continuation iff each of its tokens is the argmax given the ones before.
-    top_choice = logits.argmax(dim=-1) == targets
+    missed = (logits.argmax(dim=-1) != targets).float()
+    row = scored.nonzero()[:, 0]
+    per_row = torch.zeros(len(rows), device=device)
     return ContinuationScores(
-        (token_logprob * scored).sum(dim=1).cpu(),
+        per_row.index_add(0, row, token_logprob).cpu(),
         scored.sum(dim=1).cpu(),
-        (top_choice | ~scored).all(dim=1).cpu(),
+        (per_row.index_add(0, row, missed) == 0).cpu(),
     )
 
 

@@ -9,6 +9,7 @@ lives inside a `with` block.
 """
 
 import copy
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from itertools import chain
 import torch
 import transformers
 from torch import nn
+from transformers import Cache, DynamicCache
 
 from finetrace.errors import FinetraceError
 
@@ -155,6 +157,19 @@ def head_logits(readout: Readout, hidden: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+@torch.no_grad()
+def shared_prefix(model: nn.Module, ids: torch.Tensor, rows: int) -> dict[str, Cache]:
+    """The keys and values of a prefix `ids` (1, n), read once and repeated for `rows` rows: the
+    keyword arguments with which a forward pass of `rows` continuations reads it as its past."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    # transformers renamed the forward's `past_key_values` to `cache`; whichever this one takes.
+    keyword = "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
+    cache = DynamicCache(config=inner.config)
+    model(input_ids=ids, use_cache=True, **{keyword: cache})  # filled in place
+    cache.batch_repeat_interleave(rows)
+    return {keyword: cache}
+
+
 class _StopForward(Exception):
     """Raised by a hook to end a forward pass once what is needed has been read."""
 
@@ -200,7 +215,8 @@ def add_to_residual(layout: Layout, layer: int, vector: torch.Tensor) -> Iterato
 
 @contextmanager
 def set_residual(layout: Layout, layer: int, position: int, vector: torch.Tensor) -> Iterator[None]:
-    """Overwrite the residual after `layer` at `position` with `vector` (d,), e.g. for Patchscope."""
+    """Overwrite the residual after `layer` at `position` with `vector`, (d,) or one per row
+    (batch, d), e.g. for Patchscope."""
 
     def patch(_module, _inputs, output):
         hidden = _hidden(output).clone()
