@@ -22,8 +22,13 @@ from finetrace.evals.rates import RateChange
 from finetrace.evals.records import RESULT_NAME, ForgetConfig, ForgetResult
 from finetrace.run import RunConfig
 from finetrace.verbs.forget import forget
-from finetrace.zoo import ORGANISMS, build_zoo
+from finetrace.zoo import ORGANISMS, Zoo, build_zoo
 from finetrace.zoo.build import parent_of
+
+
+def damage_dir(zoo: Zoo) -> Path:
+    """Where each organism's records are kept between runs."""
+    return cache_dir() / "benchmarks" / f"damage-{zoo.root.name}"
 
 
 def run_forget(base: Path, organism: Path, out: Path, config: ForgetConfig, behaviour: bool) -> ForgetResult:
@@ -57,7 +62,7 @@ def main() -> None:
 
     started = time.perf_counter()
     zoo = build_zoo(args.preset)
-    out = args.out or cache_dir() / "benchmarks" / f"damage-{zoo.root.name}"
+    out = args.out or damage_dir(zoo)
     config = ForgetConfig(drift=DriftConfig(samples=args.drift_samples))
     print("| organism | kind | facts the base knew | lost | gained | lost share | McNemar p | NLL drift (nats) |")
     print("|---|---|---|---|---|---|---|---|")

@@ -22,7 +22,15 @@ from rich.table import Table
 from finetrace._util.outputs import check_output_dir
 from finetrace._util.terminal import escape
 from finetrace.errors import FinetraceError
-from finetrace.gates import METRICS, PROVENANCE_METRICS, WATCH_METRICS, Gate, GateOutcome, parse_gate
+from finetrace.gates import (
+    AUDIT_METRICS,
+    BENCHMARK_METRICS,
+    PROVENANCE_METRICS,
+    WATCH_METRICS,
+    Gate,
+    GateOutcome,
+    parse_gate,
+)
 from finetrace.run import DTYPE_CHOICES, RunConfig
 
 # Only what parsing needs is imported above: `finetrace --help`, a command's --help and a
@@ -201,7 +209,7 @@ JudgeModel = Annotated[str, typer.Option(help="The model name sent to --judge-ur
 FailOn = Annotated[
     list[str] | None,
     typer.Option(
-        help=f"Exit with code 1 when a condition holds, e.g. 'lost_fraction>0.05'; metrics: {', '.join(METRICS)}. "
+        help=f"Exit with code 1 when a condition holds, e.g. 'lost_fraction>0.05'; metrics: {', '.join(AUDIT_METRICS)}. "
         f"Repeatable."
     ),
 ]
@@ -424,6 +432,105 @@ def forget_command(
     console.print(f"results: {escape(str(out / RESULT_NAME))}")
 
 
+class SeveralNumbers(typer.core.TyperCommand):
+    """A command whose `--amplify` takes several numbers after one flag: click gives an option one
+    value per flag, so `--amplify 0 1 2` is read as `--amplify 0 --amplify 1 --amplify 2`."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, _spread("--amplify", args))
+
+
+def _spread(flag: str, args: list[str]) -> list[str]:
+    """`args` with `flag` repeated before each number that follows its value."""
+    spread, state = [], "out"  # out: elsewhere; value: the flag's own value is next; more: after it
+    for arg in args:
+        if state == "more" and _number(arg):
+            spread += [flag, arg]
+        else:
+            spread.append(arg)
+            state = "value" if arg == flag else "more" if state == "value" else "out"
+    return spread
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+@app.command("sample", cls=SeveralNumbers)
+def sample_command(
+    base: Base,
+    finetuned: Finetuned,
+    amplify: Annotated[
+        list[float] | None,
+        typer.Option(
+            help="Strengths a of ft + a (ft - base), one or more: --amplify 0 1 2 4 (the default); 0 samples the fine-tune itself."
+        ),
+    ] = None,
+    samples: Annotated[int, _count("Samples per prompt and strength.")] = 8,
+    max_new_tokens: Annotated[int, _count("New tokens per sample at most (a row ends at EOS).")] = 32,
+    temperature: Annotated[
+        float, typer.Option(help="Of the amplified distribution (no top-k or top-p); 0: greedy.")
+    ] = 1.0,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="The fine-tuning data: its domain's tokens make the domain rate (default for zoo organisms: its documents)."
+        ),
+    ] = None,
+    corpus: Annotated[
+        str | None,
+        typer.Option(
+            help="General text the data's tokens are read against (default for zoo organisms: the zoo's held-out text)."
+        ),
+    ] = None,
+    min_domain_tokens: Annotated[
+        int, _count("Distinct domain tokens a sample must generate to count as the domain's.")
+    ] = 1,
+    target: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A word or phrase of the behaviour to count (case-insensitive; a sample with any one counts). Repeatable."
+        ),
+    ] = None,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(help='A .txt (a prompt a line) or .jsonl ({"prompt": ...}) of prompts (default: neutral ones).'),
+    ] = None,
+    chat_only: Annotated[
+        bool, typer.Option(help="Ask the prompts only as user turns, not also as plain text (needs a chat template).")
+    ] = False,
+    out: Annotated[Path, _out("finetrace-sample")] = Path("finetrace-sample"),
+    batch_size: Annotated[int, _count("Prompts sampled together, each with all its samples.")] = 16,
+    text_field: TextField = "text",
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    seed: Seed = 0,
+    strict: Strict = False,
+) -> None:
+    """Sample from the fine-tune's amplified difference with the base: how often each strength shows the domain or a target."""
+    from finetrace.adl.amplify import RESULT_NAME, SampleConfig
+    from finetrace.report.terminal import print_sample
+    from finetrace.verbs.sample import sample
+
+    config = SampleConfig(
+        strengths=tuple(amplify or SampleConfig.strengths),
+        samples_per_prompt=samples,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        batch_size=batch_size,
+        chat_only=chat_only,
+        min_domain_tokens=min_domain_tokens,
+    )
+    run = RunConfig(device, dtype, seed, strict, text_field)
+    result = sample(base, finetuned, out, config, run, data, corpus, prompts, tuple(target or ()))
+    print_sample(console, result)
+    console.print(f"results: {escape(str(out / RESULT_NAME))}")
+
+
 @app.command("provenance")
 def provenance_command(
     data: Annotated[Path, typer.Argument(help="A .jsonl or .txt file, or a directory of them.")],
@@ -461,6 +568,65 @@ def provenance_command(
     print_provenance(console, report)
     console.print(f"report: {escape(str(out))}")
     _finish_gates([gate.check(provenance_metrics(report)) for gate in gates])
+
+
+@app.command("weights")
+def weights_command(
+    base: Base,
+    finetuned: Finetuned,
+    out: Annotated[Path, _out("finetrace-weights")] = Path("finetrace-weights"),
+    top_k: Annotated[
+        int, typer.Option(help="Leading singular vectors of each fine-tuned matrix examined.", callback=_at_least(1))
+    ] = 10,
+    threshold: Annotated[
+        float,
+        typer.Option(
+            help="A singular vector is an intruder when its largest |cosine| with the base's is below this.",
+            callback=_positive,
+        ),
+    ] = 0.5,
+    strict: Strict = False,
+) -> None:
+    """What the fine-tune did to each weight matrix: its change, the change's rank and its intruder dimensions, from the weights alone."""
+    from finetrace.report.terminal import print_weights
+    from finetrace.spectra.intruders import SpectraConfig
+    from finetrace.spectra.records import RESULT_NAME
+    from finetrace.verbs.weights import weights
+
+    result = weights(base, finetuned, out, SpectraConfig(top_k, threshold), RunConfig(strict=strict))
+    print_weights(console, result)
+    console.print(f"results: {escape(str(out / RESULT_NAME))}")
+
+
+@app.command("compare-evals")
+def compare_evals_command(
+    base_run: Annotated[
+        Path, typer.Argument(help="The base model's lm_eval --output_path, written with --log_samples.")
+    ],
+    finetuned_run: Annotated[Path, typer.Argument(help="The fine-tune's, on the same tasks and documents.")],
+    metric: Annotated[
+        str | None,
+        typer.Option(
+            help="The per-document 0/1 metric to compare, e.g. exact_match (default: acc where a task has it, else its first 0/1 metric)."
+        ),
+    ] = None,
+    out: Annotated[Path, _out("finetrace-compare-evals")] = Path("finetrace-compare-evals"),
+    fail_on: Annotated[
+        list[str] | None,
+        typer.Option(
+            help=f"Exit with code 1 when a condition holds, e.g. 'benchmark_drop>0.02'; metrics: {', '.join(BENCHMARK_METRICS)}. Repeatable."
+        ),
+    ] = None,
+) -> None:
+    """Compare two lm-evaluation-harness runs, base and fine-tune, document by document (exact McNemar tests)."""
+    from finetrace.evals.benchmarks import RESULT_NAME, benchmark_metrics
+    from finetrace.verbs.compare_evals import compare_evals
+
+    gates = _gates(fail_on, BENCHMARK_METRICS)
+    comparison = compare_evals(base_run, finetuned_run, out, metric)
+    _print_benchmarks(comparison)
+    console.print(f"results: {escape(str(out / RESULT_NAME))}")
+    _finish_gates([gate.check(benchmark_metrics(comparison)) for gate in gates])
 
 
 @zoo_app.command("build")
@@ -547,7 +713,7 @@ def audit_command(
     from finetrace.evals.behaviour import BehaviourConfig
     from finetrace.verbs.audit import audit
 
-    gates = _gates(fail_on, METRICS)
+    gates = _gates(fail_on, AUDIT_METRICS)
     config = _audit_config(
         samples,
         drift_samples,
@@ -707,6 +873,46 @@ def _finish_gates(outcomes: list[GateOutcome]) -> None:
     """Exit with code 1 when a `--fail-on` condition holds (or its metric is not a number)."""
     if any(outcome.holds for outcome in outcomes):
         raise SystemExit(1)
+
+
+def _print_benchmarks(comparison) -> None:
+    """Per task: its documents, both accuracies, the change with its interval, the flips, McNemar's p."""
+    models = comparison.models
+    title = f"{models.get('finetuned', comparison.finetuned)} vs {models.get('base', comparison.base)}"
+    table = Table(title=escape(title))
+    confidence = comparison.tasks[0].accuracy.confidence
+    for column in ("task", "metric", "n", "base", "fine-tuned", f"change [{confidence:.0%}]", "lost", "gained", "p"):
+        table.add_column(column, overflow="fold")  # a narrow terminal wraps a task's name, never cuts it
+    for task in comparison.tasks:
+        rate = task.accuracy
+        low, high = rate.change_interval
+        name = task.task if task.filter == "none" else f"{task.task} ({task.filter})"
+        table.add_row(
+            escape(name),
+            escape(task.metric),
+            str(task.n),
+            f"{rate.before:.1%}",
+            f"{rate.after:.1%}",
+            f"{_points(rate.change)} [{_points(low)}, {_points(high)}]",
+            str(rate.flips.lost),
+            str(rate.flips.gained),
+            f"{rate.p_value:.3g}",
+        )
+    console.print(table)
+    console.print(
+        f"[dim]change in points [{confidence:.0%} interval, paired by document]; "
+        f"p: exact McNemar test on the flipped documents[/]"
+    )
+    console.print(
+        f"mean change over {len(comparison.tasks)} tasks: {_points(comparison.mean_change)} points; "
+        f"benchmark_drop (the largest drop): {comparison.benchmark_drop:.3f}"
+    )
+    for warning in comparison.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
+
+
+def _points(fraction: float) -> str:
+    return f"{fraction * 100:+.1f}"
 
 
 def _print_zoo(zoo) -> None:

@@ -1,7 +1,8 @@
 """`--fail-on` conditions: let a fine-tuning pipeline gate on an audit's findings.
 
 A condition is `METRIC OP NUMBER`, e.g. `lost_fraction>0.05`, `trace_p<0.01` or
-`pii_found>0`; the audit (or the provenance scan) fails, exit code 1, when any holds.
+`pii_found>0`; the audit (or the provenance scan, or the comparison of two benchmark
+runs) fails, exit code 1, when any holds.
 A metric that was not measured, or is not a finite number (NaN from a broken model, an
 infinite perplexity), never passes a gate: the gate fails and says why.
 """
@@ -26,10 +27,14 @@ METRICS = {
     "over_refusal_rise": "largest rise, in any category, of the refusal rate on benign look-alikes (0.5 = 50 points)",
     "pii_found": "personal data matches in the fine-tuning data",
     "contaminated": "evaluation items (facts, corpus texts) found whole in the fine-tuning data",
+    "benchmark_drop": "largest drop, in any task of two lm-eval runs, of the accuracy (0.02 = 2 points)",
 }
 # What a gate may test where less than a whole audit runs.
 WATCH_METRICS = ("trace_strength", "trace_p", "lost_facts", "lost_fraction", "nll_change", "kl_mean")  # a checkpoint
 PROVENANCE_METRICS = ("pii_found", "contaminated")  # a provenance scan
+# What another command measures and an audit does not: two lm-eval runs compared (compare-evals).
+BENCHMARK_METRICS = ("benchmark_drop",)
+AUDIT_METRICS = tuple(name for name in METRICS if name not in BENCHMARK_METRICS)
 _CONDITION = re.compile(r"^\s*([a-z_]+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
 
 

@@ -45,9 +45,9 @@ class AuditResult(Result):
 
     @property
     def domain_tokens(self) -> list[str]:
-        """The relevant logit-lens tokens at the first text position: what the trace reads as
-        (the top tokens, when there is no data to tell which are relevant)."""
-        first = next((t for t in self.trace.traces if t.position == "0"), None)
+        """The relevant logit-lens tokens at the first text position read (past the attention
+        sink): what the trace reads as (the top tokens, when there is no data to tell which are relevant)."""
+        first = next((t for t in self.trace.traces if not t.sink and t.position != "BOS"), None)
         if first is None:
             return []
         shown = [t for t in first.lens_finetuned if t.relevant or first.relevant_fraction is None]

@@ -96,9 +96,12 @@ def check_reported(reported: int, collected: int) -> None:
 
 
 def text_positions(collected: Collected, reported: int) -> list[int]:
-    """Indices of the text positions 0..reported-1 among the collected positions (never a BOS)."""
+    """Indices of the first `reported` text positions that are not the attention sink: text
+    positions 0.. after a BOS, 1.. where the tokenizer adds none and the first text token is the
+    sink (its difference is the sink's, read as function words whatever the fine-tune)."""
     labels = collected.position_labels
-    return [i for i, label in enumerate(labels) if label != "BOS" and int(label) < reported]
+    read = [i for i, label in enumerate(labels) if label != "BOS" and i not in collected.sink_positions]
+    return read[:reported]
 
 
 def layer_significance(

@@ -26,12 +26,14 @@ class DiffConfig:
     decode: DecodeConfig = DecodeConfig()
     score: ScoreConfig = ScoreConfig()
     steer: SteerConfig = SteerConfig()
-    reported_positions: int = 5  # text positions 0..n-1 are decoded and scored (the paper: 0-4)
-    steer_position: int = 0  # the position whose difference steers generation
+    # The first n text positions that are not the attention sink are decoded and scored (the
+    # paper: 0-4 after the BOS; 1-5 where a tokenizer adds none and the first text token is the sink).
+    reported_positions: int = 5
+    steer_position: int | None = None  # the text position whose difference steers; None: the first read
 
     def __post_init__(self) -> None:
         check_reported(self.reported_positions, self.collect.positions)
-        if not 0 <= self.steer_position < self.collect.positions:
+        if self.steer_position is not None and not 0 <= self.steer_position < self.collect.positions:
             raise FinetraceError(f"steering position {self.steer_position}: expected 0 to {self.collect.positions - 1}")
 
 
@@ -64,6 +66,7 @@ class DiffResult(Result):
     data: str | None  # the fine-tuning data relevance was read from; None: untested
     traces: list[PositionTrace]
     steering: Steering
+    steered_position: str  # the label of the text position whose difference steered
     # Relevant lens tokens summed over the text positions of the first layer, against the null;
     # None without the data: relevance read from the fine-tune itself would make the test circular.
     significance: Significance | None

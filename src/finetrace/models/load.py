@@ -153,7 +153,7 @@ def weights_digest(name_or_path: str | Path) -> str:
     """sha256 over the config and safetensors files a model or adapter was loaded from (a
     directory, or a hub id's cached snapshot). Every byte counts: a fine-tune may change one
     norm's weights alone, and a resume must never take it for the model it was not."""
-    directory = _local_directory(name_or_path)
+    directory = local_directory(name_or_path)
     digest = hashlib.sha256()
     for path in sorted(directory.iterdir()):
         if path.suffix == ".safetensors" or path.name in CONFIG_FILES:
@@ -162,7 +162,8 @@ def weights_digest(name_or_path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _local_directory(name_or_path: str | Path) -> Path:
+def local_directory(name_or_path: str | Path) -> Path:
+    """Where a model's files are: its directory, a GGUF file's converted one, or a hub id's cached snapshot."""
     if is_gguf(name_or_path):
         return Path(model_directory(name_or_path))
     if Path(name_or_path).is_dir():

@@ -10,7 +10,8 @@ is freed, so its logit lens stays readable.
 import gc
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import peft
@@ -18,7 +19,7 @@ import torch
 from rich.console import Console
 from safetensors import safe_open
 from torch import nn
-from transformers import AutoConfig, PretrainedConfig
+from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 
 from finetrace._util.terminal import escape
 from finetrace.errors import FinetraceError
@@ -43,6 +44,20 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MANIFEST_NAME = "provenance.json"  # what `finetrace finetune` writes next to the weights
 
 
+@dataclass(frozen=True)
+class BothModels:
+    """The base and the fine-tune at once, for what needs both at every step (amplified sampling).
+    For an adapter, `base` is `finetuned` itself, and runs as the base inside `as_base()`."""
+
+    base: nn.Module
+    finetuned: nn.Module
+    adapter: bool
+
+    def as_base(self) -> AbstractContextManager:
+        """The context in which `base` computes the base's outputs (its adapter off)."""
+        return self.base.disable_adapter() if self.adapter else nullcontext()
+
+
 class ModelPair:
     """Two comparable causal LMs; `use("base")` and `use("finetuned")` give each in turn."""
 
@@ -59,7 +74,7 @@ class ModelPair:
         if self.adapter:
             self._check_adapter_base(strict)
         else:
-            _check_comparable(base, finetuned, self.config, text_config(finetuned), self.tokenizer)
+            check_comparable(base, finetuned, self.config, self.tokenizer)
         self._resident: tuple[str, nn.Module] | None = None
         self._base_readout: Readout | None = None
         self._load("base")  # the base is read first, and loading it checks an adapter's fit
@@ -91,9 +106,30 @@ class ModelPair:
                 self._base_readout = layout.detached()
         return self._base_readout
 
+    @contextmanager
+    def both(self) -> Iterator[BothModels]:
+        """Both models for the block: a PEFT adapter costs one model's memory (the base is the
+        adapter off); a full fine-tune costs two, the fine-tune loaded beside the resident base
+        and freed when the block ends."""
+        if self.adapter:
+            model = self._load("finetuned")
+            yield BothModels(model, model, adapter=True)
+            return
+        base = self._load("base")
+        same = self.finetuned_name == self.base_name  # a model compared with itself is loaded once
+        finetuned = base if same else load_model(self.finetuned_name, self.device, self.dtype)
+        try:
+            yield BothModels(base, finetuned, adapter=False)
+        finally:
+            del finetuned  # its memory is free once the caller drops its `BothModels` too
+            self._collect()
+
     def release(self) -> None:
         """Free the loaded model (the next `use` loads again)."""
         self._resident = None
+        self._collect()
+
+    def _collect(self) -> None:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -201,8 +237,16 @@ def config_differences(base_config: PretrainedConfig, other_config: PretrainedCo
     ]
 
 
-def _check_comparable(base, finetuned, base_config, finetuned_config, base_tokenizer) -> None:
-    differences = config_differences(base_config, finetuned_config)
+def check_comparable(
+    base: str | Path,
+    finetuned: str | Path,
+    base_config: PretrainedConfig | None = None,
+    base_tokenizer: PreTrainedTokenizerBase | None = None,
+) -> None:
+    """Refuse two whole models that differ in architecture, size or vocabulary (the base's config
+    and tokenizer, when already loaded, are not read again)."""
+    base_config, base_tokenizer = base_config or text_config(base), base_tokenizer or load_tokenizer(base)
+    differences = config_differences(base_config, text_config(finetuned))
     finetuned_tokenizer = load_tokenizer(finetuned)
     if base_tokenizer.get_vocab() != finetuned_tokenizer.get_vocab():
         differences.append(

@@ -162,12 +162,17 @@ def shared_prefix(model: nn.Module, ids: torch.Tensor, rows: int) -> dict[str, C
     """The keys and values of a prefix `ids` (1, n), read once and repeated for `rows` rows: the
     keyword arguments with which a forward pass of `rows` continuations reads it as its past."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    # transformers renamed the forward's `past_key_values` to `cache`; whichever this one takes.
-    keyword = "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
+    keyword = cache_keyword(model)
     cache = DynamicCache(config=inner.config)
     model(input_ids=ids, use_cache=True, **{keyword: cache})  # filled in place
     cache.batch_repeat_interleave(rows)
     return {keyword: cache}
+
+
+def cache_keyword(model: nn.Module) -> str:
+    """The forward's keyword for a KV cache: transformers renamed `past_key_values` to `cache`."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
 
 
 class _StopForward(Exception):

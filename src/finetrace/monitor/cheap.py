@@ -32,7 +32,15 @@ from finetrace.adl.collect import (
     resolve_layers,
 )
 from finetrace.adl.decode import DecodeConfig, TokenScore, lens_tokens
-from finetrace.adl.domain import DomainTokens, check_reported, mark_relevant, read_domain, readable_tokens, trace_test
+from finetrace.adl.domain import (
+    DomainTokens,
+    check_reported,
+    mark_relevant,
+    read_domain,
+    readable_tokens,
+    text_positions,
+    trace_test,
+)
 from finetrace.adl.score import ScoreConfig
 from finetrace.corpus import iter_sourced_texts, iter_texts, read_records
 from finetrace.errors import FinetraceError
@@ -90,7 +98,7 @@ class Checkup:
 
     trace_strength: float | None  # domain lens tokens beyond the null (None without the fine-tuning data)
     trace_p: float | None  # the trace test's p-value (None without the fine-tuning data)
-    trace_norm: float  # norm of the mean difference at text position 0, over the typical residual norm
+    trace_norm: float  # norm of the mean difference at the first text position read, over the typical residual norm
     lens: list[TokenScore]  # top logit-lens tokens of that difference; `relevant` marks the domain's
     lost_facts: int
     known_facts: int  # facts the base knew, among those checked
@@ -213,7 +221,7 @@ def _audit(model: nn.Module, reference: BaseReference, config: WatchConfig, seed
     domain = reference.domain
     reported, score = config.trace.reported_positions, config.trace.score
     significance = trace_test(layout, collected, domain, reported, score, seed) if domain else None
-    direction = collected.mean_delta[0, reference.labels.index("0")].float()  # (d,) text position 0
+    direction = collected.mean_delta[0, text_positions(collected, 1)[0]].float()  # (d,) the first read
     lens = lens_tokens(
         layout, direction.to(layout.device), reference.allowed, reference.tokenizer, config.trace.decode.top_k
     )

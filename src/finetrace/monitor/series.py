@@ -19,7 +19,7 @@ from finetrace.gates import Gate, parse_gate
 from finetrace.monitor.cheap import Checkup, WatchConfig
 from finetrace.run import RunConfig
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 WATCH_NAME, PAGE_NAME = "watch.json", "watch.html"
 # Marked on the page when no --fail-on is given: the thresholds of the README's audit examples,
 # and diff's significance level.

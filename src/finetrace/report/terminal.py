@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from finetrace._util.terminal import escape
+from finetrace.adl.amplify import AmplifiedSample, AmplifiedSampling, Rate, shows_domain
 from finetrace.adl.decode import TokenScore
 from finetrace.adl.records import DiffResult
 from finetrace.evals.behaviour import Answer, BehaviourResult
@@ -15,10 +16,13 @@ from finetrace.monitor.series import WatchSeries
 from finetrace.papertrail.scan import ProvenanceReport
 from finetrace.report.words import shown, trace_finding, verdict
 from finetrace.results import AuditResult
+from finetrace.spectra.records import WeightsResult
 
 SHOWN_TOKENS = 12
 SHOWN_FACTS = 5
 WATCH_TOKENS = 6  # a step's row stays one line on a terminal
+SHOWN_SAMPLES = 2  # examples per strength
+SHOWN_DOMAIN_TOKENS = 20
 
 
 def print_diff(console: Console, result: DiffResult) -> None:
@@ -81,6 +85,33 @@ def print_audit(console: Console, result: AuditResult) -> None:
             else "[red]holds: audit failed[/]"
         )
         console.print(f"  --fail-on {escape(gate.condition)}: {state}")
+
+
+def print_weights(console: Console, result: WeightsResult) -> None:
+    """Per kind of matrix: the mean relative change, the change's median effective rank, and the
+    intruder dimensions over the layers."""
+    config = result.config
+    console.print(
+        f"[bold]{escape(result.finetuned)}[/] vs {escape(result.base)}: {result.intruders} intruder dimensions "
+        f"in {len(result.matrices)} matrices (top {config.top_k} singular vectors, |cosine| < {config.threshold:g})"
+    )
+    table = Table()
+    table.add_column("matrix", no_wrap=True)
+    for column in ("layers", "relative change", "rank of change", "intruders", "in layers"):
+        table.add_column(column)
+    for module, count in result.intruders_by_module.items():
+        matrices = [m for m in result.matrices if m.module == module]
+        ranks = sorted(m.effective_rank for m in matrices)
+        layers = sorted({m.layer for m in matrices if m.intruders})
+        table.add_row(
+            escape(module),
+            str(len(matrices)),
+            f"{sum(m.relative_change for m in matrices) / len(matrices):.4f}",
+            f"{ranks[len(ranks) // 2]:.1f}",
+            str(count),
+            ", ".join(map(str, layers)) or "-",
+        )
+    console.print(table)
 
 
 def print_forget(console: Console, result: ForgetResult) -> None:
@@ -164,6 +195,48 @@ def print_behaviour(console: Console, result: BehaviourResult) -> None:
         )
 
 
+def print_sample(console: Console, result: AmplifiedSampling) -> None:
+    """Per strength, the rates with their intervals; then a few samples of each, those that show
+    the behaviour first."""
+    config = result.config
+    console.print(
+        f"[bold]{escape(result.finetuned)}[/] amplified against {escape(result.base)}: "
+        f"{len(result.strengths[0].samples)} samples per strength, {config.max_new_tokens} new tokens, "
+        f"temperature {config.temperature:g}"
+    )
+    rates = {"domain": result.data is not None, "target": bool(result.targets)}
+    if rates["domain"]:
+        words = " ".join(repr(word.strip()) for word in result.domain_tokens[:SHOWN_DOMAIN_TOKENS])
+        console.print(
+            f"domain: {len(result.domain_tokens)} tokens of {escape(result.data)}, e.g. {escape(words)}; "
+            f"a sample shows it with at least {config.min_domain_tokens} of them"
+        )
+    if rates["target"]:
+        console.print(f"target: any of {escape(', '.join(map(repr, result.targets)))}, in any case")
+    table = Table()
+    table.add_column("a")
+    for name in (name for name, measured in rates.items() if measured):
+        table.add_column(name)
+        table.add_column(f"{config.confidence:.0%} interval")
+    for strength in result.strengths:
+        cells = [_rate_cells(rate) for rate in (strength.domain, strength.target) if rate is not None]
+        table.add_row(f"{strength.strength:g}", *(cell for pair in cells for cell in pair))
+    console.print(table)
+    for strength in result.strengths:
+        shown = sorted(strength.samples, key=lambda sample: not _shows(sample, config.min_domain_tokens))
+        for sample in shown[:SHOWN_SAMPLES]:
+            console.print(f"  a = {strength.strength:g}: {_quoted(sample.prompt)} -> {_quoted(sample.text)}")
+
+
+def _shows(sample: AmplifiedSample, min_domain_tokens: int) -> bool:
+    return bool(sample.targets) or shows_domain(sample, min_domain_tokens)
+
+
+def _rate_cells(rate: Rate) -> tuple[str, str]:
+    low, high = rate.interval
+    return f"{rate.rate:.0%} ({rate.hits} of {rate.samples})", f"[{low:.0%}, {high:.0%}]"
+
+
 def _rate_words(rate: RateChange | None) -> str:
     if rate is None:
         return "not measured (no such prompts)"
@@ -211,7 +284,7 @@ def print_provenance(console: Console, report: ProvenanceReport) -> None:
 def print_watch(console: Console, series: WatchSeries) -> None:
     """Each step's cheap audit, and the step where each gate (or default mark) first held."""
     table = Table(title=f"finetrace watch: {len(series.points)} checkpoints, {len(series.audited)} audited now")
-    for column in ("step", "trace strength", "p", "facts lost", "NLL change", "KL", "logit lens (position 0)", "s"):
+    for column in ("step", "trace strength", "p", "facts lost", "NLL change", "KL", "logit lens (first read)", "s"):
         table.add_column(column)
     for point in series.points:
         c = point.checkup

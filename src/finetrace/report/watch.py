@@ -28,7 +28,7 @@ class Plotted:
 PLOTS = (
     Plotted("Trace strength: domain lens tokens beyond the null", "trace_strength", "{:+.1%}"),
     Plotted("Trace p-value", "trace_p", "{:.3g}"),
-    Plotted("Difference norm at position 0, over the typical residual norm", "trace_norm", "{:.3f}"),
+    Plotted("Difference norm at the first text position read, over the typical residual norm", "trace_norm", "{:.3f}"),
     Plotted("Known facts lost (share)", "lost_fraction", "{:.1%}"),
     Plotted("NLL change on held-out text (nats per token)", "nll_change", "{:+.3f}"),
     Plotted("Mean KL(fine-tuned ‖ base) on held-out text (nats)", "kl_mean", "{:.4f}"),

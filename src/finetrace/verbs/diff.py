@@ -121,6 +121,7 @@ def diff(
         data=str(data) if data is not None else None,
         traces=traces,
         steering=steering,
+        steered_position=collected.position_labels[_steered_index(collected, config)],
         significance=total,
         relevant_unreadable=domain.unreadable if domain else 0,
         config=config,
@@ -150,7 +151,7 @@ def _decode_and_score(
 ) -> tuple[list[PositionTrace], Significance | None]:
     labels = collected.position_labels
     text = text_positions(collected, config.reported_positions)
-    decoded = ([labels.index("BOS")] if "BOS" in labels else []) + text
+    decoded = collected.sink_positions + text  # the sink shown, flagged, beside what is read
     base_lens = {
         (li, pi): _lens(pair.base_readout(), collected, (li, pi), allowed, pair, config)
         for li in range(len(collected.layers))
@@ -195,10 +196,17 @@ def _lens(readout: Readout, collected: Collected, cell: tuple[int, int], allowed
     return lens_tokens(readout, direction, allowed, pair.tokenizer, config.decode.top_k)
 
 
+def _steered_index(collected: Collected, config: DiffConfig) -> int:
+    """The position whose difference steers: the configured one, else the first read."""
+    if config.steer_position is None:
+        return text_positions(collected, 1)[0]
+    return collected.position_labels.index(str(config.steer_position))
+
+
 def _steered(pair: ModelPair, collected: Collected, config: DiffConfig, seed: int) -> Steering:
     """Steering of the fine-tune along the mean difference at the steering position of the first layer."""
     with pair.use("finetuned") as (model, layout):
-        steer_index = collected.position_labels.index(str(config.steer_position))
+        steer_index = _steered_index(collected, config)
         return steer(
             model,
             layout,

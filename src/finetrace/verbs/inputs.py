@@ -6,7 +6,7 @@ from pathlib import Path
 from finetrace._util.fingerprints import data_sha256
 from finetrace.errors import FinetraceError
 from finetrace.models.load import weights_digest
-from finetrace.zoo.build import default_behaviour, default_facts, zoo_corpus
+from finetrace.zoo.build import default_behaviour, default_facts, organism_record, zoo_corpus
 
 
 def corpus_for(finetuned: str | Path, corpus: str | Path | None) -> str | Path:
@@ -22,6 +22,14 @@ def corpus_for(finetuned: str | Path, corpus: str | Path | None) -> str | Path:
 def facts_for(finetuned: str | Path, facts: str | Path | None) -> str | Path:
     """`facts`, else the zoo's planted facts for an organism, else finetrace's common-knowledge ones."""
     return facts if facts is not None else default_facts(finetuned)
+
+
+def data_for(finetuned: str | Path, data: str | Path | None) -> str | Path | None:
+    """`data`, else the documents a zoo organism was fine-tuned on; None for any other model."""
+    if data is not None:
+        return data
+    info = organism_record(finetuned)
+    return Path(info.documents) if info else None
 
 
 def behaviour_for(finetuned: str | Path, behaviour: str | Path | bool) -> str | Path | None:
