@@ -381,14 +381,20 @@ def test_a_model_against_itself_differs_by_exactly_zero(run, tmp_path):
     assert torch.all(collected.base_norm.count > 0)  # every position was read, none only padded
 
 
-def test_positions_are_labelled_as_the_family_tokenizes(run):
+def test_positions_are_labelled_as_the_family_tokenizes_and_read_past_the_sink(run):
     diff = json.loads(run.path("diff/diff.json").read_text())
-    texts = [str(p) for p in range(REPORTED)]
-    expected = ["BOS", *texts] if run.family.adds_bos else texts
-    assert [trace["position"] for trace in diff["traces"]] == expected
-    assert [trace["sink"] for trace in diff["traces"]] == [True] + [False] * (len(expected) - 1)
+    # The sink, shown and flagged: the BOS, or the first text token of a tokenizer that adds none.
+    sink = "BOS" if run.family.adds_bos else "0"
+    read = [str(p + (not run.family.adds_bos)) for p in range(REPORTED)]
+    assert [trace["position"] for trace in diff["traces"]] == [sink, *read]
+    assert [trace["sink"] for trace in diff["traces"]] == [True] + [False] * REPORTED
+    assert diff["steered_position"] == read[0]
     stored = json.loads(_metadata(run.path("diff/differences.safetensors"))["positions"])
-    assert stored[: len(expected)] == expected
+    assert (
+        stored[: REPORTED + 1]
+        == (["BOS"] if run.family.adds_bos else [])
+        + [str(p) for p in range(REPORTED + 1)][: REPORTED + 1 - run.family.adds_bos]
+    )
 
 
 def test_diff_of_a_full_finetune_finds_a_finite_nonzero_difference(run):
