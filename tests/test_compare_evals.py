@@ -9,9 +9,10 @@ from pathlib import Path
 from statistics import NormalDist
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
-from finetrace import BenchmarkComparison, compare_evals
+from finetrace import BenchmarkComparison, cli, compare_evals
 from finetrace.cli import app
 from finetrace.errors import FinetraceError
 
@@ -82,9 +83,14 @@ def runs(tmp_path) -> tuple[Path, Path]:
     return pair_of_runs(tmp_path, {"arc_easy": ARC, "hellaswag": HELLASWAG})
 
 
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch):
+    """A terminal wide enough for a task's row to be one line, whatever the one running the tests."""
+    monkeypatch.setattr(cli, "console", Console(width=160))
+
+
 def invoke(*args: str | Path):
-    """The command, on a terminal wide enough for a task's row to be one line."""
-    return CliRunner().invoke(app, ["compare-evals", *map(str, args)], env={"COLUMNS": "160"})
+    return CliRunner().invoke(app, ["compare-evals", *map(str, args)])
 
 
 def test_each_task_gets_both_accuracies_its_flips_and_the_exact_mcnemar_p(runs):
@@ -145,6 +151,7 @@ def _rows(output: str) -> list[list[str]]:
 
 COMMAND_ONLY = """
 import sys
+from finetrace import cli
 from finetrace.cli import app
 try:
     app(sys.argv[1:])
