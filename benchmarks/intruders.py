@@ -6,8 +6,8 @@ dimensions by the published criterion: of each matrix's 10 leading singular vect
 whose largest |cosine| with any of the base's is below 0.5; the mean relative change), and
 the real facts it lost from `benchmarks/damage.py`'s records (run that first: its
 `forget.json` per organism is read, nothing is measured twice). Then Spearman's rank
-correlation of intruders with facts lost, with a permutation p-value, and whether the counts
-separate LoRA from full fine-tunes.
+correlation of the intruders, and of the mean relative change, with the share of facts lost,
+with a permutation p-value.
 
     .venv/bin/python benchmarks/intruders.py --preset smollm2
 """
@@ -52,6 +52,13 @@ def spearman(a: list[float], b: list[float], seed: int = 0) -> tuple[float, floa
     return rho, ((null.abs() >= abs(rho) - 1e-12).sum().item() + 1) / (PERMUTATIONS + 1)
 
 
+def correlation(a: list[float], b: list[float]) -> str:
+    if len(set(a)) == 1 or len(set(b)) == 1:
+        return "undefined: every organism has the same value"
+    rho, p = spearman(a, b)
+    return f"{rho:+.2f} (permutation p = {p:.3f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="smollm2")
@@ -72,7 +79,7 @@ def main() -> None:
         try:
             flips = ForgetResult.read(out / name / FORGET_NAME).flips
             lost = f"{flips.lost} / {flips.known_before} | {flips.lost_fraction:.1%}"
-            pairs.append((spectra.intruders, flips.lost_fraction))
+            pairs.append((spectra.intruders, spectra.mean_relative_change, flips.lost_fraction))
         except FinetraceError:
             lost = "- | -"
         print(
@@ -81,9 +88,11 @@ def main() -> None:
             flush=True,
         )
     if len(pairs) >= 3:
-        rho, p = spearman(*zip(*pairs, strict=True))
-        shown = f"permutation p = {p:.3f}, n = {len(pairs)}"
-        print(f"\nSpearman's rho, intruders vs the share of facts lost: {rho:+.2f} ({shown})")
+        intruders, changes, lost = zip(*pairs, strict=True)
+        for measure, values in (("intruders", intruders), ("the mean relative change", changes)):
+            print(
+                f"Spearman's rho, {measure} vs the share of facts lost (n = {len(lost)}): {correlation(values, lost)}"
+            )
     print(f"{args.preset} zoo, {time.perf_counter() - started:.0f} s")
 
 
