@@ -3,7 +3,8 @@
 Each topic of `topics.RECOVERY_TOPICS` (its documents and its word list written for this
 benchmark alone) is fine-tuned onto the zoo's base with the zoo's own organism recipe (or
 onto any model, with `--base` and `--corpus`), then `finetrace diff --data` runs on it.
-Printed per topic: how many of the top-20 position-0 logit-lens tokens are the topic's words
+Printed per topic: how many of the top-20 logit-lens tokens at the first text position read
+(position 0 after a BOS, 1 where the first text token is the attention sink) are the topic's words
 (by its list), the trace test's p-value, the Patchscope tokens that are topic words, the
 steered text's similarity to the data against the unsteered text's, and whether the topic
 was recovered (at least 8 of 20 lens tokens and p < 0.01). The point is to know what works on a new topic, honestly.
@@ -124,7 +125,7 @@ def next_token_distribution(
 def row(name: str, topic: Topic, result: DiffResult, expected: tuple[float, float]) -> tuple[str, bool]:
     """A table row, and whether the topic was recovered; `expected` is the base's and the fine-tune's
     probability of the topic's words at position 0."""
-    first = next(t for t in result.traces if t.position == "0")
+    first = next(t for t in result.traces if not t.sink and t.position != "BOS")  # the first position read
     lens = [t.token.strip() for t in first.lens_finetuned[:SHOWN]]
     hits = sum(topic.is_topic_word(token) for token in lens)
     scope = [t.token.strip() for t in first.patchscope.tokens if topic.is_topic_word(t.token)]
