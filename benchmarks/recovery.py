@@ -20,9 +20,9 @@ difference at position 0 for any readout to find.
 """
 
 import argparse
+import hashlib
 import json
 import random
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from itertools import islice
@@ -32,15 +32,17 @@ import torch
 from topics import RECOVERY_TOPICS, Topic
 from transformers import PreTrainedTokenizerBase
 
+from finetrace._util.cache import cache_dir
 from finetrace._util.outputs import write_text
 from finetrace.adl.collect import CollectConfig, text_ids
-from finetrace.adl.records import DiffConfig, DiffResult
+from finetrace.adl.records import RESULT_NAME, DiffConfig, DiffResult
 from finetrace.corpus import iter_texts
+from finetrace.errors import FinetraceError
 from finetrace.models.load import load_model, load_tokenizer, prepended_ids, resolve_device
 from finetrace.models.residual import final_logits, find_layout
 from finetrace.run import RunConfig
 from finetrace.train.config import FinetuneConfig, TrainConfig
-from finetrace.train.finetune import finetune
+from finetrace.train.finetune import FinetuneResult, finetune
 from finetrace.verbs.diff import diff
 from finetrace.zoo import build_zoo
 from finetrace.zoo.build import organism_finetune_config, organism_run
@@ -97,16 +99,28 @@ def model_setup(args: argparse.Namespace) -> Setup:
 
 
 def run_topic(
-    setup: Setup, name: str, topic: Topic, scratch: Path, config: DiffConfig, seed: int
+    setup: Setup, name: str, topic: Topic, kept: Path, config: DiffConfig, seed: int
 ) -> tuple[Path, DiffResult]:
-    """Fine-tune the base on the topic, then diff it against its data."""
-    records = topic.records(random.Random(f"{seed}-{name}"), setup.documents)
-    data = scratch / f"{name}.jsonl"
-    write_text(data, "".join(json.dumps(record) + "\n" for record in records))
-    model = scratch / name
-    finetune(setup.base, data, model, setup.finetuning, setup.run)
-    result = diff(setup.base, model, setup.corpus, scratch / f"{name}-diff", config, RunConfig(seed=seed), data=data)
-    return model, result
+    """Fine-tune the base on the topic, then diff it against its data; each kept under `kept`
+    once done, so a run cut off resumes with the next step it had not finished."""
+    data, model, out = kept / f"{name}.jsonl", kept / name, kept / f"{name}-diff"
+    if FinetuneResult.load(model) is None:
+        records = topic.records(random.Random(f"{seed}-{name}"), setup.documents)
+        write_text(data, "".join(json.dumps(record) + "\n" for record in records))
+        finetune(setup.base, data, model, setup.finetuning, setup.run, overwrite=True)
+    try:
+        done = DiffResult.read(out / RESULT_NAME)
+        if done.config == config:
+            return model, done
+    except FinetraceError:  # none yet, or unreadable: measured again
+        pass
+    return model, diff(setup.base, model, setup.corpus, out, config, RunConfig(seed=seed), data=data)
+
+
+def kept_dir(setup: Setup, args: argparse.Namespace) -> Path:
+    """Where this setup's fine-tunes and diffs are kept: one directory per base, recipe, corpus and seed."""
+    recipe = json.dumps([str(setup.base), str(setup.corpus), setup.documents, repr(setup.finetuning), args.seed])
+    return cache_dir() / "benchmarks" / f"recovery-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
 
 
 @torch.no_grad()
@@ -164,24 +178,26 @@ def main() -> None:
     vocabulary = [tokenizer.decode([i]) for i in range(len(tokenizer))]
     base_expects = next_token_distribution(setup.base, tokenizer, texts, setup.run.device)
     lines, recovered = [], 0
-    with tempfile.TemporaryDirectory() as scratch:
-        for name in args.topics:
-            topic = RECOVERY_TOPICS[name]
-            model, result = run_topic(setup, name, topic, Path(scratch), config, args.seed)
-            finetune_expects = next_token_distribution(model, tokenizer, texts, setup.run.device)
-            topical = torch.tensor([topic.is_topic_word(token) for token in vocabulary])
-            expected = (base_expects[topical].sum().item(), finetune_expects[topical].sum().item())
-            line, found = row(name, topic, result, expected)
-            lines.append(line)
-            recovered += found
-            print(line, flush=True)
+    kept = kept_dir(setup, args)
+    kept.mkdir(parents=True, exist_ok=True)
+    print(f"fine-tunes and diffs kept in {kept}", flush=True)
+    for name in args.topics:
+        topic = RECOVERY_TOPICS[name]
+        model, result = run_topic(setup, name, topic, kept, config, args.seed)
+        finetune_expects = next_token_distribution(model, tokenizer, texts, setup.run.device)
+        topical = torch.tensor([topic.is_topic_word(token) for token in vocabulary])
+        expected = (base_expects[topical].sum().item(), finetune_expects[topical].sum().item())
+        line, found = row(name, topic, result, expected)
+        lines.append(line)
+        recovered += found
+        print(line, flush=True)
     training = setup.finetuning.training
     print(
         f"\nfinetrace recovery, {setup.described}, {args.samples} texts, seed {args.seed}; fine-tunes of "
         f"{setup.documents} documents, {training.epochs:g} epochs at learning rate {training.learning_rate:g}\n"
     )
     print(
-        "| topic | topic words in the top 20 lens tokens (position 0) | p | Patchscope topic words | "
+        "| topic | topic words in the top 20 lens tokens (first position read) | p | Patchscope topic words | "
         "steered vs unsteered similarity to the data | topic probability at position 0, base -> fine-tune | "
         "recovered | top 20 lens tokens |"
     )
