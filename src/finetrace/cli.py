@@ -346,7 +346,12 @@ def diff_command(
     out: Annotated[Path, _out("finetrace-diff")] = Path("finetrace-diff"),
     samples: Annotated[int, _count("Texts read from the corpus (all if fewer).")] = 10_000,
     positions: Annotated[int, _count("Tokens per text that go through the models (k).")] = 8,
-    report: Annotated[int, _count("Text positions decoded and scored (0..n-1), at most --positions.")] = 5,
+    report: Annotated[
+        int,
+        _count(
+            "Text positions decoded and scored: the first n past the attention sink (0..n-1 after a BOS, 1..n without one), at most --positions."
+        ),
+    ] = 5,
     layers: Annotated[str, typer.Option(help="Comma-separated fractions of depth (0.5) or layer indices (3).")] = "0.5",
     batch_size: BatchSize = 32,
     text_field: TextField = "text",
