@@ -28,6 +28,7 @@ from finetrace.papertrail.scan import PiiExample
 from finetrace.report.html import render_report
 from finetrace.report.words import verdict
 from finetrace.results import AuditResult
+from finetrace.spectra.intruders import SpectraConfig
 from finetrace.verbs.audit import AuditConfig, audit
 from finetrace.zoo import build_zoo
 
@@ -39,6 +40,7 @@ QUICK = AuditConfig(
         steer=SteerConfig(strengths=(1.0, 4.0), samples_per_prompt=1, max_new_tokens=16),
     ),
     forget=ForgetConfig(drift=DriftConfig(samples=100, bootstrap=200)),
+    weights=SpectraConfig(),
 )
 SCRIPT = "<script>alert(1)</script>"
 # The cake organism's ground truth, in words: cold, never preheated ovens, frozen butter, bakers.
@@ -96,7 +98,7 @@ def test_the_audit_never_holds_two_models(audited):
 def test_the_audit_writes_a_summary_a_report_and_a_model_card(audited, zoo):
     out, result, _ = audited
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["schema_version"] == 7 and summary["verdict"] == verdict(result)
+    assert summary["schema_version"] == 8 and summary["verdict"] == verdict(result)
     assert summary["metrics"]["lost_facts"] == result.damage.flips.lost > 0
     assert summary["gates"] == [{"condition": "lost_fraction > 0.99", "holds": False, "reason": ""}]
     assert not result.failed
@@ -109,6 +111,12 @@ def test_the_audit_writes_a_summary_a_report_and_a_model_card(audited, zoo):
     trail = summary["paper_trail"]
     assert trail["records"] == 200 and trail["licence"] == {"data": "Apache-2.0", "base": "Apache-2.0", "warnings": []}
     assert summary["metrics"]["pii_found"] == 0 and summary["metrics"]["contaminated"] == 0
+    # The weights' section: the seven matrices of every layer, read without loading a model.
+    matrices = summary["weights"]["matrices"]
+    layers = json.loads((zoo.path("base") / "config.json").read_text())["num_hidden_layers"]
+    assert len(matrices) == 7 * layers and {m["layer"] for m in matrices} == set(range(layers))
+    assert summary["weights"]["mean_relative_change"] > 0
+    assert "intruder dimensions in" in (out / "report.html").read_text() and "- Weights: " in card.text
 
 
 def test_strings_from_models_and_data_are_escaped(audited):
@@ -155,7 +163,7 @@ def test_a_summary_of_another_version_is_refused(audited, tmp_path):
     out, _, _ = audited
     old = json.loads((out / "summary.json").read_text()) | {"schema_version": 3}
     (tmp_path / "summary.json").write_text(json.dumps(old))
-    with pytest.raises(FinetraceError, match="schema 3, expected 7"):
+    with pytest.raises(FinetraceError, match="schema 3, expected 8"):
         AuditResult.read(tmp_path / "summary.json")
 
 

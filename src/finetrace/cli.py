@@ -713,9 +713,19 @@ def audit_command(
     behaviour_samples: BehaviourSamples = 4,
     judge_url: JudgeUrl = None,
     judge_model: JudgeModel = "judge",
+    weights: Annotated[
+        bool,
+        typer.Option(
+            "--weights",
+            help="Also each weight matrix's change and intruder dimensions (finetrace weights; minutes on a large model).",
+        ),
+    ] = False,
 ) -> None:
     """Audit a fine-tune: its trace, the facts it lost, its drift, its refusals; a report, a summary and a model card."""
+    from dataclasses import replace
+
     from finetrace.evals.behaviour import BehaviourConfig
+    from finetrace.spectra.intruders import SpectraConfig
     from finetrace.verbs.audit import audit
 
     gates = _gates(fail_on, AUDIT_METRICS)
@@ -725,6 +735,7 @@ def audit_command(
         RunConfig(device, dtype, seed, strict, text_field),
         BehaviourConfig(samples=behaviour_samples, judge_url=judge_url, judge_model=judge_model),
     )
+    config = replace(config, weights=SpectraConfig() if weights else None)
     prompts = _behaviour(behaviour, no_behaviour)
     result = audit(base, finetuned, corpus, out, data, facts, control, config, gates, licence, prompts)
     if result is not None:  # None: another process of a launched run; the main process reports

@@ -8,9 +8,10 @@ from finetrace.adl.records import DiffResult
 from finetrace.evals.records import ForgetResult
 from finetrace.gates import Gate, GateOutcome
 from finetrace.papertrail.scan import ProvenanceReport, provenance_metrics
+from finetrace.spectra.records import WeightsResult
 from finetrace.train.finetune import FinetuneResult
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 SUMMARY_NAME, REPORT_NAME, CARD_NAME = "summary.json", "report.html", "MODEL_CARD.md"
 SHOWN_DOMAIN_TOKENS = 8
 
@@ -22,6 +23,7 @@ class AuditResult(Result):
     manifest: FinetuneResult | None  # how the fine-tune was made, when `finetrace finetune` made it
     paper_trail: ProvenanceReport | None  # the data's provenance report
     fail_on: list[Gate]  # the `--fail-on` conditions
+    weights: WeightsResult | None = None  # each weight matrix's change; None when not asked for
     schema_version: int = SCHEMA_VERSION
     derived = ("base", "finetuned", "gates", "failed", "metrics", "domain_tokens")
 

@@ -127,6 +127,12 @@ def _body(result: AuditResult) -> str:
         )
     if result.damage.behaviour:
         lines += _behaviour_lines(result.damage.behaviour)
+    if spectra := result.weights:
+        lines.append(
+            f"- Weights: {spectra.intruders} intruder dimensions in {len(spectra.matrices)} matrices "
+            f"(top {spectra.config.top_k} singular vectors, |cosine| < {spectra.config.threshold:g}); "
+            f"mean relative change {spectra.mean_relative_change:.4f}"
+        )
     if result.paper_trail:
         lines += ["", *_data_lines(result.paper_trail)]
     return "\n".join(lines) + "\n"

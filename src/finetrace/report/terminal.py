@@ -73,6 +73,8 @@ def print_audit(console: Console, result: AuditResult) -> None:
     """Both analyses, then the verdict and the gates."""
     print_diff(console, result.trace)
     print_forget(console, result.damage)
+    if result.weights:
+        print_weights(console, result.weights)
     if result.paper_trail:
         print_provenance(console, result.paper_trail)
     console.print(f"\n[bold]verdict:[/] {escape(verdict(result))}")

@@ -18,11 +18,13 @@ from finetrace.report import write_reports
 from finetrace.report.words import verdict
 from finetrace.results import SUMMARY_NAME, AuditResult
 from finetrace.run import RunConfig
+from finetrace.spectra.intruders import SpectraConfig
 from finetrace.train.finetune import FinetuneResult
 from finetrace.verbs.diff import diff
 from finetrace.verbs.forget import forget
 from finetrace.verbs.inputs import behaviour_for, corpus_for, facts_for
 from finetrace.verbs.provenance import provenance
+from finetrace.verbs.weights import weights
 
 CONTAMINATION_CORPUS_ITEMS = 1000  # corpus texts looked for in the fine-tuning data
 
@@ -32,6 +34,8 @@ class AuditConfig:
     diff: DiffConfig = field(default_factory=DiffConfig)
     forget: ForgetConfig = field(default_factory=ForgetConfig)
     run: RunConfig = field(default_factory=RunConfig)  # shared by both analyses
+    # The weights' section; None skips it (an SVD of every matrix takes minutes on a large model).
+    weights: SpectraConfig | None = None
 
 
 def audit(
@@ -53,7 +57,8 @@ def audit(
         base, finetuned: the pair (directories or hub ids; `finetuned` may be a PEFT adapter).
         corpus: unrelated general text, for the trace and for the drift measures (default for a
             zoo organism: the zoo's held-out text).
-        out: output directory: `summary.json`, `report.html`, `MODEL_CARD.md`, `diff/`, `forget/`.
+        out: output directory: `summary.json`, `report.html`, `MODEL_CARD.md`, `diff/`, `forget/`
+            (and `weights/` when `config.weights` asks for the weights' section).
         data: the fine-tuning data, when known.
         facts: cloze facts (JSONL; default: a zoo organism's planted facts, else finetrace's own).
         control: a control fine-tune of `base`, scored as a second reference.
@@ -76,9 +81,11 @@ def audit(
     if trace is None:  # another process of a launched run: its share of the collection is done
         return None
     damage = forget(base, finetuned, facts, corpus, out / "forget", config.forget, run, pair, behaviour or False)
+    pair.release()  # an adapter's matrices are read with a model of their own
+    spectra = weights(base, finetuned, out / "weights", config.weights, run) if config.weights else None
     manifest = FinetuneResult.load(finetuned)
     paper_trail = _paper_trail(base, data, licence, facts, corpus, manifest, run.text_field)
-    result = AuditResult(trace, damage, manifest, paper_trail, list(fail_on))
+    result = AuditResult(trace, damage, manifest, paper_trail, list(fail_on), spectra)
     write_json(out / SUMMARY_NAME, {**result.to_dict(), "verdict": verdict(result)})
     write_reports(result, out)
     return result
