@@ -108,7 +108,8 @@ def diff(
         return None
     traces, total = _decode_and_score(pair, collected, config, domain, allowed, run.seed)
     clock.lap("decode")
-    steering = _steered(pair, collected, config, run.seed)
+    steer_index = _steered_index(collected, config)
+    steering = _steered(pair, collected, steer_index, config, run.seed)
     clock.lap("steer")
     similarity = _similarity(steering, records, general) if records is not None else None
     clock.lap("similarity")
@@ -121,7 +122,7 @@ def diff(
         data=str(data) if data is not None else None,
         traces=traces,
         steering=steering,
-        steered_position=collected.position_labels[_steered_index(collected, config)],
+        steered_position=collected.position_labels[steer_index],
         significance=total,
         relevant_unreadable=domain.unreadable if domain else 0,
         config=config,
@@ -203,10 +204,9 @@ def _steered_index(collected: Collected, config: DiffConfig) -> int:
     return collected.position_labels.index(str(config.steer_position))
 
 
-def _steered(pair: ModelPair, collected: Collected, config: DiffConfig, seed: int) -> Steering:
+def _steered(pair: ModelPair, collected: Collected, steer_index: int, config: DiffConfig, seed: int) -> Steering:
     """Steering of the fine-tune along the mean difference at the steering position of the first layer."""
     with pair.use("finetuned") as (model, layout):
-        steer_index = _steered_index(collected, config)
         return steer(
             model,
             layout,
