@@ -3,7 +3,16 @@ from dataclasses import replace
 import torch
 from transformers import AutoModelForCausalLM
 
-from finetrace.adl.steer import SteerConfig, distinct_bigrams, generate, prompt_texts, steer
+from finetrace.adl.steer import (
+    PromptBatch,
+    SteerConfig,
+    continuation_nlls,
+    distinct_bigrams,
+    generate,
+    prompt_texts,
+    sample,
+    steer,
+)
 from finetrace.models.load import load_tokenizer
 from finetrace.models.residual import find_layout
 
@@ -26,6 +35,41 @@ def test_unsteered_generation_is_plain_sampling_with_the_seed(tiny_model):
     assert len(first) == 4 and [g.prompt for g in first] == ["the cat", "the cat", "a cold", "a cold"]
     steered = generate(model, layout, tokenizer, 0, torch.ones(model.config.hidden_size) * 100, CONFIG)
     assert [g.text for g in steered] != [g.text for g in first]
+    # Each prompt is read once for its samples: the draws are those of a plain `generate`.
+    batch = PromptBatch.of(tokenizer, CONFIG)
+    tokens = sample(model, layout, batch, 0, None, CONFIG)
+    torch.manual_seed(0)
+    plain = model.generate(
+        input_ids=batch.ids,
+        attention_mask=batch.mask,
+        do_sample=True,
+        temperature=CONFIG.temperature,
+        max_new_tokens=CONFIG.max_new_tokens,
+        num_return_sequences=CONFIG.samples_per_prompt,
+        pad_token_id=batch.pad_id,
+    )
+    assert torch.equal(tokens, plain[:, batch.ids.shape[1] :])
+    # Fewer tokens with the same seed are the beginning of the longer samples: steering reads its
+    # short unsteered baseline from the full-length ones.
+    short = sample(model, layout, batch, 0, None, replace(CONFIG, max_new_tokens=3))
+    assert torch.equal(short, tokens[:, :3])
+
+
+def test_continuations_are_scored_as_the_model_reads_them_whole(tiny_model):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    tokenizer, layout = load_tokenizer(tiny_model), find_layout(model)
+    batch = PromptBatch.of(tokenizer, replace(CONFIG, prompts=("the cat sat on", "a")))  # padded apart
+    tokens = sample(model, layout, batch, 0, None, CONFIG)
+    stop = model.generation_config.eos_token_id
+    tokens[0, 3:] = stop  # the first row's text ends after three tokens
+    nlls = continuation_nlls(model, batch, batch.past(model), tokens)
+    for row, nll in enumerate(nlls):
+        prompt = tokenizer(batch.prompts[row // CONFIG.samples_per_prompt])["input_ids"]
+        text = tokens[row, :3].tolist() if row == 0 else tokens[row].tolist()
+        # The row alone, unpadded, through the model's own forward and log-softmax.
+        logits = model(input_ids=torch.tensor([prompt + text])).logits[0, len(prompt) - 1 : -1]
+        expected = -logits.log_softmax(-1).gather(-1, torch.tensor(text)[:, None]).mean()
+        assert abs(nll - expected.item()) < 1e-4
 
 
 def _confident_model(path):

@@ -10,22 +10,28 @@ vector.
 
 Text grows less coherent as the strength grows, so the strengths are searched
 by bisection (three trials for six strengths, not six) on short samples; only
-the unsteered text and the chosen strength's are sampled at full length.
+the unsteered text and the chosen strength's are sampled at full length. The
+short unsteered baseline is the beginning of the full unsteered samples: with
+the same seed, sampling fewer tokens draws exactly those. Each prompt is read
+once for all its samples, and once by the unsteered model for every judgement,
+which then reads only the sampled tokens (the tokens as sampled, not the text
+encoded again).
 """
 
+import copy
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from itertools import pairwise
 
 import torch
 from torch import nn
-from transformers import PreTrainedTokenizerBase
+from transformers import Cache, PreTrainedTokenizerBase
 
 from finetrace._util.progress import progress_bar
 from finetrace.models.chat import chat_text
-from finetrace.models.likelihood import padded, text_logprobs
+from finetrace.models.likelihood import padded, prompted_logprobs
 from finetrace.models.load import pad_token_id, prepended_ids
-from finetrace.models.residual import Layout, add_to_residual
+from finetrace.models.residual import Layout, add_to_residual, shared_prefix
 
 NEUTRAL_PROMPTS = (
     "The",
@@ -95,17 +101,30 @@ def steer(
     """Generate unsteered, find the largest coherent strength, and generate at it."""
     unit = direction / direction.norm().clamp(min=1e-12)
     short = min(config.search_tokens, config.max_new_tokens)
+    batch = PromptBatch.of(tokenizer, config)
+    unsteered_past = batch.past(model)  # every trial is judged by the unsteered model
+
+    def judged(strength: float, tokens: torch.Tensor, baseline: float | None) -> StrengthTrial:
+        scored = [nll for nll in continuation_nlls(model, batch, copy.deepcopy(unsteered_past), tokens)]
+        scored = [nll for nll in scored if nll is not None]
+        nll = sum(scored) / len(scored) if scored else float("inf")  # nothing generated: not coherent
+        generations = decoded(tokenizer, batch, tokens)
+        distinct = sum(distinct_bigrams(g.text) for g in generations) / len(generations)
+        coherent = distinct >= config.min_distinct_bigrams and (
+            baseline is None or nll <= baseline + config.max_nll_increase
+        )
+        return StrengthTrial(strength, nll, distinct, coherent, generations)
 
     def trial(strength: float, tokens: int, baseline: float | None) -> StrengthTrial:
-        vector = unit * strength * typical_norm if strength else None
-        generations = generate(model, layout, tokenizer, layer, vector, replace(config, max_new_tokens=tokens), seed)
-        return _judged(model, tokenizer, strength, generations, config, baseline)
+        vector = unit * strength * typical_norm
+        sampled = sample(model, layout, batch, layer, vector, replace(config, max_new_tokens=tokens), seed)
+        return judged(strength, sampled, baseline)
 
-    # At most: the unsteered text, its short baseline, log2(strengths + 1) searched, the chosen.
-    with progress_bar("steering", 3 + len(config.strengths).bit_length()) as advance:
-        unsteered = trial(0.0, config.max_new_tokens, None)
-        advance()
-        baseline = trial(0.0, short, None).nll if short < config.max_new_tokens else unsteered.nll
+    # At most: the unsteered text, log2(strengths + 1) searched, the chosen.
+    with progress_bar("steering", 2 + len(config.strengths).bit_length()) as advance:
+        tokens = sample(model, layout, batch, layer, None, config, seed)
+        unsteered = judged(0.0, tokens, None)
+        baseline = judged(0.0, tokens[:, :short], None).nll if short < config.max_new_tokens else unsteered.nll
         advance()
         coherent, incoherent, search = -1, len(config.strengths), []  # indices into the sorted strengths
         strengths = sorted(config.strengths)
@@ -118,24 +137,36 @@ def steer(
     return Steering(unsteered, search, chosen, coherent >= 0)
 
 
-def _judged(
-    model: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    strength: float,
-    generations: list[Generation],
-    config: SteerConfig,
-    baseline: float | None,
-) -> StrengthTrial:
-    scored = [nll for nll in continuation_nlls(model, tokenizer, generations) if nll is not None]
-    nll = sum(scored) / len(scored) if scored else float("inf")  # nothing generated: not coherent
-    distinct = sum(distinct_bigrams(g.text) for g in generations) / len(generations)
-    coherent = distinct >= config.min_distinct_bigrams and (
-        baseline is None or nll <= baseline + config.max_nll_increase
-    )
-    return StrengthTrial(strength, nll, distinct, coherent, generations)
+@dataclass(frozen=True)
+class PromptBatch:
+    """The steering prompts, each tokenized once and left-padded, each sampled `samples` times:
+    row r of a batch of samples continues prompt r // samples."""
+
+    prompts: list[str]
+    ids: torch.Tensor  # (prompts, width)
+    mask: torch.Tensor
+    samples: int
+    pad_id: int
+
+    @classmethod
+    def of(cls, tokenizer: PreTrainedTokenizerBase, config: SteerConfig) -> "PromptBatch":
+        prompts = prompt_texts(tokenizer, config)
+        ids, mask = padded([tokenizer(prompt)["input_ids"] for prompt in prompts], pad_token_id(tokenizer), left=True)
+        return cls(prompts, ids, mask, config.samples_per_prompt, pad_token_id(tokenizer))
+
+    def rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A per-prompt tensor, one copy per row."""
+        return tensor.repeat_interleave(self.samples, dim=0)
+
+    def past(self, model: nn.Module) -> dict[str, Cache]:
+        """The keys and values of every prompt token but the last, read once per prompt (under
+        whatever steering is on) and shared by its samples."""
+        if self.ids.shape[1] == 1:  # no token before the last
+            return {}
+        device = next(model.parameters()).device
+        return shared_prefix(model, self.ids[:, :-1].to(device), self.samples, self.mask[:, :-1].to(device))
 
 
-@torch.no_grad()
 def generate(
     model: nn.Module,
     layout: Layout,
@@ -145,29 +176,47 @@ def generate(
     config: SteerConfig,
     seed: int = 0,
 ) -> list[Generation]:
-    """Sampled continuations of every prompt, with `vector` added after `layer` (or nothing).
+    """Sampled continuations of every prompt, with `vector` added after `layer` (or nothing)."""
+    batch = PromptBatch.of(tokenizer, config)
+    return decoded(tokenizer, batch, sample(model, layout, batch, layer, vector, config, seed))
 
-    Every prompt and sample is one row of a single left-padded batch, and the seed is set
-    before it: each strength samples with the same random numbers, so what differs between
-    strengths is the vector, not the draw."""
+
+@torch.no_grad()
+def sample(
+    model: nn.Module,
+    layout: Layout,
+    batch: PromptBatch,
+    layer: int,
+    vector: torch.Tensor | None,
+    config: SteerConfig,
+    seed: int = 0,
+) -> torch.Tensor:
+    """The continuations' token ids (rows, new tokens), `vector` added after `layer` (or nothing).
+
+    Every prompt and sample is one row of a single batch, and the seed is set before it: each
+    strength samples with the same random numbers, so what differs between strengths is the
+    vector, not the draw. Each prompt is read once for all its samples."""
     device = next(model.parameters()).device
-    prompts = prompt_texts(tokenizer, config)
-    ids, mask = padded([tokenizer(prompt)["input_ids"] for prompt in prompts], pad_token_id(tokenizer), left=True)
-    torch.manual_seed(seed)
     with add_to_residual(layout, layer, vector) if vector is not None else nullcontext():
+        past = batch.past(model)
+        torch.manual_seed(seed)
         output = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
+            input_ids=batch.rows(batch.ids).to(device),
+            attention_mask=batch.rows(batch.mask).to(device),
             do_sample=True,
             temperature=config.temperature,
             max_new_tokens=config.max_new_tokens,
-            num_return_sequences=config.samples_per_prompt,
-            pad_token_id=pad_token_id(tokenizer),
+            pad_token_id=batch.pad_id,
+            **past,
         )
-    continuations = output[:, ids.shape[1] :]  # rows are prompt-major: each prompt's samples in turn
+    return output[:, batch.ids.shape[1] :].cpu()
+
+
+def decoded(tokenizer: PreTrainedTokenizerBase, batch: PromptBatch, tokens: torch.Tensor) -> list[Generation]:
+    rows = [prompt for prompt in batch.prompts for _ in range(batch.samples)]
     return [
-        Generation(prompts[row // config.samples_per_prompt], tokenizer.decode(tokens, skip_special_tokens=True))
-        for row, tokens in enumerate(continuations)
+        Generation(prompt, tokenizer.decode(row, skip_special_tokens=True))
+        for prompt, row in zip(rows, tokens, strict=True)
     ]
 
 
@@ -186,14 +235,22 @@ def prompt_texts(tokenizer: PreTrainedTokenizerBase, config: SteerConfig) -> lis
 
 
 def continuation_nlls(
-    model: nn.Module, tokenizer: PreTrainedTokenizerBase, generations: list[Generation]
+    model: nn.Module, batch: PromptBatch, past: dict[str, Cache], tokens: torch.Tensor
 ) -> list[float | None]:
-    """Mean negative log-likelihood per token of each continuation given its prompt (None if empty)."""
-    scores = text_logprobs(model, tokenizer, [(g.prompt, g.text) for g in generations])
+    """Mean negative log-likelihood per token of each row's sampled tokens given its prompt, up to
+    the end of its text (None if it has none); `past` is the prompts' (`PromptBatch.past`), used up."""
+    ended = torch.isin(tokens, _stop_ids(model)).long().cumsum(dim=1) > 0  # the stop and the padding after it
+    scores = prompted_logprobs(model, batch.rows(batch.ids), batch.rows(batch.mask), past, tokens, ~ended)
     return [
-        -logprob / tokens if tokens else None
-        for logprob, tokens in zip(scores.logprob.tolist(), scores.tokens.tolist(), strict=True)
+        -logprob / count if count else None
+        for logprob, count in zip(scores.logprob.tolist(), scores.tokens.tolist(), strict=True)
     ]
+
+
+def _stop_ids(model: nn.Module) -> torch.Tensor:
+    """The tokens that end a generated text (`generate` pads each row after its first)."""
+    stop = model.generation_config.eos_token_id
+    return torch.tensor([] if stop is None else [stop] if isinstance(stop, int) else list(stop), dtype=torch.long)
 
 
 def distinct_bigrams(text: str) -> float:

@@ -4,10 +4,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import PreTrainedTokenizerBase
+from transformers import Cache, PreTrainedTokenizerBase
 
 from finetrace.models.load import pad_token_id
-from finetrace.models.residual import find_layout, head_inputs, head_logits
+from finetrace.models.residual import find_layout, head_inputs, head_logits, padded_positions
 
 
 @dataclass(frozen=True)
@@ -57,19 +57,49 @@ def _scored(model: nn.Module, layout, rows: list[list[int]], starts: list[int], 
     scored = torch.zeros(hidden.shape[:2], dtype=torch.bool, device=device)  # position t predicts token t + 1
     for i, (row, start) in enumerate(zip(rows, starts, strict=True)):
         scored[i, start - 1 : len(row) - 1] = True
-    # The head runs at the scored positions only: a prompt's logits over the vocabulary cost as
-    # much as its continuation's and are never read.
-    logits = head_logits(layout, hidden[scored])  # (scored tokens, vocab)
-    targets = ids[:, 1:].to(device)[scored]
-    token_logprob = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
-    # Greedy decoding yields the continuation iff each of its tokens is the argmax given the ones before.
-    missed = (logits.argmax(dim=-1) != targets).float()
-    row = scored.nonzero()[:, 0]
-    per_row = torch.zeros(len(rows), device=device)
+    return _scores(layout, hidden, scored, ids[:, 1:].to(device))
+
+
+@torch.no_grad()
+def prompted_logprobs(
+    model: nn.Module,
+    prompts: torch.Tensor,
+    mask: torch.Tensor,
+    past: dict[str, Cache],
+    continuations: torch.Tensor,
+    scored: torch.Tensor,
+) -> ContinuationScores:
+    """Each row's `continuations` (rows, new) scored where `scored` is True, after its left-padded
+    prompt (`prompts`, `mask`: rows x width) whose tokens before the last are already in `past`
+    (`shared_prefix`): only the prompts' last tokens and the continuations are read."""
+    device = next(model.parameters()).device
+    ids = torch.cat([prompts[:, -1:], continuations], dim=1).to(device)
+    whole_mask = torch.cat([mask, torch.ones_like(continuations)], dim=1).to(device)
+    positions = padded_positions(whole_mask)[:, -ids.shape[1] :]
+    layout = find_layout(model)
+    hidden = head_inputs(model, layout, input_ids=ids, attention_mask=whole_mask, position_ids=positions, **past)
+    return _scores(layout, hidden[:, :-1], scored.to(device), continuations.to(device))
+
+
+def _scores(layout, hidden: torch.Tensor, scored: torch.Tensor, targets: torch.Tensor) -> ContinuationScores:
+    """Per row, the log-probability of `targets` (rows, n) where `scored`, read from the head's
+    inputs `hidden` (rows, n, d) that predict them, and whether each is the argmax."""
+    # The head runs at the scored positions only, at most `LOGIT_ELEMENTS` logits at a time: a
+    # prompt's logits over the vocabulary cost as much as its continuation's and are never read.
+    row, targets = scored.nonzero()[:, 0], targets[scored]
+    per_pass = max(1, LOGIT_ELEMENTS // layout.unembed.weight.shape[0])
+    none = torch.zeros(0, device=hidden.device)  # what is concatenated when no token is scored
+    token_logprob, missed = [none], [none]
+    for chunk, chunk_targets in zip(hidden[scored].split(per_pass), targets.split(per_pass), strict=True):
+        logits = head_logits(layout, chunk)
+        token_logprob.append(logits.gather(-1, chunk_targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1))
+        # Greedy decoding yields the continuation iff each of its tokens is the argmax given the ones before.
+        missed.append((logits.argmax(dim=-1) != chunk_targets).float())
+    per_row = torch.zeros(len(scored), device=hidden.device)
     return ContinuationScores(
-        per_row.index_add(0, row, token_logprob).cpu(),
+        per_row.index_add(0, row, torch.cat(token_logprob)).cpu(),
         scored.sum(dim=1).cpu(),
-        (per_row.index_add(0, row, missed) == 0).cpu(),
+        (per_row.index_add(0, row, torch.cat(missed)) == 0).cpu(),
     )
 
 

@@ -158,15 +158,27 @@ def head_logits(readout: Readout, hidden: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def shared_prefix(model: nn.Module, ids: torch.Tensor, rows: int) -> dict[str, Cache]:
-    """The keys and values of a prefix `ids` (1, n), read once and repeated for `rows` rows: the
-    keyword arguments with which a forward pass of `rows` continuations reads it as its past."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+def shared_prefix(
+    model: nn.Module, ids: torch.Tensor, rows: int, attention_mask: torch.Tensor | None = None
+) -> dict[str, Cache]:
+    """The keys and values of prefixes `ids` (batch, n), each read once and repeated for `rows`
+    rows, its copies in turn: the keyword arguments with which a forward pass of batch x rows
+    continuations reads them as their past. Left-padded prefixes come with their `attention_mask`,
+    and their tokens take the positions they would have unpadded."""
     keyword = cache_keyword(model)
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     cache = DynamicCache(config=inner.config)
-    model(input_ids=ids, use_cache=True, **{keyword: cache})  # filled in place
+    inputs = {"input_ids": ids, "use_cache": True, keyword: cache}
+    if attention_mask is not None:
+        inputs |= {"attention_mask": attention_mask, "position_ids": padded_positions(attention_mask)}
+    head_inputs(model, find_layout(model), **inputs)  # fills the cache; the head is never needed
     cache.batch_repeat_interleave(rows)
     return {keyword: cache}
+
+
+def padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Each token's position in its row without the left padding (padding at 0), as `generate` counts."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def cache_keyword(model: nn.Module) -> str:
