@@ -82,6 +82,12 @@ def main() -> None:
         f"after the collection ({' + '.join(AFTER_COLLECTION)}) {after:.2f} s = "
         f"{after / result.seconds['collect']:.2f}x the collection's {result.seconds['collect']:.2f} s"
     )
+    similarity = result.similarity or {}
+    print(
+        f"steered at {result.steering.chosen_strength:g}x the typical norm (position {result.steered_position}): "
+        f"similarity to the data {similarity.get('steered_to_data', float('nan')):.3f}, "
+        f"unsteered {similarity.get('unsteered_to_data', float('nan')):.3f}"
+    )
 
     pair = load_pair(base, cake, device="cpu")
     with pair.use("finetuned") as (model, layout):
