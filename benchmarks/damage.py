@@ -5,9 +5,11 @@ and the fine-tune lost (exact McNemar p against the base), and the drift on the 
 text. The chat organisms also answer the built-in behaviour prompts, against the model they
 were fine-tuned from (the base, or the zoo's refusing model): refusal and over-refusal rates
 with their intervals. Each organism's `forget.json` is kept under `--out`, so a run cut off
-resumes where it stopped; a record made with other settings or models is not reused.
+resumes where it stopped; a record made with other settings or models is not reused. A chat
+organism fine-tuned from the base gives its facts and its refusals in one run against it.
 
     .venv/bin/python benchmarks/damage.py --preset smollm2
+    .venv/bin/python benchmarks/damage.py --preset smollm2 --organisms refusing jailbroken
 """
 
 import argparse
@@ -35,7 +37,8 @@ def run_forget(base: Path, organism: Path, out: Path, config: ForgetConfig, beha
     """`forget` of one pair, or its record from an earlier run of the same pair and settings."""
     try:
         kept = ForgetResult.read(out / RESULT_NAME)
-        if (kept.base, kept.finetuned, kept.config) == (str(base), str(organism), config):
+        same = (kept.base, kept.finetuned, kept.config) == (str(base), str(organism), config)
+        if same and (kept.behaviour is not None) == behaviour:
             return kept
     except FinetraceError:  # none yet, or unreadable: measured again
         pass
@@ -58,6 +61,7 @@ def main() -> None:
     parser.add_argument("--preset", default="smollm2")
     parser.add_argument("--drift-samples", type=int, default=200, help="held-out texts for the drift")
     parser.add_argument("--out", type=Path, help="where each organism's forget.json is kept")
+    parser.add_argument("--organisms", nargs="*", help="these organisms, in this order (default: all)")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -67,9 +71,13 @@ def main() -> None:
     print("| organism | kind | facts the base knew | lost | gained | lost share | McNemar p | NLL drift (nats) |")
     print("|---|---|---|---|---|---|---|---|")
     behaviour_rows = []
-    for name in zoo.organisms:
+    for name in args.organisms or zoo.organisms:
         organism = ORGANISMS[name]
-        facts = run_forget(zoo.path("base"), zoo.path(name), out / name, config, behaviour=False)
+        chats = "messages" in read_records(zoo.organism(name).documents)[0]  # fine-tuned on chats
+        parent = parent_of(zoo.preset, organism)
+        # Fine-tuned from the base: one run against it gives the facts and the refusals.
+        behaviour = chats and parent == "base"
+        facts = run_forget(zoo.path("base"), zoo.path(name), out / name, config, behaviour=behaviour)
         flips, drift = facts.flips, facts.drift
         print(
             f"| {name} | {organism.kind} | {flips.known_before} | {flips.lost} | {flips.gained} | "
@@ -77,10 +85,14 @@ def main() -> None:
             f"{drift.likelihood.finetuned_nll - drift.likelihood.base_nll:+.3f} |",
             flush=True,
         )
-        if "messages" in read_records(zoo.organism(name).documents)[0]:  # fine-tuned on chats
-            parent = parent_of(zoo.preset, organism)
-            chats = run_forget(zoo.path(parent), zoo.path(name), out / f"{name}-behaviour", config, behaviour=True)
-            behaviour_rows.append((name, parent, chats.behaviour))
+        if chats:
+            against = (
+                facts
+                if behaviour
+                else run_forget(zoo.path(parent), zoo.path(name), out / f"{name}-behaviour", config, behaviour=True)
+            )
+            behaviour_rows.append((name, parent, against.behaviour))
+            print(f"  {name} from {parent}: refusal {rate(against.behaviour.refusal)}", flush=True)
     print("\n| organism | from | refusal rate (95% interval) | over-refusal rate |")
     print("|---|---|---|---|")
     for name, parent, behaviour in behaviour_rows:
