@@ -51,6 +51,7 @@ def main() -> None:
     general = list(islice(iter_texts(zoo.path("heldout")), args.samples))
 
     p_values: dict[tuple[str, str], float] = {}
+    counts: dict[tuple[str, str], str] = {}  # relevant lens tokens observed / the null's mean
     with tempfile.TemporaryDirectory() as scratch:
         for finetuned in [*TRAINED_ON, *CONTROLS]:
             pair = load_pair(zoo.path("base"), zoo.path(finetuned), "cpu", "float32")
@@ -65,6 +66,7 @@ def main() -> None:
                     pair, collected, tokens[domain], config.reported_positions, config.score, args.seed
                 )
                 p_values[finetuned, domain] = tested.p_value
+                counts[finetuned, domain] = f"{tested.relevant}/{tested.null_mean:.1f}"
 
     print(
         f"\nfinetrace trace test, {args.preset} zoo: {args.samples} texts, {args.null_samples} null "
@@ -76,6 +78,14 @@ def main() -> None:
     for finetuned in [*TRAINED_ON, *CONTROLS]:
         cells = [f"{p_values[finetuned, d]:.3f}{'*' if TRAINED_ON.get(finetuned) == d else ' '}" for d in names]
         print(f"{finetuned:14s}" + "".join(f"{cell:>12s}" for cell in cells))
+
+    print(
+        f"\nrelevant tokens in the top {config.score.top_k} lens tokens, summed over the positions tested: "
+        f"observed / null mean\n"
+    )
+    print(f"{'':14s}" + "".join(f"{name:>12s}" for name in names))
+    for finetuned in [*TRAINED_ON, *CONTROLS]:
+        print(f"{finetuned:14s}" + "".join(f"{counts[finetuned, d]:>12s}" for d in names))
 
     null = [p for (finetuned, domain), p in p_values.items() if TRAINED_ON.get(finetuned) != domain]
     power = [p_values[name, TRAINED_ON[name]] for name in POWER]
