@@ -6,7 +6,7 @@ from finetrace.adl.decode import (
     DecodeConfig,
     lens_tokens,
     patched_next_token,
-    patchscope,
+    patchscopes,
     top_tokens,
     undertrained_tokens,
     unreadable_tokens,
@@ -65,14 +65,15 @@ def test_patchscope_reads_a_token_once_its_direction_outweighs_the_prompt(tiny_m
     model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
     tokenizer, layout = load_tokenizer(tiny_model), find_layout(model)
     [cake] = tokenizer(" cake", add_special_tokens=False)["input_ids"]
+    [cat] = tokenizer(" cat", add_special_tokens=False)["input_ids"]
     allowed = torch.ones(len(tokenizer), dtype=torch.bool)
     config = DecodeConfig(top_k=10, patchscope_scales=(0.01, 10.0))
-    result = patchscope(
-        model, layout, tokenizer, 0, layout.unembed.weight[cake].detach(), TYPICAL_NORM, allowed, config
-    )
+    rows = layout.unembed.weight[[cake, cat]].detach()
+    result, other = patchscopes(model, layout, tokenizer, 0, rows, TYPICAL_NORM, allowed, config)
     # Faint, the patch leaves each prompt its own continuation; strong, it decides every prompt's.
     assert [len(s.stable) for s in result.scales] == [0, 10]
     assert result.chosen_scale == 10.0 and result.tokens[0].token == " cake"
+    assert other.chosen_scale == 10.0 and other.tokens[0].token == " cat"  # each direction its own rows
     probabilities = [t.score for t in result.tokens]
     assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1
 
@@ -84,7 +85,7 @@ def test_patchscope_after_the_last_layer_is_the_lens_at_every_scale_and_takes_th
     row = layout.unembed.weight[cake].detach()
     allowed = torch.ones(len(tokenizer), dtype=torch.bool)
     config = DecodeConfig(top_k=10, patchscope_scales=(4.0, 1.0))
-    result = patchscope(model, layout, tokenizer, 1, row, TYPICAL_NORM, allowed, config)
+    [result] = patchscopes(model, layout, tokenizer, 1, row[None], TYPICAL_NORM, allowed, config)
     # Only the final norm, which ignores scale, lies between the patch and the head: prompts and scales agree.
     lens = logit_lens(layout, row).topk(10).indices.tolist()
     assert all([t.token_id for t in s.stable] == lens for s in result.scales)

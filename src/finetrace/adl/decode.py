@@ -84,29 +84,36 @@ def lens_tokens(
 
 
 @torch.no_grad()
-def patchscope(
+def patchscopes(
     model: nn.Module,
     layout: Layout,
     tokenizer: PreTrainedTokenizerBase,
     layer: int,
-    direction: torch.Tensor,
+    directions: torch.Tensor,
     typical_norm: float,
     allowed: torch.Tensor,
     config: DecodeConfig,
-) -> Patchscope:
-    """Patchscope of a direction at `layer` over every scale in the config."""
-    unit = direction / direction.norm().clamp(min=1e-12)
-    patches = torch.stack([unit * scale * typical_norm for scale in config.patchscope_scales])
+) -> list[Patchscope]:
+    """Patchscope of each of `directions` (n, d) at `layer`: every direction and scale is one row
+    of a single pass per identity prompt."""
+    units = directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    scales = torch.tensor(config.patchscope_scales, dtype=units.dtype, device=units.device)
+    patches = (units[:, None, :] * scales[None, :, None] * typical_norm).flatten(0, 1)  # direction-major
     probabilities = [
-        patched_next_token(model, layout, tokenizer(prompt)["input_ids"], layer, patches).softmax(-1)
+        patched_next_token(model, layout, tokenizer(prompt)["input_ids"], layer, patches)
+        .softmax(-1)
+        .view(len(directions), len(scales), -1)
         for prompt in config.identity_prompts
-    ]  # each (scales, vocab)
-    results = [
-        PatchscopeScale(scale, _stable([p[i] for p in probabilities], allowed, tokenizer, config.top_k))
-        for i, scale in enumerate(config.patchscope_scales)
-    ]
-    best = max(results, key=lambda r: (len(r.stable), -r.scale))
-    return Patchscope(results, best.scale)
+    ]  # each (directions, scales, vocab)
+    results = []
+    for d in range(len(directions)):
+        per_scale = [
+            PatchscopeScale(scale, _stable([p[d, i] for p in probabilities], allowed, tokenizer, config.top_k))
+            for i, scale in enumerate(config.patchscope_scales)
+        ]
+        best = max(per_scale, key=lambda r: (len(r.stable), -r.scale))
+        results.append(Patchscope(per_scale, best.scale))
+    return results
 
 
 @torch.no_grad()

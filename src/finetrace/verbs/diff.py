@@ -17,7 +17,7 @@ from finetrace._util.outputs import check_output_dir, refuse_overlap, write_json
 from finetrace._util.progress import progress_bar
 from finetrace._util.timing import Stopwatch
 from finetrace.adl.collect import BASE_STORE, Collected, collect
-from finetrace.adl.decode import lens_tokens, patchscope
+from finetrace.adl.decode import lens_tokens, patchscopes
 from finetrace.adl.domain import (
     DomainTokens,
     base_embedding,
@@ -166,8 +166,9 @@ def _decode_and_score(
             tested = layer_significance(layout, collected, li, text, domain, config.score, seed) if domain else None
             if tested:
                 totals.append(tested.total)
-            for pi in decoded:
-                direction = collected.mean_delta[li, pi].float().to(pair.device)
+            directions = collected.mean_delta[li, decoded].float().to(pair.device)
+            scopes = patchscopes(model, layout, pair.tokenizer, layer, directions, typical, allowed, config.decode)
+            for pi, direction, scope in zip(decoded, directions, scopes, strict=True):
                 lens = _lens(layout, collected, (li, pi), allowed, pair, config)
                 if domain is not None:
                     lens = mark_relevant(lens, domain)
@@ -181,9 +182,7 @@ def _decode_and_score(
                         relative_norm=direction.norm().item() / typical,
                         lens_finetuned=lens,
                         lens_base=base_lens[(li, pi)],
-                        patchscope=patchscope(
-                            model, layout, pair.tokenizer, layer, direction, typical, allowed, config.decode
-                        ),
+                        patchscope=scope,
                         significance=tested.positions[text.index(pi)] if tested and pi in text else None,
                         relevant_fraction=sum(t.relevant for t in lens) / max(len(lens), 1) if domain else None,
                     )
