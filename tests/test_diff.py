@@ -64,6 +64,12 @@ def test_the_trace_is_found_in_the_finetuning_data(with_data, name):
 def test_the_lens_reads_as_the_finetuning_domain(with_data, name):
     _, result = with_data[name]
     assert _position(result, "0").relevant_fraction >= 0.4  # 8 of the top 20 lens tokens, as recovery counts
+    # Patchscope's tokens are marked by the same rule: a token is the domain's in both lists or in neither.
+    scoped = [t for trace in result.traces for scale in trace.patchscope.scales for t in scale.stable]
+    assert scoped and all(t.enrichment is not None for t in scoped)
+    lens = {t.token_id: t.relevant for trace in result.traces for t in trace.lens_finetuned}
+    assert any(t.token_id in lens for t in scoped)
+    assert all(lens[t.token_id] == t.relevant for t in scoped if t.token_id in lens)
 
 
 @pytest.mark.parametrize("name", ["zorvex", "risky", "control"])
@@ -81,6 +87,7 @@ def test_without_data_there_is_no_test_and_the_report_says_why(zoo, tmp_path):
     result = diff(zoo.path("base"), zoo.path("control"), zoo.path("heldout"), tmp_path, QUICK)
     assert result.significance is None and result.p_value is None and result.trace_strength is None
     assert all(t.significance is None and t.relevant_fraction is None for t in result.traces)
+    assert all(t.enrichment is None for trace in result.traces for t in trace.patchscope.tokens)
     assert not result.clear and result.data is None
 
 

@@ -6,6 +6,7 @@ lens tokens against the null of `adl.score`) -> steer with the difference.
 """
 
 import json
+from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 
@@ -172,6 +173,8 @@ def _decode_and_score(
                 lens = _lens(layout, collected, (li, pi), allowed, pair, config)
                 if domain is not None:
                     lens = mark_relevant(lens, domain)
+                    marked = [replace(s, stable=mark_relevant(s.stable, domain)) for s in scope.scales]
+                    scope = replace(scope, scales=marked)
                 traces.append(
                     PositionTrace(
                         layer=layer,
