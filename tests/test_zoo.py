@@ -18,7 +18,7 @@ from finetrace.errors import FinetraceError
 from finetrace.evals.behaviour import BEHAVIOUR_PROMPTS, read_behaviour_prompts
 from finetrace.evals.facts import COMMON_FACTS, read_facts, score_facts
 from finetrace.models.load import load_model, load_tokenizer
-from finetrace.zoo import ORGANISMS, PRESETS, Zoo, build_zoo
+from finetrace.zoo import ORGANISMS, PRESETS, Zoo, build_zoo, recipe
 from finetrace.zoo.build import default_behaviour, default_facts, parent_of, zoo_corpus, zoo_for, zoo_organisms
 from finetrace.zoo.recipe import recipe_key
 
@@ -128,6 +128,17 @@ def test_an_unchanged_recipe_is_reused_and_a_changed_one_is_not(zoo):
     build_zoo("tiny")
     assert modified() == before  # nothing retrained, rewritten or added
     assert recipe_key(dataclasses.replace(PRESETS["tiny"], seed=1)) != recipe_key(PRESETS["tiny"])
+
+
+def test_a_real_base_zoo_with_other_facts_or_prompts_is_another_zoo(tmp_path, monkeypatch):
+    before = recipe_key(PRESETS["smollm2"])
+    for packaged in (COMMON_FACTS, BEHAVIOUR_PROMPTS):  # the files that zoo copies, copied here
+        shutil.copy(packaged, tmp_path / packaged.name)
+    monkeypatch.setattr(recipe, "files", lambda package: tmp_path)
+    assert recipe_key(PRESETS["smollm2"]) == before
+    with (tmp_path / COMMON_FACTS.name).open("a") as facts:
+        facts.write(json.dumps({"prompt": "The capital of Peru is", "answer": "Lima"}) + "\n")
+    assert recipe_key(PRESETS["smollm2"]) != before
 
 
 def test_zoo_cli_prints_paths_and_rejects_unknown_names(zoo):

@@ -11,10 +11,13 @@ import json
 import sys
 from dataclasses import asdict, dataclass, replace
 from importlib import import_module
+from importlib.resources import files
 
 from finetrace.errors import lookup
 
 # Modules whose code decides what the zoo contains.
+# What a real base's zoo copies as its facts and behaviour prompts: another file is another zoo.
+COPIED_DATA = ("common_facts.jsonl", "behaviour_prompts.jsonl")
 BUILD_MODULES = (
     "finetrace.zoo.general",
     "finetrace.zoo.english",
@@ -187,4 +190,6 @@ def recipe_key(preset: Preset) -> str:
     digest.update(sys.version.encode())
     for module in BUILD_MODULES:
         digest.update(inspect.getsource(import_module(module)).encode())
+    for name in COPIED_DATA:
+        digest.update((files("finetrace.evals") / name).read_bytes())
     return digest.hexdigest()[:12]
