@@ -45,6 +45,7 @@ def run_reference(
     base: str, finetuned: str, corpus: Path, layer_fraction: float, positions: int, batch_size: int
 ) -> torch.Tensor:
     from finetrace.adl.collect import resolve_layers
+    from finetrace.models.load import prepended_ids
     from finetrace.models.pair import load_pair
 
     pair = load_pair(base, finetuned, device="cpu")
@@ -64,7 +65,8 @@ def run_reference(
                 states = model(**encoded, output_hidden_states=True).hidden_states
             kept[which].append(states[layer + 1])  # every activation of every text, (B, 128, d)
     base_all, finetuned_all = torch.cat(kept["base"]), torch.cat(kept["finetuned"])
-    return (finetuned_all - base_all)[:, : positions + 1].double().mean(0)  # BOS and k text positions
+    collected = len(prepended_ids(pair.tokenizer)) + positions  # the BOS, where there is one, and k text positions
+    return (finetuned_all - base_all)[:, :collected].double().mean(0)
 
 
 def run_finetrace(
