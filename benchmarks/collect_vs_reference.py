@@ -162,7 +162,11 @@ def main() -> None:
         speedup = runs["reference"]["seconds"] / runs["finetrace"]["seconds"]
         memory = runs["reference"]["peak_mib"] / runs["finetrace"]["peak_mib"]
         difference = (means["reference"] - means["finetrace"]).abs().max().item()
-        print(f"  speed-up {speedup:.1f}x, peak memory ratio {memory:.1f}x, max |difference of means| {difference:.2e}")
+        scale = means["reference"].abs().max().item()  # float32 rounds relative to the largest values
+        print(
+            f"  speed-up {speedup:.1f}x, peak memory ratio {memory:.1f}x, max |difference of means| "
+            f"{difference:.2e} ({difference / scale:.1e} of the largest |mean|, {scale:.3g})"
+        )
 
 
 if __name__ == "__main__":
