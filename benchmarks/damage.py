@@ -61,7 +61,9 @@ def main() -> None:
     parser.add_argument("--preset", default="smollm2")
     parser.add_argument("--drift-samples", type=int, default=200, help="held-out texts for the drift")
     parser.add_argument("--out", type=Path, help="where each organism's forget.json is kept")
-    parser.add_argument("--organisms", nargs="*", help="these organisms, in this order (default: all)")
+    parser.add_argument(
+        "--organisms", nargs="*", choices=list(ORGANISMS), help="these organisms, in this order (default: all)"
+    )
     args = parser.parse_args()
 
     started = time.perf_counter()

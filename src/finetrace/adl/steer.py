@@ -105,8 +105,8 @@ def steer(
     unsteered_past = batch.past(model)  # every trial is judged by the unsteered model
 
     def judged(strength: float, tokens: torch.Tensor, baseline: float | None) -> StrengthTrial:
-        scored = [nll for nll in continuation_nlls(model, batch, copy.deepcopy(unsteered_past), tokens)]
-        scored = [nll for nll in scored if nll is not None]
+        nlls = continuation_nlls(model, batch, copy.deepcopy(unsteered_past), tokens)
+        scored = [nll for nll in nlls if nll is not None]
         nll = sum(scored) / len(scored) if scored else float("inf")  # nothing generated: not coherent
         generations = decoded(tokenizer, batch, tokens)
         distinct = sum(distinct_bigrams(g.text) for g in generations) / len(generations)
