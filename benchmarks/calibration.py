@@ -24,14 +24,15 @@ from finetrace.adl.collect import CollectConfig, collect
 from finetrace.adl.domain import base_embedding, pair_trace_test, read_domain
 from finetrace.adl.records import DiffConfig
 from finetrace.adl.score import ScoreConfig
-from finetrace.corpus import iter_texts, read_records
+from finetrace.corpus import Record, iter_texts, read_records
 from finetrace.models.pair import load_pair
-from finetrace.zoo import ORGANISMS, build_zoo
+from finetrace.zoo import ORGANISMS, Zoo, build_zoo
 
 # Fine-tunes of no domain, and the organisms' own data (cake-mixed and cake-lora share cake's).
 CONTROLS = [name for name, organism in ORGANISMS.items() if organism.kind == "control"]
 TRAINED_ON = {"cake": "cake", "cake-mixed": "cake", "cake-lora": "cake", "zorvex": "zorvex", "risky": "risky"}
 POWER = ("cake", "zorvex", "risky", "cake-lora")  # must be found; cake-mixed is shown, not required
+FINETUNES = [*TRAINED_ON, *CONTROLS]
 
 
 def main() -> None:
@@ -45,15 +46,13 @@ def main() -> None:
     started = time.perf_counter()
     zoo = build_zoo(args.preset)
     config = DiffConfig(collect=CollectConfig(samples=args.samples), score=ScoreConfig(null_samples=args.null_samples))
-    size = zoo.preset.documents
-    domains = {name: read_records(zoo.organism(name).documents) for name in ("cake", "zorvex", "risky")}
-    domains |= {name: topic.records(random.Random(f"{args.seed}-{name}"), size) for name, topic in NULL_TOPICS.items()}
+    domains = tested_domains(zoo, args.seed)
     general = list(islice(iter_texts(zoo.path("heldout")), args.samples))
 
     p_values: dict[tuple[str, str], float] = {}
     counts: dict[tuple[str, str], str] = {}  # relevant lens tokens observed / the null's mean
     with tempfile.TemporaryDirectory() as scratch:
-        for finetuned in [*TRAINED_ON, *CONTROLS]:
+        for finetuned in FINETUNES:
             pair = load_pair(zoo.path("base"), zoo.path(finetuned), "cpu", "float32")
             embedding, quantile = base_embedding(pair), config.decode.embedding_norm_quantile
             tokens = {
@@ -73,20 +72,30 @@ def main() -> None:
         f"draws, seed {args.seed}; p-value of each fine-tune (rows) against each domain's data "
         f"(columns); * marks the fine-tune's own data\n"
     )
-    names = list(domains)
-    print(f"{'':14s}" + "".join(f"{name:>12s}" for name in names))
-    for finetuned in [*TRAINED_ON, *CONTROLS]:
-        cells = [f"{p_values[finetuned, d]:.3f}{'*' if TRAINED_ON.get(finetuned) == d else ' '}" for d in names]
-        print(f"{finetuned:14s}" + "".join(f"{cell:>12s}" for cell in cells))
-
+    print_p_values(p_values, list(domains))
     print(
         f"\nrelevant tokens in the top {config.score.top_k} lens tokens, summed over the positions tested: "
         f"observed / null mean\n"
     )
-    print(f"{'':14s}" + "".join(f"{name:>12s}" for name in names))
-    for finetuned in [*TRAINED_ON, *CONTROLS]:
-        print(f"{finetuned:14s}" + "".join(f"{counts[finetuned, d]:>12s}" for d in names))
+    print(f"{'':14s}" + "".join(f"{name:>12s}" for name in domains))
+    for finetuned in FINETUNES:
+        print(f"{finetuned:14s}" + "".join(f"{counts[finetuned, d]:>12s}" for d in domains))
+    print(f"{time.perf_counter() - started:.0f} s")
 
+
+def tested_domains(zoo: Zoo, seed: int) -> dict[str, list[Record]]:
+    """The organisms' data, and three domains no model was trained on, as many documents each."""
+    domains = {name: read_records(zoo.organism(name).documents) for name in ("cake", "zorvex", "risky")}
+    size = zoo.preset.documents
+    return domains | {name: topic.records(random.Random(f"{seed}-{name}"), size) for name, topic in NULL_TOPICS.items()}
+
+
+def print_p_values(p_values: dict[tuple[str, str], float], domains: list[str]) -> None:
+    """The table of p-values, then the false positives among the null pairs and the power."""
+    print(f"{'':14s}" + "".join(f"{name:>12s}" for name in domains))
+    for finetuned in FINETUNES:
+        cells = [f"{p_values[finetuned, d]:.3f}{'*' if TRAINED_ON.get(finetuned) == d else ' '}" for d in domains]
+        print(f"{finetuned:14s}" + "".join(f"{cell:>12s}" for cell in cells))
     null = [p for (finetuned, domain), p in p_values.items() if TRAINED_ON.get(finetuned) != domain]
     power = [p_values[name, TRAINED_ON[name]] for name in POWER]
     print(
@@ -98,7 +107,6 @@ def main() -> None:
         f"power at 0.01 on {', '.join(POWER)}: {sum(p < 0.01 for p in power)} of {len(power)}; "
         f"cake-mixed against its data: p = {p_values['cake-mixed', 'cake']:.3f}"
     )
-    print(f"{time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":
