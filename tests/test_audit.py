@@ -199,6 +199,27 @@ def test_a_corrupt_summary_is_one_line_naming_the_field(audited, tmp_path, edit,
     assert line.startswith("error: ") and expected in line and "finetrace bug" not in line
 
 
+def test_a_lens_test_with_nothing_to_count_gives_no_verdict_whatever_its_tie_break(audited, tmp_path):
+    out, _, _ = audited
+    summary = json.loads((out / "summary.json").read_text())
+    significance = summary["trace"]["significance"]
+    draws = len(significance["null_values"])
+    # A real model's lens of word pieces: no domain token in the difference's top tokens or most draws'.
+    significance |= {"relevant": 0, "null_values": [0] * (draws - 3) + [1, 2, 1], "p_value": 0.004}
+    summary["trace"]["similarity"] |= {"steered_to_data": 0.401, "unsteered_to_data": 0.109}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    result = AuditResult.read(tmp_path / "summary.json")
+    assert result.trace.lens_blind and not result.trace.clear  # p < 0.01 by the tie-break alone is no trace
+    said = verdict(result)
+    assert "cannot decide" in said and "clear trace" not in said and "No significant trace" not in said
+    assert "steering moves the text toward the data (similarity 0.40 against 0.11 unsteered)" in said
+    # One domain token in the difference's lens is something to count: the test decides again.
+    significance["relevant"] = 1
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    counted = AuditResult.read(tmp_path / "summary.json")
+    assert not counted.trace.lens_blind and counted.trace.clear and "clear trace" in verdict(counted)
+
+
 def test_a_number_that_is_not_one_is_not_measured_and_fails_its_gate(audited, tmp_path):
     out, _, _ = audited
     summary = json.loads((out / "summary.json").read_text())

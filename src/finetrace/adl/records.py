@@ -83,7 +83,7 @@ class DiffResult(Result):
     # What went in, by role: the sha256 of each model's files and each data file (a hub dataset: its id).
     inputs: dict[str, str] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
-    derived = ("trace_strength", "p_value", "clear", "control_passes")
+    derived = ("trace_strength", "p_value", "clear", "control_passes", "lens_blind")
 
     def __post_init__(self) -> None:  # a record read back is held to what a diff writes
         require(bool(self.traces), "traces", self.traces, "at least one position's trace")
@@ -98,6 +98,12 @@ class DiffResult(Result):
         return self.significance.p_value if self.significance else None
 
     @property
+    def lens_blind(self) -> bool:
+        """The test had nothing to count: no domain token in the lens of the difference or of most
+        null draws. Its p-value then says nothing; the verdict says so and points at steering."""
+        return self.significance is not None and self.significance.blind
+
+    @property
     def control_passes(self) -> bool:
         """The control, which is not about the domain, passes the test too: the test cannot tell
         this fine-tune's trace from a generic fine-tuning shift on this base and data."""
@@ -105,5 +111,8 @@ class DiffResult(Result):
 
     @property
     def clear(self) -> bool:
-        """The verdict: the test finds the data's domain in the trace, and the control does not."""
-        return self.p_value is not None and self.p_value < SIGNIFICANT and not self.control_passes
+        """The verdict: the test finds the data's domain in the trace, and the control does not (and
+        the p-value is not a tie-break of counts that are all zero)."""
+        return (
+            self.p_value is not None and self.p_value < SIGNIFICANT and not self.control_passes and not self.lens_blind
+        )

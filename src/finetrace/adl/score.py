@@ -93,6 +93,13 @@ class Significance:
         """The share of the counted lens tokens that are domain tokens beyond the null's mean."""
         return (self.relevant - self.null_mean) / self.counted
 
+    @property
+    def blind(self) -> bool:
+        """The lens showed no domain token, nor did most null draws': there was nothing to count,
+        and p is the tie-break's uniform draw, no evidence either way (a real model's lens can
+        read word pieces of no domain, where Patchscope and steering still read it)."""
+        return self.relevant == 0 and 2 * self.null_values.count(0) >= len(self.null_values)
+
 
 @dataclass(frozen=True)
 class TraceSignificance:

@@ -32,6 +32,11 @@ def trace_finding(trace: DiffResult) -> str:
         return "not tested (no fine-tuning data given)"
     if not measured(trace.p_value):
         return f"{NOT_MEASURED} (the test's p-value is {trace.p_value})"
+    if trace.lens_blind:
+        steered = _steered(trace)
+        return f"no verdict: the lens test had nothing to count (p = {trace.p_value:.3g} is a tie-break)" + (
+            f"; {steered}" if steered else ""
+        )
     found = (
         "a clear trace of its data"
         if trace.clear
@@ -40,6 +45,16 @@ def trace_finding(trace: DiffResult) -> str:
         else "no significant trace of its data"
     )
     return f"{found} ({trace_test_numbers(trace)})"
+
+
+def _steered(trace: DiffResult) -> str:
+    """What steering says about the data, where it was compared with it: evidence, not a test."""
+    similarity = trace.similarity or {}
+    steered, unsteered = similarity.get("steered_to_data"), similarity.get("unsteered_to_data")
+    if not (measured(steered) and measured(unsteered)):
+        return ""
+    moved = "moves the text toward the data" if steered > unsteered else "does not move the text toward the data"
+    return f"steering {moved} (similarity {steered:.2f} against {unsteered:.2f} unsteered)"
 
 
 def verdict(result: AuditResult) -> str:
@@ -53,6 +68,14 @@ def verdict(result: AuditResult) -> str:
         )
     elif not measured(trace.p_value):
         found = f"The trace test was {NOT_MEASURED}: its p-value is {trace.p_value}, not a number it can report."
+    elif trace.lens_blind:
+        steered = _steered(trace)
+        found = (
+            f"The trace test cannot decide: the logit lens of the activation difference holds none of the "
+            f"fine-tuning data's tokens, nor does that of most null draws, so its p-value ({trace.p_value:.3g}) "
+            f"is a tie-break: a real model's lens can read word pieces of no domain where Patchscope and "
+            f"steering read it."
+        ) + (f" Here {steered}: evidence to read, not a calibrated test." if steered else "")
     elif trace.control_passes:
         found = (
             f"The trace lines up with the fine-tuning data (p = {trace.p_value:.3g}), but so does "
