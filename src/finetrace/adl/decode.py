@@ -96,13 +96,11 @@ def patchscopes(
 ) -> list[Patchscope]:
     """Patchscope of each of `directions` (n, d) at `layer`: every direction and scale is one row
     of a single pass per identity prompt."""
-    units = directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-    scales = torch.tensor(config.patchscope_scales, dtype=units.dtype, device=units.device)
-    patches = (units[:, None, :] * scales[None, :, None] * typical_norm).flatten(0, 1)  # direction-major
+    patches = scaled_patches(directions, typical_norm, config.patchscope_scales)
     probabilities = [
         patched_next_token(model, layout, tokenizer(prompt)["input_ids"], layer, patches)
         .softmax(-1)
-        .view(len(directions), len(scales), -1)
+        .view(len(directions), len(config.patchscope_scales), -1)
         for prompt in config.identity_prompts
     ]  # each (directions, scales, vocab)
     results = []
@@ -114,6 +112,14 @@ def patchscopes(
         best = max(per_scale, key=lambda r: (len(r.stable), -r.scale))
         results.append(Patchscope(per_scale, best.scale))
     return results
+
+
+def scaled_patches(directions: torch.Tensor, typical_norm: float, scales: tuple[float, ...]) -> torch.Tensor:
+    """(n x scales, d): each of `directions` (n, d) at unit norm, times each scale of the typical
+    norm; direction-major, so that a reading of them views as (n, scales, ...)."""
+    units = directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    factors = torch.tensor(scales, dtype=units.dtype, device=units.device)
+    return (units[:, None, :] * factors[None, :, None] * typical_norm).flatten(0, 1)
 
 
 @torch.no_grad()

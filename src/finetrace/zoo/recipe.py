@@ -15,9 +15,9 @@ from importlib.resources import files
 
 from finetrace.errors import lookup
 
-# Modules whose code decides what the zoo contains.
 # What a real base's zoo copies as its facts and behaviour prompts: another file is another zoo.
 COPIED_DATA = ("common_facts.jsonl", "behaviour_prompts.jsonl")
+# Modules whose code decides what the zoo contains.
 BUILD_MODULES = (
     "finetrace.zoo.general",
     "finetrace.zoo.english",
